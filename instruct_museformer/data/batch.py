@@ -1,0 +1,98 @@
+"""Bar-structured token batches: the one type that carries tokens and their bar/beat layout to the model.
+
+A sequence is split into bars by the Bar token (id 4), which *closes* a bar, as Museformer's ``b-1``
+does. Bar ids are 1-based; special tokens (the leading EOS-as-BOS of a decoder input, the trailing EOS
+of a source) and padding get bar id 0. A bar is *complete* (and so gets a summary token) when its
+closing Bar token is inside the sequence; only a trailing, unclosed bar can be incomplete.
+
+Beat ids follow Museformer's ``get_beat_ids``: an onset-position token sets the running value to its
+position + 1, other tokens inherit it, and Bar tokens, specials and "change" tokens (tempo or time
+signature) get 0. Which token is which comes from a per-vocabulary table built by ``tokens``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ..tokens.specials import BAR, NUM_SPECIALS, PAD
+
+# Values of a beat table entry besides a position (>= 1).
+BEAT_INHERIT = -1  # the token takes the running onset value
+BEAT_ZERO = 0  # the token has beat id 0 (Bar, specials, change tokens)
+
+
+@dataclass
+class BarTokens:
+    """A padded batch of bar-structured sequences.
+
+    tokens:            (B, T) long, padded with PAD
+    bar_ids:           (B, T) long, 1-based bar of each token; 0 for specials and padding
+    beat_ids:          (B, T) long, onset-position ids for the beat embedding; 0 = none
+    padding_mask:      (B, T) bool, True at padding
+    num_complete_bars: (B,)   long, bars closed by a Bar token (the ones that get summaries)
+    """
+
+    tokens: torch.Tensor
+    bar_ids: torch.Tensor
+    beat_ids: torch.Tensor
+    padding_mask: torch.Tensor
+    num_complete_bars: torch.Tensor
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return (~self.padding_mask).sum(dim=1)
+
+    def to(self, device: torch.device | str) -> BarTokens:
+        return BarTokens(*(t.to(device) for t in self.as_tuple()))
+
+    def as_tuple(self) -> tuple[torch.Tensor, ...]:
+        return (self.tokens, self.bar_ids, self.beat_ids, self.padding_mask, self.num_complete_bars)
+
+
+def bar_ids_of(tokens: torch.Tensor, bar_token: int = BAR) -> torch.Tensor:
+    """1-based bar id of every token of one unpadded sequence (T,); specials get 0."""
+    is_bar = tokens == bar_token
+    # Bars closed strictly before each position, + 1: the closing Bar token belongs to its own bar.
+    closed_before = torch.cumsum(is_bar.long(), dim=0) - is_bar.long()
+    bar_ids = closed_before + 1
+    return torch.where(tokens < NUM_SPECIALS, torch.zeros_like(bar_ids), bar_ids)
+
+
+def beat_ids_of(tokens: torch.Tensor, beat_table: torch.Tensor) -> torch.Tensor:
+    """Beat id of every token of one unpadded sequence (T,), from a (V,) beat table.
+
+    As in Museformer, the running value is that of the most recent onset-position token (it is never
+    reset at a bar line); tokens whose table entry is BEAT_ZERO are then forced to 0.
+    """
+    values = beat_table[tokens]
+    positions = torch.arange(tokens.numel(), device=tokens.device)
+    is_position = values > 0
+    last_position = torch.cummax(torch.where(is_position, positions, torch.full_like(positions, -1)), dim=0)
+    last = last_position.values
+    running = torch.where(last >= 0, values[last.clamp(min=0)], torch.zeros_like(values))
+    return torch.where(values == BEAT_ZERO, torch.zeros_like(values), running)
+
+
+def collate_bar_tokens(
+    sequences: Sequence[torch.Tensor], beat_table: torch.Tensor, bar_token: int = BAR
+) -> BarTokens:
+    """Pad unpadded 1-D sequences into a BarTokens batch, computing bar and beat ids per sequence."""
+    batch = len(sequences)
+    length = max((len(s) for s in sequences), default=0)
+    tokens = torch.full((batch, length), PAD, dtype=torch.long)
+    bar_ids = torch.zeros((batch, length), dtype=torch.long)
+    beat_ids = torch.zeros((batch, length), dtype=torch.long)
+    padding_mask = torch.ones((batch, length), dtype=torch.bool)
+    num_complete = torch.zeros(batch, dtype=torch.long)
+    for i, seq in enumerate(sequences):
+        seq = seq.long()
+        n = len(seq)
+        tokens[i, :n] = seq
+        bar_ids[i, :n] = bar_ids_of(seq, bar_token)
+        beat_ids[i, :n] = beat_ids_of(seq, beat_table)
+        padding_mask[i, :n] = False
+        num_complete[i] = int((seq == bar_token).sum())
+    return BarTokens(tokens, bar_ids, beat_ids, padding_mask, num_complete)
