@@ -96,3 +96,30 @@ def collate_bar_tokens(
         padding_mask[i, :n] = False
         num_complete[i] = int((seq == bar_token).sum())
     return BarTokens(tokens, bar_ids, beat_ids, padding_mask, num_complete)
+
+
+@dataclass
+class Batch:
+    """What one training/validation step consumes.
+
+    prev_output: decoder input, ``[EOS] + target[:-1]`` (fairseq's prev_output_tokens; EOS acts as BOS)
+    target:      (B, T) long, the performance tokens ending with EOS, padded with PAD
+    source:      encoder input (score tokens + EOS); None for the decoder-only language model
+    ntokens:     number of non-pad target tokens (the loss is a mean over them)
+    ids:         (B,) long, dataset indices of the samples
+    """
+
+    prev_output: BarTokens
+    target: torch.Tensor
+    source: BarTokens | None
+    ntokens: int
+    ids: torch.Tensor
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(
+            self.prev_output.to(device),
+            self.target.to(device),
+            None if self.source is None else self.source.to(device),
+            self.ntokens,
+            self.ids.to(device),
+        )
