@@ -1,0 +1,392 @@
+"""Corpora of score/performance pairs -> the seed's token files ``{split}.score`` / ``{split}.perf``.
+
+Two sources of pairs: the (n)ASAP dataset (a directory or the shipped ``.tar.xz``, unpacked once into a
+cache) with its piece-disjoint ``acpas_split``, and a user manifest CSV. Every pair is tokenized in a
+worker process; each result (tokens, or the reason the pair was skipped) is cached on disk under a key
+made of the input files and the tokenizer configuration, so an interrupted run resumes where it stopped.
+Output files are written whole at the end, through a temporary file and a rename.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import statistics
+import sys
+import tarfile
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..errors import UserError
+from ..tokens.specials import BAR
+
+SPLITS = ("train", "val", "test")
+# (n)ASAP's acpas_split says "validation"; the seed's file names say "val".
+_SPLIT_NAMES = {"train": "train", "validation": "val", "valid": "val", "val": "val", "test": "test"}
+SHIPPED_METADATA = "nasap_metadata_shipped.csv"
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One performance of one score, with whatever links the performance to the score."""
+
+    split: str
+    score: Path
+    performance: Path
+    alignment: Path | None = None  # (n)ASAP note_alignment.tsv
+    annotations: Path | None = None  # ASAP beat annotations of the performance
+    score_annotations: Path | None = None  # ASAP beat annotations of the score MIDI
+    match: Path | None = None  # a match file (score + performance + alignment)
+
+    @property
+    def name(self) -> str:
+        return str(self.performance)
+
+
+@dataclass
+class PairResult:
+    pair: Pair
+    score_ids: list[int] | None = None
+    perf_ids: list[int] | None = None
+    reason: str | None = None  # why the pair was skipped
+    message: str = ""
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.reason is None
+
+
+@dataclass
+class CorpusReport:
+    pairs: dict[str, int] = field(default_factory=dict)
+    skipped: dict[str, dict[str, int]] = field(default_factory=dict)
+    tokens_per_score: dict[str, float] = field(default_factory=dict)
+    tokens_per_performance: dict[str, float] = field(default_factory=dict)
+    bars: dict[str, float] = field(default_factory=dict)
+    cached: int = 0
+    wall_seconds: float = 0.0
+
+
+# --------------------------------------------------------------------------------------------- sources
+
+
+def unpack_archive(archive: Path, cache_root: Path | None = None) -> Path:
+    """Unpack a ``.tar.xz`` corpus once into a cache directory and return the unpacked root."""
+    stat = archive.stat()
+    cache_root = cache_root or Path(os.environ.get("IMF_CACHE", Path.home() / ".cache" / "instruct_museformer"))
+    key = hashlib.sha1(f"{archive.resolve()}:{stat.st_size}:{int(stat.st_mtime)}".encode()).hexdigest()[:12]
+    target = cache_root / f"{archive.name.split('.')[0]}-{key}"
+    done = target / ".unpacked"
+    if not done.exists():
+        partial = target.with_name(target.name + ".partial")
+        if partial.exists():
+            _remove_tree(partial)
+        partial.mkdir(parents=True)
+        print(f"unpacking {archive} into {target} (once)", file=sys.stderr)
+        try:
+            with tarfile.open(archive) as tar:
+                tar.extractall(partial, filter="data")
+        except (tarfile.TarError, OSError, EOFError) as error:
+            _remove_tree(partial)
+            raise UserError(f"{archive}: cannot unpack: {error}") from error
+        if target.exists():
+            _remove_tree(target)
+        partial.rename(target)
+        done.touch()
+    # The archive holds one top folder (nasap/); use it when it is the only entry.
+    entries = [p for p in target.iterdir() if not p.name.startswith(".")]
+    return entries[0] if len(entries) == 1 and entries[0].is_dir() else target
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _find_metadata(root: Path, archive: Path | None, metadata: Path | None) -> Path:
+    if metadata is not None:
+        if not metadata.is_file():
+            raise UserError(f"{metadata}: metadata file not found")
+        return metadata
+    candidates = [root / SHIPPED_METADATA]
+    if archive is not None:
+        candidates.append(archive.parent / SHIPPED_METADATA)
+    candidates += [root.parent / SHIPPED_METADATA, root / "metadata.csv"]
+    for candidate in candidates:
+        if candidate.is_file() and "acpas_split" in _header(candidate):
+            return candidate
+    raise UserError(
+        f"{root}: no (n)ASAP metadata with an 'acpas_split' column found "
+        f"(looked for {SHIPPED_METADATA} beside the corpus); pass --metadata FILE"
+    )
+
+
+def _header(path: Path) -> list[str]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return next(csv.reader(handle), [])
+
+
+def nasap_pairs(root: Path, metadata: Path | None = None, cache_root: Path | None = None) -> list[Pair]:
+    """Pairs of an (n)ASAP directory or ``.tar.xz``, split by the piece-disjoint ``acpas_split`` column.
+
+    Note alignments are used only where ``robust_note_alignment == 1`` (data.md); the other performances
+    are linked to their score through the beat annotations.
+    """
+    archive = None
+    if not root.exists():
+        raise UserError(f"{root}: no such file or directory")
+    if root.is_file():
+        if not root.name.endswith((".tar.xz", ".tar.gz", ".tar", ".tgz")):
+            raise UserError(f"{root}: expected an (n)ASAP directory or a .tar.xz archive")
+        archive, root = root, unpack_archive(root, cache_root)
+    table = _find_metadata(root, archive, metadata)
+    pairs = []
+    with open(table, newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            split = _SPLIT_NAMES.get((row.get("acpas_split") or "").strip())
+            if split is None:
+                continue
+
+            def path(column: str, row: dict[str, str] = row) -> Path | None:
+                value = (row.get(column) or "").strip()
+                return root / value if value else None
+
+            robust = (row.get("robust_note_alignment") or "").strip() in ("1", "1.0", "True")
+            alignment = path("note_alignments_fixed") or path("note_alignments")
+            pairs.append(
+                Pair(
+                    split=split,
+                    score=path("xml_score") or root / row["folder"] / "xml_score.musicxml",
+                    performance=path("midi_performance") or root / "missing",
+                    alignment=alignment if robust else None,
+                    annotations=path("performance_annotations"),
+                    score_annotations=path("midi_score_annotations"),
+                )
+            )
+    return pairs
+
+
+def manifest_pairs(manifest: Path) -> list[Pair]:
+    """Pairs from a CSV with columns ``score,performance,alignment,split``.
+
+    ``alignment`` may be a note_alignment ``.tsv``, a ``.match`` file or ASAP beat annotations (``.txt``),
+    or empty when the optional ``annotations`` / ``match`` columns are given. Relative paths are read
+    relative to the manifest's folder.
+    """
+    if not manifest.is_file():
+        raise UserError(f"{manifest}: manifest not found")
+    base = manifest.parent
+    pairs = []
+    with open(manifest, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        missing = {"score", "performance", "split"} - set(reader.fieldnames or [])
+        if missing:
+            raise UserError(f"{manifest}: missing column(s) {', '.join(sorted(missing))}")
+        for line, row in enumerate(reader, start=2):
+            split = _SPLIT_NAMES.get((row.get("split") or "").strip().lower())
+            if split is None:
+                raise UserError(f"{manifest}:{line}: split must be train, val or test, not {row.get('split')!r}")
+
+            def path(column: str, row: dict[str, str] = row) -> Path | None:
+                value = (row.get(column) or "").strip()
+                return (base / value) if value else None
+
+            alignment, annotations, match = path("alignment"), path("annotations"), path("match")
+            if alignment is not None and alignment.suffix == ".match":
+                alignment, match = None, alignment
+            elif alignment is not None and alignment.suffix == ".txt":
+                alignment, annotations = None, alignment
+            pairs.append(
+                Pair(
+                    split=split,
+                    score=path("score") or base,
+                    performance=path("performance") or base,
+                    alignment=alignment,
+                    annotations=annotations,
+                    score_annotations=path("score_annotations"),
+                    match=match,
+                )
+            )
+    return pairs
+
+
+# ------------------------------------------------------------------------------------------ tokenizing
+
+_worker_tokenizer = None
+
+
+def _init_worker(tokenizer_path: str) -> None:
+    global _worker_tokenizer
+    from ..tokens.tokenizer import load_tokenizer
+
+    _worker_tokenizer = load_tokenizer(Path(tokenizer_path))
+
+
+def _tokenize_one(pair: Pair) -> PairResult:
+    from ..tokens.pair import TokenizationError, tokenize_pair
+
+    start = time.perf_counter()
+    missing = [p for p in (pair.score, pair.performance) if not p.is_file()]
+    if missing:
+        return PairResult(pair, reason="missing file", message=f"{missing[0]}: not found")
+    try:
+        tokens = tokenize_pair(
+            pair.score,
+            pair.performance,
+            _worker_tokenizer,
+            alignment=pair.alignment if pair.alignment and pair.alignment.is_file() else None,
+            annotations=pair.annotations if pair.annotations and pair.annotations.is_file() else None,
+            score_annotations=(
+                pair.score_annotations if pair.score_annotations and pair.score_annotations.is_file() else None
+            ),
+            match=pair.match if pair.match and pair.match.is_file() else None,
+        )
+    except TokenizationError as error:
+        return PairResult(pair, reason=error.reason, message=str(error), seconds=time.perf_counter() - start)
+    except Exception as error:  # a corrupt file must never abort a corpus run
+        return PairResult(
+            pair, reason="parse error", message=f"{type(error).__name__}: {error}",
+            seconds=time.perf_counter() - start,
+        )
+    return PairResult(
+        pair, score_ids=list(tokens.score_ids), perf_ids=list(tokens.perf_ids), seconds=time.perf_counter() - start
+    )
+
+
+def _cache_key(pair: Pair, tokenizer_fingerprint: str) -> str:
+    parts = [tokenizer_fingerprint]
+    for path in (pair.score, pair.performance, pair.alignment, pair.annotations, pair.score_annotations, pair.match):
+        if path is None:
+            parts.append("-")
+        elif path.is_file():
+            stat = path.stat()
+            parts.append(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}")
+        else:
+            parts.append(f"{path}:missing")
+    return hashlib.sha1("\n".join(parts).encode()).hexdigest()
+
+
+def _read_cache(path: Path, pair: Pair) -> PairResult | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return PairResult(pair, data.get("score_ids"), data.get("perf_ids"), data.get("reason"), data.get("message", ""))
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def tokenize_corpus(
+    pairs: Sequence[Pair],
+    out_dir: Path,
+    meta_dir: Path,
+    *,
+    workers: int | None = None,
+    cache_dir: Path | None = None,
+    progress: bool | None = None,
+) -> CorpusReport:
+    """Tokenize every pair; write ``{out}/{split}.{score,perf}``, the dictionary and a report.
+
+    Line i of ``{split}.score`` pairs with line i of ``{split}.perf``; pairs keep the input order.
+    """
+    from ..tokens.tokenizer import build_tokenizer, save_tokenizer
+    from .dictionary import write_token_dictionary
+
+    started = time.perf_counter()
+    for folder in (out_dir, meta_dir):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = folder / f".imf-write-test-{os.getpid()}"
+            probe.touch()
+            probe.unlink()
+        except OSError as error:
+            raise UserError(f"{folder}: cannot write there ({error.strerror or error})") from error
+    tokenizer = build_tokenizer()
+    tokenizer_path = meta_dir / "tokenizer.json"
+    save_tokenizer(tokenizer, tokenizer_path)
+    fingerprint = hashlib.sha1(tokenizer_path.read_bytes()).hexdigest()
+    cache_dir = cache_dir or meta_dir / "cache"
+    cache_dir.mkdir(parents=True, exist_ok=True)
+
+    results: list[PairResult | None] = [None] * len(pairs)
+    todo: list[int] = []
+    report = CorpusReport()
+    for index, pair in enumerate(pairs):
+        cached = _read_cache(cache_dir / f"{_cache_key(pair, fingerprint)}.json", pair)
+        if cached is not None:
+            results[index] = cached
+            report.cached += 1
+        else:
+            todo.append(index)
+
+    workers = max(1, workers or os.cpu_count() or 1)
+    show = sys.stderr.isatty() if progress is None else progress
+    if todo:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(todo), desc="tokenize", unit="pair", disable=not show)
+        with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(str(tokenizer_path),)) as pool:
+            futures = {pool.submit(_tokenize_one, pairs[i]): i for i in todo}
+            for future in as_completed(futures):
+                index = futures[future]
+                result = future.result()
+                results[index] = result
+                record = {k: v for k, v in asdict(result).items() if k != "pair"}
+                _write_atomic(cache_dir / f"{_cache_key(pairs[index], fingerprint)}.json", json.dumps(record))
+                bar.update()
+        bar.close()
+
+    _write_outputs([r for r in results if r is not None], out_dir, meta_dir, report)
+    write_token_dictionary(len(tokenizer), meta_dir / "our_dict.txt")
+    report.wall_seconds = round(time.perf_counter() - started, 2)
+    _write_atomic(meta_dir / "tokenize_report.json", json.dumps(asdict(report), indent=2))
+    return report
+
+
+def _write_outputs(results: Iterable[PairResult], out_dir: Path, meta_dir: Path, report: CorpusReport) -> None:
+    lines: dict[str, tuple[list[str], list[str]]] = {split: ([], []) for split in SPLITS}
+    skipped_rows = []
+    score_lengths: dict[str, list[int]] = {s: [] for s in SPLITS}
+    perf_lengths: dict[str, list[int]] = {s: [] for s in SPLITS}
+    bar_counts: list[int] = []
+    reasons: dict[str, Counter] = {s: Counter() for s in SPLITS}
+    for result in results:
+        split = result.pair.split
+        if not result.ok:
+            reasons[split][result.reason or "unknown"] += 1
+            skipped_rows.append((split, result.pair.score, result.pair.performance, result.reason, result.message))
+            continue
+        assert result.score_ids is not None and result.perf_ids is not None
+        lines[split][0].append(" ".join(map(str, result.score_ids)))
+        lines[split][1].append(" ".join(map(str, result.perf_ids)))
+        score_lengths[split].append(len(result.score_ids))
+        perf_lengths[split].append(len(result.perf_ids))
+        bar_counts.append(result.perf_ids.count(BAR))
+    for split, (score_lines, perf_lines) in lines.items():
+        _write_atomic(out_dir / f"{split}.score", "".join(f"{line}\n" for line in score_lines))
+        _write_atomic(out_dir / f"{split}.perf", "".join(f"{line}\n" for line in perf_lines))
+        report.pairs[split] = len(score_lines)
+        report.skipped[split] = dict(reasons[split])
+    every_score = [n for lengths in score_lengths.values() for n in lengths]
+    every_perf = [n for lengths in perf_lengths.values() for n in lengths]
+    if every_score:
+        report.tokens_per_score = {"mean": round(statistics.mean(every_score), 1), "max": max(every_score)}
+        report.tokens_per_performance = {"mean": round(statistics.mean(every_perf), 1), "max": max(every_perf)}
+        report.bars = {"mean": round(statistics.mean(bar_counts), 1), "max": max(bar_counts)}
+    with open(meta_dir / ".skipped.tsv.tmp", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, delimiter="\t")
+        writer.writerow(["split", "score", "performance", "reason", "message"])
+        writer.writerows(skipped_rows)
+    os.replace(meta_dir / ".skipped.tsv.tmp", meta_dir / "skipped.tsv")
