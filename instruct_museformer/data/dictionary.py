@@ -223,7 +223,6 @@ class Dictionary:
         text = "".join(f"{i} {c}\n" for i, c in enumerate(self.counts))
         with atomic_output(path) as tmp:
             tmp.write_text(text, encoding="utf-8")
-        self.path = path
 
     def __repr__(self) -> str:
         return f"Dictionary(size={len(self)}, path={str(self.path) if self.path else None!r})"

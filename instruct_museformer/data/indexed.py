@@ -52,6 +52,15 @@ _FLOAT_CODES = {6, 7}
 UINT16_VOCAB_LIMIT = 65500  # fairseq's best_fitting_dtype threshold
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()  # what open() would give; mkstemp's files are 0600
+
+
 def best_fitting_dtype(vocab_size: int | None) -> np.dtype:
     """The dtype fairseq uses for a vocabulary of this size (uint16 below 65,500 entries, else int32)."""
     if vocab_size is not None and vocab_size < UINT16_VOCAB_LIMIT:
@@ -83,6 +92,7 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(tmp_name)
     try:
+        os.chmod(tmp, _FILE_MODE)
         yield tmp
         os.replace(tmp, path)
     except BaseException:
@@ -127,6 +137,7 @@ class MMapIndexedDatasetBuilder:
         self._sizes: list[np.ndarray] = []
         fd, name = tempfile.mkstemp(prefix=f".{self.prefix.name}.", suffix=".bin.tmp", dir=self.prefix.parent)
         self._bin_tmp = Path(name)
+        os.chmod(self._bin_tmp, _FILE_MODE)
         self._bin = os.fdopen(fd, "wb")
         self._closed = False
 
