@@ -1,0 +1,310 @@
+"""Training data: a data-bin split -> samples truncated at bar boundaries -> length-grouped batches.
+
+Translation (``task="translation"``): sample i pairs the score ``{split}.{src}-{tgt}.{src}`` with the
+performance ``{split}.{src}-{tgt}.{tgt}`` (fairseq's fallback ``{split}.{tgt}-{src}.*`` also works).
+Both are stored with a trailing EOS and have the same number of Bar tokens (performance bar k plays
+score bar k); this is checked when the split is loaded.
+
+Truncation to L tokens (``--truncate-<split>``) cuts both sides at the same bar so that bar k stays
+paired: keep the first K bars, K as large as possible with the source (score tokens) and the target
+(performance tokens, which is as long as the decoder input ``[EOS] + target[:-1]``) both within L.
+The target keeps its EOS only when the whole piece fits (source + EOS and performance + EOS): as in
+Museformer, the model learns to stop only after a complete piece. The source keeps its EOS whenever the
+whole score was kept (possible when only the performance's EOS or trailing tokens did not fit). If not even the first bar fits, the
+first L tokens of that bar are kept (an incomplete bar, which gets no summary) and the case is counted
+in ``stats.partial_first_bar``. Every kept sequence is thus a prefix of the stored one, which is why a
+sample is described by two prefix lengths computed once, vectorised, when the split is loaded.
+
+Language modelling (``task="lm"``, Museformer's setting): ``{split}.bin/.idx`` (or fairseq's
+``{split}.{src}-None.{src}`` from ``--only-source -s``); each song, with its EOS, is the target, and
+truncation keeps its first L tokens (complete bars plus a partial last bar, EOS only if it all fits).
+
+Batches (:func:`batch_indices`) group similar lengths as fairseq's ``batch_by_size`` does and shuffle
+the batch order from (seed, epoch); :func:`collate` builds the :class:`~.batch.Batch` the model reads.
+Sharding across DDP ranks is left to the trainer (it slices the list of batches).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import UserError
+from ..tokens.specials import BAR, EOS, PAD
+from .batch import Batch, collate_bar_tokens
+from .indexed import MMapIndexedDataset, dataset_exists
+
+TASKS = ("translation", "lm")
+SPLIT_NAMES_HINT = {"val": "valid", "validation": "valid", "dev": "valid"}
+
+
+def load_beat_table(data_bin: Path, *, beat_mask_ts: bool = True) -> torch.LongTensor:
+    """(V,) beat table of the data-bin's tokenizer (``data_bin/tokenizer.json``, copied by preprocess).
+
+    Checked against the data-bin's dictionaries: a table shorter than a dictionary would index past
+    its end for some tokens.
+    """
+    from ..tokens.tokenizer import beat_table, load_tokenizer
+
+    data_bin = Path(data_bin)
+    path = data_bin / "tokenizer.json"
+    if not path.is_file():
+        raise UserError(
+            f"{path}: not found; imf preprocess copies tokenizer.json from beside --srcdict "
+            "(imf tokenize writes it to data/meta/), or copy it there by hand"
+        )
+    table = beat_table(load_tokenizer(path), beat_mask_ts=beat_mask_ts)
+    for dict_file in sorted(data_bin.glob("dict*.txt")):
+        with open(dict_file, encoding="utf-8") as f:
+            entries = sum(1 for line in f if line.strip())
+        if entries > len(table):
+            raise UserError(
+                f"{dict_file}: {entries} entries but {path} has {len(table)} tokens: the dictionary and "
+                "the tokenizer do not belong together"
+            )
+    return table
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One training example. ``source`` is None for the language model."""
+
+    id: int
+    source: torch.Tensor | None
+    target: torch.Tensor
+
+
+@dataclass(frozen=True)
+class TruncationStats:
+    """How truncation changed a split (for the trainer's log)."""
+
+    samples: int
+    truncated: int  # samples not kept whole (their EOS is dropped)
+    partial_first_bar: int  # samples whose first bar alone did not fit and was cut inside
+    tokens_kept: int
+    tokens_total: int
+
+
+def _bar_ends(data: MMapIndexedDataset) -> tuple[np.ndarray, np.ndarray]:
+    """(positions, per-sample start index into positions) of Bar tokens, positions relative to the sample."""
+    flat = np.flatnonzero(np.asarray(data.data) == BAR)
+    first = np.searchsorted(flat, data.offsets)
+    owner = np.searchsorted(data.offsets, flat, side="right") - 1
+    relative = flat - data.offsets[owner] if flat.size else flat
+    return relative.astype(np.int64), np.append(first, flat.size)
+
+
+def _truncate_pair(
+    src_sizes: np.ndarray,
+    tgt_sizes: np.ndarray,
+    src_bars: tuple[np.ndarray, np.ndarray],
+    tgt_bars: tuple[np.ndarray, np.ndarray],
+    limit: int | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Kept prefix lengths (source, target) and the partial-first-bar flags; sizes include the EOS."""
+    src_keep = src_sizes.astype(np.int64).copy()
+    tgt_keep = tgt_sizes.astype(np.int64).copy()
+    partial = np.zeros(len(src_keep), dtype=bool)
+    if limit is None:
+        return src_keep, tgt_keep, partial
+    src_pos, src_start = src_bars
+    tgt_pos, tgt_start = tgt_bars
+    over = np.flatnonzero((src_keep > limit) | (tgt_keep > limit))
+    for i in over:
+        s_ends = src_pos[src_start[i] : src_start[i + 1]] + 1  # prefix length of k bars, k = 1..
+        t_ends = tgt_pos[tgt_start[i] : tgt_start[i + 1]] + 1
+        src_size = src_keep[i]
+        k = int(np.searchsorted(np.maximum(s_ends, t_ends), limit, side="right"))
+        if k > 0:
+            src_keep[i], tgt_keep[i] = s_ends[k - 1], t_ends[k - 1]
+        else:  # the first bar (or the whole barless sequence, without its EOS) does not fit
+            s_first = s_ends[0] if s_ends.size else src_size - 1
+            t_first = t_ends[0] if t_ends.size else tgt_keep[i] - 1
+            src_keep[i], tgt_keep[i] = min(limit, s_first), min(limit, t_first)
+            partial[i] = True
+        if src_keep[i] == src_size - 1 and src_size <= limit:
+            src_keep[i] = src_size  # the whole score was kept (only the performance was cut): keep its EOS
+    return src_keep, tgt_keep, partial
+
+
+class PairDataset:
+    """A split of a data-bin, truncated; ``sizes[i]`` = max(len(source), len(target)) of sample i."""
+
+    def __init__(
+        self,
+        target: MMapIndexedDataset,
+        source: MMapIndexedDataset | None = None,
+        *,
+        truncate: int | None = None,
+        name: str = "dataset",
+    ):
+        if truncate is not None and truncate < 1:
+            raise UserError(f"{name}: truncation length {truncate} must be at least 1")
+        self.name = name
+        self.target_data = target
+        self.source_data = source
+        self.truncate = truncate
+        if source is None:
+            tgt_keep = target.sizes.astype(np.int64)
+            if truncate is not None:
+                tgt_keep = np.minimum(tgt_keep, truncate)
+            src_keep = None
+            partial = np.zeros(len(target), dtype=bool)
+            if truncate is not None and (target.sizes > truncate).any():
+                positions, starts = _bar_ends(target)
+                first_end = np.full(len(target), np.iinfo(np.int64).max)
+                has_bar = starts[:-1] < starts[1:]
+                first_end[has_bar] = positions[starts[:-1][has_bar]] + 1
+                partial = (target.sizes > truncate) & (first_end > truncate)
+        else:
+            if len(source) != len(target):
+                raise UserError(
+                    f"{name}: {len(source)} source but {len(target)} target sequences ({source.prefix}, "
+                    f"{target.prefix})"
+                )
+            src_bars, tgt_bars = _bar_ends(source), _bar_ends(target)
+            src_counts, tgt_counts = np.diff(src_bars[1]), np.diff(tgt_bars[1])
+            bad = np.flatnonzero(src_counts != tgt_counts)
+            if bad.size:
+                i = int(bad[0])
+                raise UserError(
+                    f"{name}: sample {i} has {src_counts[i]} score bars but {tgt_counts[i]} performance bars "
+                    f"({bad.size} samples differ); performance bar k must be the performance of score bar k"
+                )
+            src_keep, tgt_keep, partial = _truncate_pair(source.sizes, target.sizes, src_bars, tgt_bars, truncate)
+        self.source_lengths = src_keep
+        self.target_lengths = tgt_keep
+        self.sizes = tgt_keep.copy() if src_keep is None else np.maximum(src_keep, tgt_keep)
+        truncated = tgt_keep < target.sizes
+        total = int(target.sizes.astype(np.int64).sum())
+        kept = int(tgt_keep.sum())
+        if source is not None:
+            truncated |= src_keep < source.sizes
+            total += int(source.sizes.astype(np.int64).sum())
+            kept += int(src_keep.sum())
+        self.stats = TruncationStats(len(target), int(truncated.sum()), int(partial.sum()), kept, total)
+
+    def __len__(self) -> int:
+        return len(self.target_data)
+
+    def __getitem__(self, index: int) -> Sample:
+        if not 0 <= index < len(self):
+            raise IndexError(f"sample {index} out of range for {len(self)} samples")
+        target = torch.from_numpy(self.target_data.tokens(index)[: self.target_lengths[index]].astype(np.int64))
+        source = None
+        if self.source_data is not None:
+            kept = self.source_lengths[index]
+            source = torch.from_numpy(self.source_data.tokens(index)[:kept].astype(np.int64))
+        return Sample(index, source, target)
+
+    def num_tokens(self, index: int) -> int:
+        return int(self.sizes[index])
+
+
+def _split_hint(split: str) -> str:
+    return " (fairseq names the validation split 'valid')" if split in SPLIT_NAMES_HINT else ""
+
+
+def load_dataset(
+    data_bin: Path,
+    split: str,
+    *,
+    task: str = "translation",
+    source_lang: str = "score",
+    target_lang: str = "perf",
+    truncate: int | None = None,
+) -> PairDataset:
+    """Open ``split`` of ``data_bin`` for ``task`` ('translation' or 'lm'), truncated to ``truncate`` tokens."""
+    data_bin = Path(data_bin)
+    name = f"{data_bin}/{split}"
+    if task == "translation":
+        tried = []
+        for a, b in ((source_lang, target_lang), (target_lang, source_lang)):
+            src_prefix = data_bin / f"{split}.{a}-{b}.{source_lang}"
+            tgt_prefix = data_bin / f"{split}.{a}-{b}.{target_lang}"
+            tried.append(str(data_bin / f"{split}.{a}-{b}.{{{source_lang},{target_lang}}}.bin/.idx"))
+            if dataset_exists(src_prefix) and dataset_exists(tgt_prefix):
+                source = MMapIndexedDataset(src_prefix)
+                target = MMapIndexedDataset(tgt_prefix)
+                return PairDataset(target, source, truncate=truncate, name=name)
+        raise UserError(f"split '{split}' not found: tried {' and '.join(tried)}{_split_hint(split)}")
+    if task == "lm":
+        candidates = [data_bin / split, data_bin / f"{split}.{source_lang}-None.{source_lang}"]
+        for prefix in candidates:
+            if dataset_exists(prefix):
+                return PairDataset(MMapIndexedDataset(prefix), None, truncate=truncate, name=name)
+        tried = " and ".join(f"{p}.bin/.idx" for p in candidates)
+        raise UserError(f"split '{split}' not found: tried {tried}{_split_hint(split)}")
+    raise UserError(f"task {task!r}: expected one of {', '.join(TASKS)}")
+
+
+def batch_indices(
+    sizes: np.ndarray,
+    *,
+    batch_size: int | None,
+    max_tokens: int | None,
+    seed: int,
+    epoch: int,
+    shuffle: bool = True,
+) -> list[list[int]]:
+    """Group sample indices into batches of similar length, then order the batches.
+
+    Samples are sorted by size (ties in a (seed, epoch)-random order when shuffling, as fairseq's
+    ``ordered_indices``) and cut greedily into batches with at most ``batch_size`` samples and, with
+    padding counted as fairseq does, ``max_len * n <= max_tokens``. With ``shuffle`` the batch order is
+    then permuted from (seed, epoch); without it, batches come shortest first. O(n log n).
+    """
+    sizes = np.asarray(sizes, dtype=np.int64)
+    if batch_size is None and max_tokens is None:
+        raise UserError("set --batch-size or --max-tokens (or both)")
+    if batch_size is not None and batch_size < 1:
+        raise UserError(f"--batch-size {batch_size}: must be at least 1")
+    if max_tokens is not None and sizes.size and int(sizes.max()) > max_tokens:
+        i = int(np.argmax(sizes))
+        raise UserError(
+            f"sample {i} has {int(sizes[i])} tokens, more than --max-tokens {max_tokens}: raise --max-tokens "
+            "or lower --truncate-<split>"
+        )
+    rng = np.random.default_rng([seed, epoch])
+    if shuffle:
+        perm = rng.permutation(len(sizes))
+        order = perm[np.argsort(sizes[perm], kind="stable")]
+    else:
+        order = np.argsort(sizes, kind="stable")
+    cap_n = batch_size if batch_size is not None else len(sizes) + 1
+    cap_tokens = max_tokens if max_tokens is not None else np.iinfo(np.int64).max
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for index, size in zip(order.tolist(), sizes[order].tolist(), strict=True):
+        # sizes ascend, so the newest sample is the longest: padding to it costs size * (n + 1)
+        if current and (len(current) >= cap_n or size * (len(current) + 1) > cap_tokens):
+            batches.append(current)
+            current = []
+        current.append(index)
+    if current:
+        batches.append(current)
+    if shuffle:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    return batches
+
+
+def collate(samples: list[Sample], beat_table: torch.Tensor) -> Batch:
+    """Pad samples into a Batch: decoder input ``[EOS] + target[:-1]``, bar/beat ids on both sides."""
+    if not samples:
+        raise ValueError("cannot collate an empty list of samples")
+    targets = [s.target for s in samples]
+    prev = [torch.cat([torch.tensor([EOS], dtype=torch.long), t[:-1]]) for t in targets]
+    prev_output = collate_bar_tokens(prev, beat_table)
+    target = torch.full(prev_output.tokens.shape, PAD, dtype=torch.long)
+    for i, t in enumerate(targets):
+        target[i, : len(t)] = t
+    has_source = [s.source is not None for s in samples]
+    if any(has_source) and not all(has_source):
+        raise ValueError("a batch mixes translation and language-model samples")
+    source = collate_bar_tokens([s.source for s in samples], beat_table) if all(has_source) else None
+    ntokens = int(sum(len(t) for t in targets))
+    ids = torch.tensor([s.id for s in samples], dtype=torch.long)
+    return Batch(prev_output, target, source, ntokens, ids)
