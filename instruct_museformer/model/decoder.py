@@ -1,0 +1,79 @@
+"""The Museformer decoder over the performance tokens (also the whole of the language model).
+
+Input: the decoder side of a batch (``[EOS] + target[:-1]``) as BarTokens. The leading EOS is the prefix
+(bar 0): it sees only itself, and every content token sees it. Bar 1 starts at index 1 in training as at
+inference, which removes the original's first-bar leak (museformer.md 4.7). Summaries exist for the
+complete bars only; a truncated last bar has none.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ..data.batch import BarTokens
+from .attention import resolve_impl
+from .config import MuseformerConfig
+from .encoder import EncoderOut, layer_schemes, make_embeddings, make_layers
+from .masks import AttentionLayout, bar_layout, cross_layout, pad_bar_tokens, regular_layout, summary_layout
+from .scheme import parse_scheme
+
+
+class MuseformerDecoder(nn.Module):
+    def __init__(self, cfg: MuseformerConfig, cross: bool) -> None:
+        super().__init__()
+        if cfg.pref2pref_mode not in ("lt", "full", "none"):
+            raise ValueError(f"pref2pref_mode {cfg.pref2pref_mode!r} is not one of lt, full, none")
+        self.cfg = cfg
+        n = cfg.num_layers
+        self.schemes = layer_schemes(cfg, n, cfg.con2con, cfg.con2sum)
+        if cross:
+            self.schemes["cross_con2con"] = parse_scheme("cross_con2con", cfg.cross_con2con, n)
+            self.schemes["cross_con2sum"] = parse_scheme("cross_con2sum", cfg.cross_con2sum, n)
+        self.embed = make_embeddings(cfg)
+        self.layers = make_layers(cfg, n, cross=cross)
+        use_final = cfg.normalize_before and not cfg.no_final_norm
+        self.final_norm = nn.LayerNorm(cfg.attention_embed_dim) if use_final else None
+        self.output = nn.Linear(cfg.attention_embed_dim, cfg.vocab_size, bias=False)
+        if cfg.share_input_output_embed:
+            self.output.weight = self.embed.tokens.weight
+        else:
+            nn.init.normal_(self.output.weight, std=cfg.attention_embed_dim**-0.5)
+
+    def forward(self, prev_output: BarTokens, encoder_out: EncoderOut | None = None) -> torch.Tensor:
+        """prev_output (B, T) -> logits (B, T, V) in float32."""
+        cfg = self.cfg
+        length = prev_output.tokens.shape[1]
+        impl = resolve_impl(cfg.attention_impl, prev_output.tokens.device)
+        multiple = cfg.block_size if impl == "flex" else 1
+        tokens = pad_bar_tokens(prev_output, multiple)
+        side = bar_layout(tokens, cfg.num_summary_tokens_each_chunk, multiple)
+        r = self.embed.regular(tokens.tokens, tokens.bar_ids, tokens.beat_ids)  # (B, R, d)
+        s = self.embed.summaries(side.sum_ids, side.sum_bar)  # (B, S, d)
+        sc = self.schemes
+        cache: dict[tuple, AttentionLayout] = {}
+        for i, layer in enumerate(self.layers):
+            kx = ("sx", sc["sum2con"][i], sc["sum2sum"][i])
+            kr = ("rx", sc["con2con"][i], sc["con2sum"][i])
+            if kx not in cache:
+                cache[kx] = summary_layout(side, sc["sum2con"][i], sc["sum2sum"][i])
+            if kr not in cache:
+                cache[kr] = regular_layout(
+                    side, sc["con2con"][i], sc["con2sum"][i], cfg.con2con_causal, cfg.pref2pref_mode
+                )
+            extra: tuple = ()
+            if layer.cross is not None:
+                if encoder_out is None:
+                    raise ValueError("the translation decoder needs the encoder output")
+                kc = ("cross", sc["cross_con2con"][i], sc["cross_con2sum"][i])
+                if kc not in cache:
+                    cache[kc] = cross_layout(side, encoder_out.side, sc["cross_con2con"][i], sc["cross_con2sum"][i])
+                extra = (layer.cross.memory_kv(encoder_out.memory), cache[kc])
+            if cfg.gradient_checkpointing and self.training:
+                s, r = checkpoint(layer, s, r, cache[kx], cache[kr], *extra, use_reentrant=False)
+            else:
+                s, r = layer(s, r, cache[kx], cache[kr], *extra)
+        if self.final_norm is not None:
+            r = self.final_norm(r)
+        return self.output(r[:, :length]).float()

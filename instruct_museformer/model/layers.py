@@ -1,0 +1,82 @@
+"""One Museformer layer: v2s1 self-attention over both streams, optional cross-attention, shared FFN."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .attention import CrossAttention, V2S1Attention
+from .masks import AttentionLayout
+
+
+class FeedForward(nn.Module):
+    """fc2(act(fc1(x))), no activation dropout (as the original); shared by the two streams."""
+
+    def __init__(self, dim: int, hidden: int, activation: str) -> None:
+        super().__init__()
+        acts = {"gelu": nn.GELU, "relu": nn.ReLU}
+        if activation not in acts:
+            raise ValueError(f"activation_fn {activation!r} is not one of {', '.join(acts)}")
+        self.fc1, self.act, self.fc2 = nn.Linear(dim, hidden), acts[activation](), nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class MuseformerLayer(nn.Module):
+    """Pre-LN (or post-LN) layer over the summary stream s (B, S, d) and the regular stream r (B, R, d).
+
+    self-attention (v2s1) -> [cross-attention, regular stream only] -> FFN. LayerNorms and FFN are shared
+    by the two streams (``share_*`` True in the original). Summaries do not cross-attend: they read their
+    bar's regular tokens, which carry the source information from the layer below.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        ffn_dim: int,
+        dropout: float,
+        attention_dropout: float,
+        activation: str,
+        normalize_before: bool,
+        impl: str,
+        block_size: int,
+        cross: bool = False,
+    ) -> None:
+        super().__init__()
+        self.normalize_before = normalize_before
+        self.attn_norm = nn.LayerNorm(dim)
+        self.attn = V2S1Attention(dim, num_heads, attention_dropout, impl, block_size)
+        self.cross_norm = nn.LayerNorm(dim) if cross else None
+        self.cross = CrossAttention(dim, num_heads, attention_dropout, impl, block_size) if cross else None
+        self.ffn_norm = nn.LayerNorm(dim)
+        self.ffn = FeedForward(dim, ffn_dim, activation)
+        self.dropout = nn.Dropout(dropout)
+
+    def _pre(self, norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return norm(x) if self.normalize_before else x
+
+    def _post(self, norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return x if self.normalize_before else norm(x)
+
+    def forward(
+        self,
+        s: torch.Tensor,
+        r: torch.Tensor,
+        sx: AttentionLayout,
+        rx: AttentionLayout,
+        cross_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cross_layout: AttentionLayout | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        s_att, r_att = self.attn(self._pre(self.attn_norm, s), self._pre(self.attn_norm, r), sx, rx)
+        s = self._post(self.attn_norm, s + self.dropout(s_att))
+        r = self._post(self.attn_norm, r + self.dropout(r_att))
+        if self.cross is not None and self.cross_norm is not None:
+            if cross_kv is None or cross_layout is None:
+                raise ValueError("this layer has cross-attention: pass the encoder memory and its layout")
+            c = self.cross(self._pre(self.cross_norm, r), cross_kv[0], cross_kv[1], cross_layout)
+            r = self._post(self.cross_norm, r + self.dropout(c))
+        s = self._post(self.ffn_norm, s + self.dropout(self.ffn(self._pre(self.ffn_norm, s))))
+        r = self._post(self.ffn_norm, r + self.dropout(self.ffn(self._pre(self.ffn_norm, r))))
+        return s, r
