@@ -1,0 +1,175 @@
+"""Score + performance + alignment -> bar-aligned token ids for both sides, and round-trip measuring.
+
+Both sides are encoded on one :class:`~.grid.BarGrid` built from the score's unfolded measures, so
+performance bar k is the performance of score bar k and both sequences have the same number of Bar
+tokens (id 4), each sequence ending with one.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import miditok
+import numpy as np
+
+from . import specials
+from .alignment import anchors_from_annotations, anchors_from_match, anchors_from_note_alignment
+from .errors import TokenizationError
+from .performance import PerformanceData, decode_performance, encode_performance, fit_tempo, load_performance
+from .score import MIDI_SUFFIXES, encode_score, load_score, score_grid
+from .tokenizer import Vocab
+
+__all__ = ["PairTokens", "TokenizationError", "roundtrip_errors", "tokenize_pair"]
+
+
+@dataclass
+class PairTokens:
+    """Token ids of both sides plus what round-trip measuring needs.
+
+    ``origin`` is the performance time (s) of the start of bar 1: decoded times are relative to it.
+    ``aligned`` marks the performance notes (``perf.onset`` order) whose onset is an alignment anchor.
+    """
+
+    score_ids: list[int]
+    perf_ids: list[int]
+    num_bars: int
+    perf: PerformanceData
+    origin: float
+    aligned: np.ndarray
+    seconds: float = 0.0
+    source: str = ""
+    info: dict = field(default_factory=dict)
+
+
+def tokenize_pair(
+    score: Path,
+    performance: Path,
+    tokenizer: miditok.REMI,
+    *,
+    alignment: Path | None = None,
+    annotations: Path | None = None,
+    score_annotations: Path | None = None,
+    match: Path | None = None,
+) -> PairTokens:
+    """Tokenize one pair; the first alignment source given wins (note alignment, match, annotations).
+
+    Raises TokenizationError with reason "missing file", "parse error", "no alignment" or
+    "bar mismatch", naming the file.
+    """
+    started = time.perf_counter()
+    score, performance = Path(score), Path(performance)
+    if alignment is None and match is None and annotations is None:
+        raise TokenizationError("no alignment", f"{performance}: no alignment, match file or beat annotations given")
+    midi_score = score.suffix.lower() in MIDI_SUFFIXES
+    data = load_score(score, score_annotations if midi_score else None)
+    perf = load_performance(performance)
+    if alignment is not None:
+        anchor_q, anchor_s = anchors_from_note_alignment(Path(alignment), data)
+        source = "note_alignment"
+    elif match is not None:
+        anchor_q, anchor_s = anchors_from_match(Path(match), data)
+        source = "match"
+    else:
+        anchor_q, anchor_s = anchors_from_annotations(
+            Path(annotations), data, score_annotations if midi_score else None, score if midi_score else None
+        )
+        source = "annotations"
+    vocab = Vocab(tokenizer)
+    grid = score_grid(data, vocab)
+    events = np.concatenate([perf.onset, perf.pedal_on, perf.pedal_off])
+    try:
+        fit = fit_tempo(grid, anchor_q, anchor_s, float(events.min()), float(events.max()))
+    except ValueError as error:
+        raise TokenizationError("no alignment", f"{alignment or match or annotations}: {error}") from None
+    score_ids = encode_score(data, grid)
+    perf_ids = encode_performance(perf, grid, fit)
+    n_score, n_perf = score_ids.count(specials.BAR), perf_ids.count(specials.BAR)
+    if n_score != n_perf or n_score != grid.num_bars:  # cannot happen by construction; guard the invariant
+        raise TokenizationError("bar mismatch", f"{performance}: {n_perf} performance bars vs {n_score} score bars")
+    anchor_times = np.sort(anchor_s)
+    nearest = np.clip(np.searchsorted(anchor_times, perf.onset), 1, len(anchor_times) - 1)
+    gap = np.minimum(np.abs(perf.onset - anchor_times[nearest - 1]), np.abs(perf.onset - anchor_times[nearest]))
+    aligned = gap < 1e-4 if source != "annotations" else np.ones(len(perf.onset), dtype=bool)
+    return PairTokens(score_ids, perf_ids, grid.num_bars, perf, fit.origin, aligned,
+                      time.perf_counter() - started, source,
+                      {"tempo_beats": len(fit.tempo_index), "anchors": len(anchor_q)})
+
+
+def _pair_by_pitch(orig_t: np.ndarray, orig_p: np.ndarray, dec_t: np.ndarray, dec_p: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs (original, decoded): per pitch, the k-th onset with the k-th onset."""
+    oi, di = [], []
+    for pitch in np.unique(orig_p):
+        o = np.flatnonzero(orig_p == pitch)
+        d = np.flatnonzero(dec_p == pitch)
+        o = o[np.argsort(orig_t[o], kind="stable")]
+        d = d[np.argsort(dec_t[d], kind="stable")]
+        n = min(len(o), len(d))
+        oi.append(o[:n])
+        di.append(d[:n])
+    if not oi:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(oi), np.concatenate(di)
+
+
+def _stats(errors_s: np.ndarray) -> dict:
+    if len(errors_s) == 0:
+        return {"median_ms": None, "p95_ms": None, "max_ms": None, "n": 0}
+    ms = np.abs(errors_s) * 1000.0
+    return {"median_ms": float(np.median(ms)), "p95_ms": float(np.percentile(ms, 95)),
+            "max_ms": float(ms.max()), "n": int(len(ms))}
+
+
+def _nearest_errors(orig: np.ndarray, dec: np.ndarray) -> np.ndarray:
+    if len(orig) == 0:
+        return np.zeros(0)
+    if len(dec) == 0:
+        return np.full(len(orig), np.inf)
+    dec = np.sort(dec)
+    k = np.clip(np.searchsorted(dec, orig), 1, max(len(dec) - 1, 1))
+    left = np.abs(orig - dec[np.maximum(k - 1, 0)])
+    right = np.abs(orig - dec[np.minimum(k, len(dec) - 1)])
+    return np.minimum(left, right)
+
+
+def roundtrip_errors(pair: PairTokens, tokenizer: miditok.REMI) -> dict:
+    """Performance MIDI -> tokens -> MIDI errors: onsets (all and aligned notes), velocity, pedal.
+
+    Decoded times are compared with the original ones relative to the start of bar 1
+    (``pair.origin``). The velocity step is the spacing of the vocabulary's velocity bins.
+    """
+    vocab = Vocab(tokenizer)
+    decoded = decode_performance(pair.perf_ids, tokenizer).to("second")
+    notes = [n for track in decoded.tracks for n in track.notes]
+    dec_t = np.array([n.time for n in notes], dtype=np.float64)
+    dec_p = np.array([n.pitch for n in notes], dtype=np.int64)
+    dec_v = np.array([n.velocity for n in notes], dtype=np.int64)
+    perf = pair.perf
+    in_range = np.isin(perf.pitch, [int(t.split("_")[1]) for t in vocab.ids if t.startswith("Pitch_")])
+    orig_t = perf.onset - pair.origin
+    oi, di = _pair_by_pitch(orig_t[in_range], perf.pitch[in_range], dec_t, dec_p)
+    idx = np.flatnonzero(in_range)[oi]
+    onset_err = dec_t[di] - orig_t[idx]
+    aligned = pair.aligned[idx]
+    vel_err = np.abs(dec_v[di] - perf.velocity[idx])
+    step = float(np.diff(vocab.velocities).max())
+    pedals = [p for track in decoded.tracks for p in track.pedals]
+    dec_on = np.array([p.time for p in pedals])
+    dec_off = np.array([p.time + p.duration for p in pedals])
+    pedal_err = np.concatenate([_nearest_errors(perf.pedal_on - pair.origin, dec_on),
+                                _nearest_errors(perf.pedal_off - pair.origin, dec_off)])
+    return {
+        "notes": int(in_range.sum()),
+        "notes_decoded": len(notes),
+        "onset_all": _stats(onset_err),
+        "onset_aligned": _stats(onset_err[aligned]),
+        "velocity": {"max_error": int(vel_err.max()) if len(vel_err) else None, "step": step,
+                     "within_step": float(np.mean(vel_err <= step)) if len(vel_err) else None},
+        "pedal": _stats(pedal_err),
+        "pedal_changes": int(len(perf.pedal_on) + len(perf.pedal_off)),
+        "bars": pair.num_bars,
+        "score_tokens": len(pair.score_ids),
+        "perf_tokens": len(pair.perf_ids),
+    }

@@ -1,0 +1,208 @@
+"""The project's one MidiTok REMI configuration, its JSON file, and the per-token tables built from it.
+
+One vocabulary serves both sides of a pair (score and performance), so a single dictionary and a
+single embedding table fit the translation model. The configuration is chosen for performances:
+
+- Position: 48 per beat (a beat is the time signature's denominator; ``x/2`` bars are written as
+  ``2x/4`` by the encoder, so a position is at most 1/48 of a quarter). With a beat-aligned tempo map
+  a position lasts ~21 ms at 60 beats per minute and ~31 ms in the slowest (n)ASAP adagios (40), so
+  the rounding error (half of that at most) keeps round-trip onsets within the issue's targets; 32
+  per beat measured a 10-11 ms median on Beethoven op. 53/2, over the 10 ms target.
+- Tempo: 128 log-spaced bins, 10..400 quarters per minute; the encoder writes one per (musical) beat
+  and chooses each value with error feedback, so decoded beat times track the played ones.
+- Velocity: 32 bins; sustain pedal as Pedal/PedalOff tokens; durations down to 1/48 beat.
+- Time signatures x/4, x/8, x/16 with x = 1..12; longer or odd measures are split / re-expressed by
+  :mod:`.grid`, so Position ids stay below 12 * 48.
+
+Token ids: PAD=0 BOS=1 EOS=2 MASK=3 (MidiTok's specials, in this order) and ``Bar_None`` = 4, as
+:mod:`.specials` fixes; :func:`load_tokenizer` checks this.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import miditok
+import numpy as np
+import torch
+
+from ..errors import UserError
+from . import specials
+
+POSITIONS_PER_BEAT = 48
+MAX_BEATS_PER_BAR = 12
+TIME_SIGNATURE_DENOMINATORS = (4, 8, 16)
+
+
+def _config() -> miditok.TokenizerConfig:
+    return miditok.TokenizerConfig(
+        pitch_range=(21, 108),
+        beat_res={(0, 1): POSITIONS_PER_BEAT, (1, 2): 16, (2, 4): 8, (4, 8): 4, (8, 16): 2},
+        num_velocities=32,
+        special_tokens=["PAD", "BOS", "EOS", "MASK"],
+        use_velocities=True,
+        use_chords=False,
+        use_rests=False,
+        use_tempos=True,
+        use_time_signatures=True,
+        use_sustain_pedals=True,
+        sustain_pedal_duration=False,
+        use_pitch_bends=False,
+        use_programs=False,
+        use_pitchdrum_tokens=False,
+        num_tempos=128,
+        tempo_range=(10, 400),
+        log_tempos=True,
+        delete_equal_successive_tempo_changes=False,
+        delete_equal_successive_time_sig_changes=False,
+        time_signature_range={d: list(range(1, MAX_BEATS_PER_BAR + 1)) for d in TIME_SIGNATURE_DENOMINATORS},
+    )
+
+
+def build_tokenizer() -> miditok.REMI:
+    """The project's one REMI configuration (see the module docstring for why each setting)."""
+    tokenizer = miditok.REMI(_config())
+    _check_layout(tokenizer, "built tokenizer")
+    return tokenizer
+
+
+def save_tokenizer(tokenizer: miditok.REMI, path: Path) -> None:
+    """Write the configuration as MidiTok's JSON to ``path`` (a file), atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".tok-") as tmp:
+        tokenizer.save(tmp, filename="tokenizer.json")
+        os.replace(Path(tmp) / "tokenizer.json", path)
+
+
+def load_tokenizer(path: Path) -> miditok.REMI:
+    """Load a configuration written by :func:`save_tokenizer`; UserError names the file if it is unusable."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "tokenizer.json"
+    if not path.is_file():
+        raise UserError(f"{path}: tokenizer file not found")
+    try:
+        params = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UserError(f"{path}: not a tokenizer JSON file ({error})") from None
+    if not isinstance(params, dict) or params.get("tokenization") != "REMI" or "config" not in params:
+        raise UserError(f"{path}: not a MidiTok REMI tokenizer file")
+    try:
+        tokenizer = miditok.REMI(params=path)
+    except Exception as error:  # MidiTok raises assorted errors on malformed configs
+        raise UserError(f"{path}: cannot build a tokenizer from this file ({type(error).__name__}: {error})") from None
+    _check_layout(tokenizer, str(path))
+    return tokenizer
+
+
+def _check_layout(tokenizer: miditok.REMI, where: str) -> None:
+    expected = {"PAD_None": specials.PAD, "BOS_None": specials.BOS, "EOS_None": specials.EOS,
+                "MASK_None": specials.MASK, "Bar_None": specials.BAR}
+    vocab = tokenizer.vocab
+    for token, token_id in expected.items():
+        if vocab.get(token) != token_id:
+            raise UserError(f"{where}: token {token} must have id {token_id}, has {vocab.get(token)}")
+    if not (tokenizer.config.use_tempos and tokenizer.config.use_time_signatures):
+        raise UserError(f"{where}: the tokenizer needs Tempo and TimeSig tokens")
+
+
+def vocab_tokens(tokenizer: miditok.REMI) -> list[str]:
+    """Token strings in id order: line k of a dictionary built from this list is token id k."""
+    by_id = sorted(tokenizer.vocab.items(), key=lambda item: item[1])
+    assert [i for _, i in by_id] == list(range(len(by_id)))
+    return [token for token, _ in by_id]
+
+
+def beat_table(tokenizer: miditok.REMI, beat_mask_ts: bool = True) -> torch.LongTensor:
+    """(V,) beat-id table for data.batch.beat_ids_of (Museformer's ``get_beat_ids``).
+
+    ``Position_p`` -> p + 1; Bar, the specials and the "change" tokens (TimeSig when ``beat_mask_ts``,
+    else Tempo) -> 0 (BEAT_ZERO); every other token -> -1 (BEAT_INHERIT, takes the running value).
+    """
+    change = "TimeSig" if beat_mask_ts else "Tempo"
+    table = torch.full((len(tokenizer.vocab),), -1, dtype=torch.long)
+    for token, token_id in tokenizer.vocab.items():
+        kind, _, value = token.partition("_")
+        if kind == "Position":
+            table[token_id] = int(value) + 1
+        elif kind in ("Bar", change) or token_id < specials.NUM_SPECIALS:
+            table[token_id] = 0
+    return table
+
+
+@dataclass(frozen=True)
+class Vocab:
+    """Fast id lookups for the encoder and decoder (built once per tokenizer)."""
+
+    tokenizer: miditok.REMI
+
+    @cached_property
+    def ids(self) -> dict[str, int]:
+        return dict(self.tokenizer.vocab)
+
+    @cached_property
+    def tokens(self) -> list[str]:
+        return vocab_tokens(self.tokenizer)
+
+    @property
+    def ticks_per_quarter(self) -> int:
+        return int(self.tokenizer.time_division)
+
+    @property
+    def positions_per_beat(self) -> int:
+        return int(self.tokenizer.config.max_num_pos_per_beat)
+
+    def ticks_per_beat(self, denominator: int) -> int:
+        return self.ticks_per_quarter * 4 // denominator
+
+    def ticks_per_position(self, denominator: int) -> int:
+        return self.ticks_per_beat(denominator) // self.positions_per_beat
+
+    @cached_property
+    def num_positions(self) -> int:
+        return sum(1 for t in self.ids if t.startswith("Position_"))
+
+    @cached_property
+    def tempos(self) -> np.ndarray:
+        return np.asarray(self.tokenizer.tempos, dtype=np.float64)
+
+    @cached_property
+    def tempo_ids(self) -> list[int]:
+        return [self.ids[f"Tempo_{t}"] for t in self.tokenizer.tempos]
+
+    @cached_property
+    def velocities(self) -> np.ndarray:
+        return np.asarray(self.tokenizer.velocities, dtype=np.int64)
+
+    @cached_property
+    def time_signatures(self) -> set[tuple[int, int]]:
+        return {tuple(ts) for ts in self.tokenizer.time_signatures}
+
+    def durations(self, denominator: int) -> tuple[np.ndarray, list[int]]:
+        """Duration token values in ticks (ascending) and their ids, for bars with this denominator."""
+        return self._durations[denominator]
+
+    @cached_property
+    def _durations(self) -> dict[int, tuple[np.ndarray, list[int]]]:
+        out = {}
+        for denominator in TIME_SIGNATURE_DENOMINATORS:
+            table = self.tokenizer._tpb_tokens_to_ticks[self.ticks_per_beat(denominator)]
+            pairs = sorted((ticks, self.ids[f"Duration_{value}"]) for value, ticks in table.items())
+            out[denominator] = (np.array([p[0] for p in pairs], dtype=np.int64), [p[1] for p in pairs])
+        return out
+
+    @cached_property
+    def duration_ticks_by_id(self) -> dict[int, tuple[int, int, int]]:
+        """Duration id -> (beats, positions, resolution): ticks depend on the bar's denominator."""
+        out = {}
+        for token, token_id in self.ids.items():
+            if token.startswith("Duration_"):
+                beats, pos, res = (int(x) for x in token.split("_", 1)[1].split("."))
+                out[token_id] = (beats, pos, res)
+        return out
