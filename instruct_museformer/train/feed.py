@@ -69,7 +69,7 @@ def detect_task(data_bin: Path, source_lang: str, target_lang: str) -> str:
     names = [p.name for p in data_bin.iterdir()]
     if any(f".{p}.{target_lang}.idx" in n for n in names for p in pair):
         return "translation"
-    if any(n.endswith(".idx") and n.count(".") == 1 for n in names):
+    if any(n.endswith(".idx") and (n.count(".") == 1 or f".{source_lang}-None." in n) for n in names):
         return "language_modeling"
     raise UserError(
         f"{data_bin}: no binarized data (expected {{split}}.{source_lang}-{target_lang}.{target_lang}.idx "
@@ -80,7 +80,9 @@ def detect_task(data_bin: Path, source_lang: str, target_lang: str) -> str:
 class DataBinSource:
     """A data-bin written by ``imf preprocess``, read with ``instruct_museformer.data.dataset``."""
 
-    def __init__(self, data_bin: Path, *, task: str, source_lang: str, target_lang: str) -> None:
+    def __init__(
+        self, data_bin: Path, *, task: str, source_lang: str, target_lang: str, beat_mask_ts: bool = False
+    ) -> None:
         from ..data import dataset as data_api
         from ..data.dictionary import Dictionary
 
@@ -88,11 +90,12 @@ class DataBinSource:
         self.data_bin = data_bin
         self.task = task
         self.source_lang, self.target_lang = source_lang, target_lang
-        self.langs = (source_lang, target_lang) if task == "translation" else ("txt",)
+        self.langs = (source_lang, target_lang)
         if task == "translation":
             dict_paths = [data_bin / f"dict.{target_lang}.txt", data_bin / f"dict.{source_lang}.txt"]
         else:
-            dict_paths = [data_bin / "dict.txt", data_bin / f"dict.{target_lang}.txt"]
+            dict_paths = [data_bin / f"dict.{lang}.txt" for lang in (None, source_lang, target_lang)]
+            dict_paths[0] = data_bin / "dict.txt"
             dict_paths = [next((p for p in dict_paths if p.is_file()), dict_paths[0])]
         sizes = []
         for path in dict_paths:
@@ -105,10 +108,10 @@ class DataBinSource:
                 "the model shares one vocabulary (preprocess with the same --srcdict and --tgtdict)"
             )
         self.vocab_size = sizes[0]
-        self.beat_table = data_api.load_beat_table(data_bin)
+        self.beat_table = data_api.load_beat_table(data_bin, beat_mask_ts=beat_mask_ts)
 
     def load(self, split: str, truncate: int | None) -> SplitData:
-        kind = "translation" if self.task == "translation" else "language_modeling"
+        kind = "translation" if self.task == "translation" else "lm"
         dataset = self._api.load_dataset(
             self.data_bin, split, task=kind, source_lang=self.source_lang, target_lang=self.target_lang,
             truncate=truncate,

@@ -153,6 +153,7 @@ def _add_common_data_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-interval", type=int, default=100)
     parser.add_argument("--no-progress-bar", action="store_true")
     parser.add_argument("--criterion", default="cross_entropy", choices=("cross_entropy",))
+    parser.add_argument("--device-id", "--local_rank", "--local-rank", dest="device_id", type=int, default=0)
 
 
 def build_train_parser() -> argparse.ArgumentParser:
@@ -205,7 +206,6 @@ def build_train_parser() -> argparse.ArgumentParser:
     parser.add_argument("--distributed-world-size", type=int, default=None, help="default: all visible GPUs")
     parser.add_argument("--ddp-backend", default="c10d", choices=("c10d", "pytorch_ddp", "no_c10d", "legacy_ddp"))
     parser.add_argument("--find-unused-parameters", action="store_true")
-    parser.add_argument("--device-id", "--local_rank", "--local-rank", dest="device_id", type=int, default=0)
     _add_model_flags(parser)
     return parser
 

@@ -1,0 +1,487 @@
+"""``imf train`` and ``imf validate``: the loops around :class:`~.trainer.Trainer`, as fairseq-train runs them.
+
+Training is resumable to the update: a checkpoint records the epoch and the number of update groups
+already consumed in it, and since the batch order is a function of (seed, epoch) and every update
+reseeds with ``seed + num_updates``, a resumed run reproduces the loss curve of an uninterrupted one.
+
+Several processes: under ``torchrun`` (RANK/WORLD_SIZE/LOCAL_RANK in the environment) each process
+joins the group; otherwise ``--distributed-world-size N`` (default: the visible GPUs) spawns N
+processes. NCCL on CUDA, gloo on CPU. Ranks take disjoint slices of the batch list, so the effective
+batch is batch size x world size x update-freq, as in fairseq.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from ..data.batch import Batch
+from ..errors import UserError
+from ..model.config import MuseformerConfig
+from .checkpoint import (
+    CheckpointContents,
+    capture_rng,
+    load_checkpoint_model,
+    load_model_weights,
+    load_training_state,
+    prune_checkpoints,
+    read_config,
+    resolve_checkpoint,
+    restore_rng,
+    save_checkpoint,
+)
+from .feed import DataBinSource, DataSource, SplitData, batch_stream, detect_task, epoch_batches, groups_per_epoch
+from .options import args_to_json, model_config_from_args, task_kind
+from .progress import ProgressLogger, perplexity, setup_logging
+from .trainer import LN2, StepResult, Trainer, seed_everything
+
+logger = logging.getLogger("imf.train")
+
+ModelFactory = Callable[[MuseformerConfig], torch.nn.Module]
+SourceFactory = Callable[[argparse.Namespace, str], DataSource]
+UpdateCallback = Callable[[int, StepResult], None]
+
+
+@dataclass
+class Hooks:
+    """Seams for tests and embedding: how data and model are built, and a per-update callback."""
+
+    source_factory: SourceFactory | None = None
+    model_factory: ModelFactory | None = None
+    on_update: Sequence[UpdateCallback] = field(default_factory=tuple)
+
+
+def _default_source(args: argparse.Namespace, task: str) -> DataSource:
+    return DataBinSource(
+        Path(args.data), task=task, source_lang=args.source_lang, target_lang=args.target_lang,
+        beat_mask_ts=args.beat_mask_ts,
+    )
+
+
+def _default_model(cfg: MuseformerConfig) -> torch.nn.Module:
+    from ..model.museformer import build_model
+
+    return build_model(cfg)
+
+
+def _resolve_task(args: argparse.Namespace, hooks: Hooks) -> str:
+    """The task the data-bin holds; a conflicting --task name is reported, not obeyed blindly."""
+    if hooks.source_factory is not None:
+        return task_kind(args.task)
+    found = detect_task(Path(args.data), args.source_lang, args.target_lang)
+    named = task_kind(args.task)
+    if found == "translation" and named == "language_modeling":
+        logger.info(
+            f"--task {args.task}: {args.data} is a translation data-bin ({args.source_lang} -> "
+            f"{args.target_lang}); training the translation task (museformer_translation) instead"
+        )
+    elif found == "language_modeling" and named == "translation":
+        logger.info(f"{args.data} holds language-model data ({{split}}.bin, no pairs): training "
+                    "museformer_language_modeling")
+    return found
+
+
+# -- distributed set-up ------------------------------------------------------------------------------
+
+@dataclass
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+
+def _use_cuda(args: argparse.Namespace) -> bool:
+    return torch.cuda.is_available() and not args.cpu
+
+
+def _init_distributed(args: argparse.Namespace) -> DistInfo:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", str(args.device_id)))
+    cuda = _use_cuda(args)
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo", init_method="env://", rank=rank, world_size=world)
+    return DistInfo(rank, world, local_rank, device)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _spawned_worker(index: int, args: argparse.Namespace, world: int, port: int, hooks: Hooks) -> None:
+    os.environ.update(
+        {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(index), "LOCAL_RANK": str(index),
+         "WORLD_SIZE": str(world)}
+    )
+    _train_process(args, hooks)
+
+
+def train(args: argparse.Namespace, hooks: Hooks | None = None, *, start_method: str = "spawn") -> int:
+    """Run training as the flags say: in this process, or spawned over --distributed-world-size processes."""
+    hooks = hooks or Hooks()
+    under_torchrun = "WORLD_SIZE" in os.environ and "RANK" in os.environ
+    world = args.distributed_world_size
+    if world is None:
+        world = torch.cuda.device_count() if _use_cuda(args) else 1
+    world = max(1, world)
+    if under_torchrun or world == 1:
+        return _train_process(args, hooks)
+    if _use_cuda(args) and world > torch.cuda.device_count():
+        raise UserError(f"--distributed-world-size {world}: only {torch.cuda.device_count()} GPUs visible")
+    import torch.multiprocessing as mp
+
+    mp.start_processes(_spawned_worker, args=(args, world, _free_port(), hooks), nprocs=world, join=True,
+                       start_method=start_method)
+    return 0
+
+
+# -- the training loop -------------------------------------------------------------------------------
+
+class _Meter:
+    """Sums for one logging window (an interval or an epoch)."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.nll = 0.0
+        self.ntokens = 0
+        self.nsentences = 0
+        self.updates = 0
+        self.gnorm = 0.0
+        self.start = time.perf_counter()
+
+    def add(self, result: StepResult) -> None:
+        self.nll += result.nll
+        self.ntokens += result.ntokens
+        self.nsentences += result.nsentences
+        if not result.overflow:
+            self.updates += 1
+            self.gnorm += result.gnorm
+
+    def stats(self, trainer: Trainer, train_wall: float, wall: float) -> dict[str, Any]:
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        loss = self.nll / max(self.ntokens, 1) / LN2
+        stats: dict[str, Any] = {
+            "loss": loss,
+            "ppl": perplexity(loss),
+            "wps": self.ntokens / elapsed,
+            "ups": self.updates / elapsed,
+            "wpb": self.ntokens / max(self.updates, 1),
+            "bsz": self.nsentences / max(self.updates, 1),
+            "num_updates": trainer.num_updates,
+            "lr": trainer.get_lr(),
+            "gnorm": self.gnorm / max(self.updates, 1),
+        }
+        if trainer.scaler is not None:
+            stats["loss_scale"] = trainer.scaler.scale
+        stats["train_wall"] = train_wall
+        stats["wall"] = wall
+        return stats
+
+
+def _truncation(args: argparse.Namespace, split: str) -> int | None:
+    for name in ("train", "valid", "test"):
+        if split.startswith(name):
+            return getattr(args, f"truncate_{name}", None)
+    return None
+
+
+def _restore_path(args: argparse.Namespace) -> Path:
+    path = Path(args.restore_file)
+    if path.name == str(path) and not path.is_absolute():  # a bare name lives in --save-dir, as in fairseq
+        path = Path(args.save_dir) / path
+    return path
+
+
+def _train_process(args: argparse.Namespace, hooks: Hooks) -> int:
+    info = _init_distributed(args)
+    setup_logging(info.rank)
+    try:
+        return _train_loop(args, hooks, info)
+    finally:
+        if info.world_size > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train_loop(args: argparse.Namespace, hooks: Hooks, info: DistInfo) -> int:
+    wall_start = time.perf_counter()
+    if args.user_dir:
+        logger.info(f"--user-dir {args.user_dir}: not needed (Museformer is built in); ignored")
+    if args.take_bos_as_bar:
+        logger.info("--take-bos-as-bar True: the leading EOS is always a clean 1-token prefix here (BOS-leak fix)")
+    task = _resolve_task(args, hooks)
+    source = (hooks.source_factory or _default_source)(args, task)
+    seed_everything(args.seed)
+    cfg = model_config_from_args(args, vocab_size=source.vocab_size, task=task)
+    model = (hooks.model_factory or _default_model)(cfg)
+    if args.fp16 and info.device.type == "cpu":
+        logger.info("--fp16 on CPU: computing in float32; the dynamic loss scaler still runs (loss_scale is logged)")
+    logger.info(f"task: {task} ({args.source_lang} -> {args.target_lang}), arch: {args.arch}, device: {info.device}, "
+                f"world size: {info.world_size}")
+    logger.info(f"model config: {json.dumps(cfg.to_dict(), sort_keys=True)}")
+    num_params = sum(p.numel() for p in model.parameters())
+    num_trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    logger.info(f"num. model params: {num_params} (num. trained: {num_trained})")
+    trainer = Trainer(args, model, device=info.device, rank=info.rank, world_size=info.world_size)
+    logger.info(
+        f"training on {info.world_size} devices; batch size per device = {args.batch_size}, max tokens per device = "
+        f"{args.max_tokens}, update freq = {args.update_freq}"
+    )
+
+    epoch, position, best_loss = 1, 0, None
+    meters_state = {"train_wall": 0.0, "wall": 0.0}
+    restore = _restore_path(args)
+    try:
+        restore_dir: Path | None = resolve_checkpoint(restore)
+    except UserError:
+        restore_dir = None
+        if args.restore_file != "checkpoint_last":
+            raise
+    if restore_dir is not None:
+        state, opt_tensors, rng_tensors = load_training_state(restore_dir)
+        saved_cfg = read_config(restore_dir)["model"]
+        if saved_cfg != cfg.to_dict():
+            changed = sorted(k for k in cfg.to_dict() if saved_cfg.get(k) != cfg.to_dict()[k])
+            raise UserError(f"{restore_dir}: model flags differ from the checkpoint's ({', '.join(changed)})")
+        load_model_weights(trainer.model, restore_dir)
+        trainer.load_state(state, opt_tensors, reset_optimizer=args.reset_optimizer,
+                           reset_lr_scheduler=args.reset_lr_scheduler)
+        if not args.reset_dataloader:
+            epoch, position = int(state["epoch"]), int(state["iterations_in_epoch"])
+            restore_rng(rng_tensors, state.get("rng", {}))
+        best_loss = state.get("best_loss")
+        if not args.reset_meters:
+            meters_state = state.get("meters", meters_state)
+        logger.info(f"loaded checkpoint {restore_dir} (epoch {epoch} @ {trainer.num_updates} updates)")
+    else:
+        logger.info(f"no existing checkpoint found {restore}")
+
+    progress = ProgressLogger(args.log_format, args.tensorboard_logdir, enabled=info.rank == 0,
+                              no_progress_bar=args.no_progress_bar)
+    train_split = source.load(args.train_subset, args.truncate_train)
+    valid_names = [] if args.disable_validation else [s for s in args.valid_subset.split(",") if s]
+    valid_splits: dict[str, SplitData] = {}
+    train_wall_offset = float(meters_state.get("train_wall", 0.0))
+    wall_offset = float(meters_state.get("wall", 0.0))
+    train_time = 0.0
+
+    def walls() -> tuple[float, float]:
+        return train_wall_offset + train_time, wall_offset + time.perf_counter() - wall_start
+
+    def run_validation() -> float | None:
+        nonlocal best_loss
+        if not valid_names:
+            return None
+        first_loss = None
+        for name in valid_names:
+            if name not in valid_splits:
+                valid_splits[name] = source.load(name, _truncation(args, name))
+            loss, stats = _evaluate(args, source, valid_splits[name], trainer, info)
+            stats["num_updates"] = trainer.num_updates
+            if first_loss is None:
+                first_loss = loss
+                stats["best_loss"] = loss if best_loss is None else min(best_loss, loss)
+            progress.log_summary(stats, tag="valid", epoch=epoch,
+                                 step=trainer.num_updates, prefix=f"valid on '{name}' subset")
+        return first_loss
+
+    def save(end_of_epoch: bool, val_loss: float | None) -> None:
+        nonlocal best_loss
+        is_best = val_loss is not None and (best_loss is None or val_loss <= best_loss)
+        if val_loss is not None:
+            best_loss = val_loss if best_loss is None else min(best_loss, val_loss)
+        if args.no_save or info.rank != 0:
+            return
+        n = trainer.num_updates
+        names: list[str] = []
+        if not args.no_last_checkpoints:
+            names.append("checkpoint_last")
+        if end_of_epoch and not args.no_epoch_checkpoints and epoch % args.save_interval == 0:
+            names.append(f"checkpoint{epoch}")
+        if not end_of_epoch and args.save_interval_updates > 0 and n % args.save_interval_updates == 0:
+            names.append(f"checkpoint_{epoch}_{n}")
+        if is_best:
+            names.append("checkpoint_best")
+        if not names:
+            return
+        tstate, opt_tensors = trainer.state()
+        rng_tensors, rng_py = capture_rng()
+        train_wall, wall = walls()
+        tstate.update({
+            "epoch": epoch, "iterations_in_epoch": position, "best_loss": best_loss, "rng": rng_py,
+            "meters": {"train_wall": train_wall, "wall": wall}, "world_size": info.world_size,
+            "update_freq": args.update_freq,
+        })
+        start = time.perf_counter()
+        contents = CheckpointContents(
+            model=trainer.model, cfg=cfg, args=args_to_json(args), trainer_state=tstate,
+            optimizer_tensors=opt_tensors, rng_tensors=rng_tensors, data_bin=source.data_bin, langs=source.langs,
+        )
+        written = save_checkpoint(Path(args.save_dir), names, contents)
+        prune_checkpoints(Path(args.save_dir), args.keep_interval_updates, args.keep_last_epochs)
+        logger.info(
+            f"saved checkpoint {written[0]} (epoch {epoch} @ {n} updates, score {val_loss}) "
+            f"(writing took {time.perf_counter() - start:.2f} seconds)"
+        )
+
+    max_update = args.max_update if args.max_update > 0 else math.inf
+    max_epoch = args.max_epoch if args.max_epoch > 0 else math.inf
+    stop = trainer.num_updates >= max_update
+    while not stop and epoch <= max_epoch:
+        batches = epoch_batches(
+            source, train_split, max_positions=args.tokens_per_sample, batch_size=args.batch_size,
+            max_tokens=args.max_tokens, seed=args.seed, epoch=epoch, shuffle=True, skip_invalid=True,
+        )
+        if not batches:
+            raise UserError(f"split '{args.train_subset}' of {args.data}: no sample fits --tokens-per-sample "
+                            f"{args.tokens_per_sample}")
+        total = groups_per_epoch(len(batches), info.world_size, args.update_freq)
+        if position >= total:
+            epoch, position = epoch + 1, 0
+            continue
+        logger.info(f"begin training epoch {epoch}")
+        stream = batch_stream(train_split, batches, rank=info.rank, world_size=info.world_size,
+                              start=position * args.update_freq, num_workers=args.num_workers)
+        interval, epoch_meter = _Meter(), _Meter()
+        progress.start_epoch(epoch, total, position)
+        group: list[tuple[bool, Batch]] = []
+        iterator = iter(stream)
+        while position < total:
+            group.clear()
+            for _ in range(args.update_freq):
+                item = next(iterator, None)
+                if item is None:
+                    break
+                group.append(item)
+            step_start = time.perf_counter()
+            result = trainer.train_step(group)
+            train_time += time.perf_counter() - step_start
+            position += 1
+            interval.add(result)
+            epoch_meter.add(result)
+            progress.advance()
+            if result.overflow:
+                logger.info(f"NOTE: gradient overflow detected, ignoring gradient, setting loss scale to: "
+                            f"{trainer.scaler.scale if trainer.scaler else None}")
+            for callback in hooks.on_update:
+                callback(trainer.num_updates, result)
+            end_of_epoch = position >= total
+            stop = trainer.num_updates >= max_update
+            n = trainer.num_updates
+            if not result.overflow and args.log_interval > 0 and n % args.log_interval == 0:
+                progress.log_inner(interval.stats(trainer, *walls()), epoch=epoch, position=position, total=total,
+                                   step=n)
+                interval.reset()
+            updated = not result.overflow
+            save_due = (
+                (end_of_epoch and epoch % args.save_interval == 0)
+                or stop
+                or (updated and args.save_interval_updates > 0 and n > 0 and n % args.save_interval_updates == 0)
+            )
+            validate_due = (
+                (not end_of_epoch and save_due)
+                or (end_of_epoch and epoch % args.validate_interval == 0)
+                or stop
+                or (updated and args.validate_interval_updates > 0 and n % args.validate_interval_updates == 0)
+            )
+            val_loss = run_validation() if validate_due else None
+            if save_due:
+                save(end_of_epoch, val_loss)
+            elif val_loss is not None:
+                best_loss = val_loss if best_loss is None else min(best_loss, val_loss)
+            if stop:
+                break
+        progress.end_epoch()
+        del iterator, stream
+        if position >= total:
+            progress.log_summary(epoch_meter.stats(trainer, *walls()), tag="train", epoch=epoch,
+                                 step=trainer.num_updates)
+            epoch, position = epoch + 1, 0
+    progress.close()
+    logger.info(f"done training in {time.perf_counter() - wall_start:.1f} seconds")
+    return 0
+
+
+# -- validation ----------------------------------------------------------------------------------------
+
+def _evaluate(args: argparse.Namespace, source: DataSource, split: SplitData, trainer: Trainer,
+              info: DistInfo) -> tuple[float, dict[str, Any]]:
+    """Token-weighted loss (base 2) of a split, its batches sharded over ranks and the sums all-reduced."""
+    batch_size = getattr(args, "batch_size_valid", None) or args.batch_size
+    max_tokens = getattr(args, "max_tokens_valid", None) or args.max_tokens
+    batches = epoch_batches(
+        source, split, max_positions=args.tokens_per_sample, batch_size=batch_size, max_tokens=max_tokens,
+        seed=args.seed, epoch=1, shuffle=False, skip_invalid=args.skip_invalid_size_inputs_valid_test,
+    )
+    start = time.perf_counter()
+    nll, ntokens, nsentences = 0.0, 0, 0
+    stream = batch_stream(split, batches, rank=info.rank, world_size=info.world_size, start=0,
+                          num_workers=args.num_workers)
+    for dummy, batch in stream:
+        if dummy:
+            continue
+        b_nll, b_tokens, b_sent = trainer.valid_step(batch)
+        nll, ntokens, nsentences = nll + b_nll, ntokens + b_tokens, nsentences + b_sent
+    nll, ntokens_f, nsentences_f = trainer.reduce([nll, ntokens, nsentences])
+    elapsed = max(time.perf_counter() - start, 1e-9)
+    loss = nll / max(ntokens_f, 1) / LN2
+    stats = {"loss": loss, "ppl": perplexity(loss), "wps": ntokens_f / elapsed,
+             "wpb": ntokens_f / max(len(batches), 1), "bsz": nsentences_f / max(len(batches), 1)}
+    return loss, stats
+
+
+def validate(args: argparse.Namespace) -> int:
+    """fairseq-validate: loss (base 2) and ppl of ``--path`` on each ``--valid-subset``."""
+    info = _init_distributed(args)
+    setup_logging(info.rank)
+    try:
+        if args.user_dir:
+            logger.info(f"--user-dir {args.user_dir}: not needed (Museformer is built in); ignored")
+        model, cfg, metadata = load_checkpoint_model(Path(args.path))
+        found = detect_task(Path(args.data), args.source_lang, args.target_lang)
+        if found != cfg.task:
+            raise UserError(f"{args.path}: a {cfg.task} model, but {args.data} holds {found} data")
+        source = DataBinSource(Path(args.data), task=found, source_lang=args.source_lang,
+                               target_lang=args.target_lang, beat_mask_ts=args.beat_mask_ts)
+        if source.vocab_size != cfg.vocab_size:
+            raise UserError(f"{args.path}: vocabulary of {cfg.vocab_size} tokens, but {args.data}'s dictionary has "
+                            f"{source.vocab_size}")
+        logger.info(f"loaded checkpoint {metadata['path']} ({metadata.get('num_updates', 0)} updates)")
+        train_args = argparse.Namespace(**vars(args))
+        for key, default in (("lr", 0.0), ("adam_betas", (0.9, 0.999)), ("adam_eps", 1e-8), ("weight_decay", 0.0),
+                             ("lr_scheduler", "fixed"), ("warmup_updates", 0), ("warmup_init_lr", -1.0),
+                             ("ddp_backend", "no_c10d"), ("find_unused_parameters", False), ("update_freq", 1),
+                             ("clip_norm", 0.0)):
+            setattr(train_args, key, getattr(args, key, default))
+        train_args.fp16 = False  # evaluation: autocast only, no loss scaling
+        trainer = Trainer(train_args, model, device=info.device, rank=info.rank, world_size=info.world_size)
+        trainer.autocast_dtype = (torch.bfloat16 if args.bf16 else
+                                  torch.float16 if args.fp16 and info.device.type == "cuda" else None)
+        progress = ProgressLogger("simple", None, enabled=info.rank == 0)
+        for name in [s for s in args.valid_subset.split(",") if s]:
+            split = source.load(name, _truncation(args, name))
+            _, stats = _evaluate(args, source, split, trainer, info)
+            progress.log_summary(stats, tag="valid", epoch=None, step=0, prefix=f"valid on '{name}' subset")
+        return 0
+    finally:
+        if info.world_size > 1 and dist.is_initialized():
+            dist.destroy_process_group()
