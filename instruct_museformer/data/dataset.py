@@ -10,10 +10,11 @@ paired: keep the first K bars, K as large as possible with the source (score tok
 (performance tokens, which is as long as the decoder input ``[EOS] + target[:-1]``) both within L.
 The target keeps its EOS only when the whole piece fits (source + EOS and performance + EOS): as in
 Museformer, the model learns to stop only after a complete piece. The source keeps its EOS whenever the
-whole score was kept (possible when only the performance's EOS or trailing tokens did not fit). If not even the first bar fits, the
-first L tokens of that bar are kept (an incomplete bar, which gets no summary) and the case is counted
-in ``stats.partial_first_bar``. Every kept sequence is thus a prefix of the stored one, which is why a
-sample is described by two prefix lengths computed once, vectorised, when the split is loaded.
+whole score was kept (possible when only the performance's EOS or trailing tokens did not fit). If not
+even the first bar fits, the first L tokens of that bar are kept (an incomplete bar, which gets no
+summary) and the case is counted in ``stats.partial_first_bar``. Every kept sequence is thus a prefix
+of the stored one, which is why a sample is described by two prefix lengths computed once, vectorised,
+when the split is loaded.
 
 Language modelling (``task="lm"``, Museformer's setting): ``{split}.bin/.idx`` (or fairseq's
 ``{split}.{src}-None.{src}`` from ``--only-source -s``); each song, with its EOS, is the target, and

@@ -243,3 +243,11 @@ def build_numeric_dictionary(counts: np.ndarray, padding_factor: int = 1) -> Dic
     full = np.zeros(size, dtype=np.int64)
     full[: min(size, counts.size)] = counts[:size]
     return Dictionary(full.tolist())
+
+
+def write_token_dictionary(vocab_size: int, path: str | Path) -> Dictionary:
+    """Write the dictionary of a tokenizer's ids 0..vocab_size-1 (every count 1), as ``imf tokenize`` does."""
+    dictionary = Dictionary.numeric(vocab_size)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    dictionary.save(path)
+    return dictionary

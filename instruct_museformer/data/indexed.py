@@ -251,6 +251,12 @@ class MMapIndexedDataset:
         else:
             self.data = np.memmap(bin_path, dtype=self.dtype, mode="r", shape=(total,))
 
+    def __getstate__(self) -> dict:  # reopen by path (e.g. in spawned DataLoader workers), never copy the data
+        return {"prefix": str(self.prefix)}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["prefix"])
+
     def __len__(self) -> int:
         return len(self.sizes)
 

@@ -1,6 +1,11 @@
 import pytest
 
-from instruct_museformer.data.dictionary import Dictionary, UnknownTokenError, build_numeric_dictionary
+from instruct_museformer.data.dictionary import (
+    Dictionary,
+    UnknownTokenError,
+    build_numeric_dictionary,
+    write_token_dictionary,
+)
 from instruct_museformer.errors import UserError
 
 
@@ -73,3 +78,9 @@ def test_built_dictionary_keeps_line_k_as_id_k():
     d = build_numeric_dictionary(counts + [1], padding_factor=8)
     assert len(d) == 16 and d.counts[8] == 1 and d.counts[9:] == [0] * 7
     assert len(build_numeric_dictionary([0, 0, 4], padding_factor=1)) == 5  # specials and Bar at least
+
+
+def test_write_token_dictionary_lists_every_id(tmp_path):
+    d = write_token_dictionary(6, tmp_path / "meta" / "our_dict.txt")
+    assert (tmp_path / "meta" / "our_dict.txt").read_text() == "".join(f"{i} 1\n" for i in range(6))
+    assert Dictionary.load(tmp_path / "meta" / "our_dict.txt") == d

@@ -1,5 +1,6 @@
 """The mmap format against an independent reader (plain struct + numpy), byte for byte."""
 
+import pickle
 import struct
 
 import numpy as np
@@ -43,6 +44,8 @@ def test_write_then_read_back_with_an_independent_reader(tmp_path):
     assert len(ds) == 4 and ds.sizes.tolist() == [10, 1, 3, 2]
     assert [ds[i].tolist() for i in range(4)] == seqs and ds[-1].dtype.is_floating_point is False
     assert str(ds[0].dtype) == "torch.int64"
+    clone = pickle.loads(pickle.dumps(ds))  # by path, not by value
+    assert len(pickle.dumps(ds)) < 200 and clone[0].tolist() == seqs[0]
 
 
 def test_large_vocabulary_uses_int32(tmp_path):
