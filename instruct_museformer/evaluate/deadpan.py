@@ -1,0 +1,71 @@
+"""The DEADPAN baseline: the score played mechanically (constant tempo, constant velocity, no pedal).
+
+It is the floor every rendering must beat: whatever a model gets right beyond it is expression. The tempo
+is the score's first tempo marking, else 100 quarter notes per minute. The MIDI is written with its tempo
+meta event equal to that tempo, so every score position lands on an exact tick and the mechanical timing
+survives the MIDI round trip (no tick-rounding jitter that would fake a tempo curve).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .features import DEFAULT_BPM, ScoreInfo
+
+DEADPAN_VELOCITY = 64
+GRACE_QUARTERS = 0.125  # a grace note (zero score duration) is played as a 32nd note on the beat
+PPQ = 480
+
+
+def deadpan_tempo(score: ScoreInfo, bpm: float | None = None) -> float:
+    """Quarter notes per minute of the deadpan: the given bpm, else the score's marking, else 100."""
+    return float(bpm or score.bpm or DEFAULT_BPM)
+
+
+def deadpan_note_array(score: ScoreInfo, bpm: float | None = None, velocity: int = DEADPAN_VELOCITY) -> np.ndarray:
+    """Performance note array (onset_sec, duration_sec, pitch, velocity, track, channel, id) of the deadpan."""
+    seconds_per_quarter = 60.0 / deadpan_tempo(score, bpm)
+    sna = score.note_array
+    onset_quarter = sna["onset_quarter"].astype(np.float64)
+    onset_quarter = onset_quarter - min(0.0, float(onset_quarter.min()))  # an anacrusis may start below 0
+    duration_quarter = np.maximum(sna["duration_quarter"].astype(np.float64), GRACE_QUARTERS)
+    out = np.zeros(
+        len(sna),
+        dtype=[
+            ("onset_sec", "f8"),
+            ("duration_sec", "f8"),
+            ("pitch", "i4"),
+            ("velocity", "i4"),
+            ("track", "i4"),
+            ("channel", "i4"),
+            ("id", "U256"),
+        ],
+    )
+    out["onset_sec"] = onset_quarter * seconds_per_quarter
+    out["duration_sec"] = duration_quarter * seconds_per_quarter
+    out["pitch"] = sna["pitch"]
+    out["velocity"] = int(velocity)
+    out["id"] = [f"n{i}" for i in range(len(sna))]
+    return out[np.lexsort((out["pitch"], out["onset_sec"]))]
+
+
+def write_deadpan_midi(
+    score: ScoreInfo, path: Path, bpm: float | None = None, velocity: int = DEADPAN_VELOCITY
+) -> float:
+    """Write the deadpan performance MIDI (via partitura) to ``path`` atomically; returns the tempo used."""
+    import partitura as pt
+    from partitura.performance import PerformedPart
+
+    tempo = deadpan_tempo(score, bpm)
+    performed = PerformedPart.from_note_array(deadpan_note_array(score, tempo, velocity))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        pt.save_performance_midi(performed, str(temporary), mpq=int(round(60e6 / tempo)), ppq=PPQ)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return tempo

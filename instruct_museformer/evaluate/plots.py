@@ -1,0 +1,64 @@
+"""Optional plots: beat-level tempo and velocity curves of the rendering, the humans and the deadpan."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .features import Features, ScoreInfo
+
+
+def _velocity_per_beat(score: ScoreInfo, features: Features) -> tuple[np.ndarray, np.ndarray]:
+    keys, values = features.velocity
+    if len(keys) == 0:
+        return keys.astype(np.float64), values
+    beats = np.floor(score.note_array["onset_beat"][keys]).astype(np.int64)
+    unique, inverse = np.unique(beats, return_inverse=True)
+    return unique.astype(np.float64), np.bincount(inverse, weights=values) / np.bincount(inverse)
+
+
+def plot_piece(
+    path: Path,
+    title: str,
+    score: ScoreInfo,
+    rendering: Features | None,
+    humans: Sequence[Features],
+    deadpan: Features | None,
+) -> None:
+    """Write one PNG with two panels (tempo in beats per minute, mean velocity per beat); atomic write."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (tempo_ax, velocity_ax) = plt.subplots(2, 1, figsize=(12, 6), sharex=True)
+    series: list[tuple[str, Features, dict]] = [
+        ("humans" if i == 0 else "", h, {"color": "0.6", "linewidth": 0.8}) for i, h in enumerate(humans)
+    ]
+    if deadpan is not None:
+        series.append(("deadpan", deadpan, {"color": "tab:blue", "linestyle": "--", "linewidth": 1.0}))
+    if rendering is not None:
+        series.append(("rendering", rendering, {"color": "tab:red", "linewidth": 1.4}))
+    for label, features, style in series:
+        keys, log_period = features.tempo_beat
+        tempo_ax.plot(keys, 60.0 / np.exp(log_period), label=label or None, **style)
+        beats, velocity = _velocity_per_beat(score, features)
+        velocity_ax.plot(beats, velocity, **style)
+    tempo_ax.set_ylabel("tempo (beats/min)")
+    velocity_ax.set_ylabel("mean velocity")
+    velocity_ax.set_xlabel("score beat")
+    tempo_ax.set_title(title)
+    if series:
+        tempo_ax.legend(loc="upper right", fontsize="small")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
+    try:
+        figure.savefig(temporary, dpi=100)
+        os.replace(temporary, path)
+    finally:
+        plt.close(figure)
+        temporary.unlink(missing_ok=True)
