@@ -261,6 +261,14 @@ def _tokenize_one(pair: Pair) -> PairResult:
     )
 
 
+def _tokenization_fingerprint(tokenizer_path: Path) -> str:
+    """The tokenizer configuration and the code of ``tokens``: a change to either invalidates the cache."""
+    digest = hashlib.sha1(tokenizer_path.read_bytes())
+    for source in sorted((Path(__file__).parents[1] / "tokens").glob("*.py")):
+        digest.update(source.read_bytes())
+    return digest.hexdigest()
+
+
 def _cache_key(pair: Pair, tokenizer_fingerprint: str) -> str:
     parts = [tokenizer_fingerprint]
     for path in (pair.score, pair.performance, pair.alignment, pair.annotations, pair.score_annotations, pair.match):
@@ -316,7 +324,7 @@ def tokenize_corpus(
     tokenizer = build_tokenizer()
     tokenizer_path = meta_dir / "tokenizer.json"
     save_tokenizer(tokenizer, tokenizer_path)
-    fingerprint = hashlib.sha1(tokenizer_path.read_bytes()).hexdigest()
+    fingerprint = _tokenization_fingerprint(tokenizer_path)
     cache_dir = cache_dir or meta_dir / "cache"
     cache_dir.mkdir(parents=True, exist_ok=True)
 

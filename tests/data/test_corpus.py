@@ -1,0 +1,138 @@
+"""The corpus driver: pair discovery, skipping bad pairs with reasons, resuming from the cache."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from instruct_museformer.cli import main as imf
+from instruct_museformer.data.corpus import Pair, manifest_pairs, nasap_pairs, tokenize_corpus
+from instruct_museformer.errors import UserError
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+NASAP = FIXTURES / "nasap"
+BACH = NASAP / "Bach" / "Prelude" / "bwv_854"
+BEETHOVEN = NASAP / "Beethoven" / "Piano_Sonatas" / "21-2"
+
+
+def test_nasap_pairs_use_the_split_and_robust_alignments():
+    pairs = nasap_pairs(NASAP)
+    assert len(pairs) == 8
+    assert [p.split for p in pairs].count("train") == 5
+    assert {p.split for p in pairs} == {"train", "val", "test"}
+    for pair in pairs:
+        assert pair.score.is_file() and pair.performance.is_file()
+        assert pair.alignment is not None and pair.alignment.is_file()
+        assert pair.annotations is not None and pair.annotations.is_file()
+
+
+def test_nasap_needs_a_split_column(tmp_path: Path):
+    (tmp_path / "metadata.csv").write_text("composer,folder\nBach,Bach/x\n")
+    with pytest.raises(UserError, match="acpas_split"):
+        nasap_pairs(tmp_path)
+
+
+def test_manifest_resolves_paths_and_alignment_kinds(tmp_path: Path):
+    manifest = tmp_path / "pairs.csv"
+    manifest.write_text(
+        "score,performance,alignment,split\n"
+        "a.musicxml,a.mid,a_note_alignments/note_alignment.tsv,train\n"
+        "b.musicxml,b.mid,b.match,validation\n"
+        "c.musicxml,c.mid,c_annotations.txt,test\n"
+    )
+    a, b, c = manifest_pairs(manifest)
+    assert a.alignment == tmp_path / "a_note_alignments/note_alignment.tsv" and a.split == "train"
+    assert b.match == tmp_path / "b.match" and b.alignment is None and b.split == "val"
+    assert c.annotations == tmp_path / "c_annotations.txt" and c.split == "test"
+
+
+def test_manifest_rejects_a_bad_split(tmp_path: Path):
+    manifest = tmp_path / "pairs.csv"
+    manifest.write_text("score,performance,alignment,split\na.xml,a.mid,,training\n")
+    with pytest.raises(UserError, match=r"pairs.csv:2: split"):
+        manifest_pairs(manifest)
+
+
+def _small_corpus(tmp_path: Path) -> list[Pair]:
+    """Two good pairs, a truncated MIDI and a text file named .mid."""
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    truncated = bad / "truncated.mid"
+    truncated.write_bytes((BACH / "WangA01M.mid").read_bytes()[:200])
+    not_midi = bad / "not_midi.mid"
+    not_midi.write_text("this is not a MIDI file\n")
+    alignment = BACH / "WangA01M_note_alignments" / "note_alignment.tsv"
+    score = BACH / "xml_score.musicxml"
+    return [
+        Pair("train", score, BACH / "WangA01M.mid", alignment=alignment),
+        Pair("train", score, truncated, alignment=alignment),
+        Pair("val", score, not_midi, alignment=alignment),
+        Pair("test", BEETHOVEN / "xml_score.musicxml", BEETHOVEN / "KimSY03.mid",
+             alignment=BEETHOVEN / "KimSY03_note_alignments" / "note_alignment.tsv"),
+        Pair("test", tmp_path / "missing.musicxml", BEETHOVEN / "KimSY03.mid"),
+    ]
+
+
+def test_tokenize_corpus_writes_paired_lines_and_reports_skips(tmp_path: Path):
+    pairs = _small_corpus(tmp_path)
+    out, meta = tmp_path / "tokens", tmp_path / "meta"
+    report = tokenize_corpus(pairs, out, meta, workers=2, progress=False)
+    assert report.pairs == {"train": 1, "val": 0, "test": 1}
+    assert sum(report.skipped["train"].values()) == 1 and sum(report.skipped["val"].values()) == 1
+    assert report.skipped["test"] == {"missing file": 1}
+    for split in ("train", "test"):
+        score_lines = (out / f"{split}.score").read_text().splitlines()
+        perf_lines = (out / f"{split}.perf").read_text().splitlines()
+        assert len(score_lines) == len(perf_lines) == 1
+        score_ids = [int(t) for t in score_lines[0].split(" ")]
+        perf_ids = [int(t) for t in perf_lines[0].split(" ")]
+        assert score_ids.count(4) == perf_ids.count(4) > 0  # bar k pairs with bar k
+        assert score_ids[-1] == perf_ids[-1] == 4  # Bar closes the last bar
+    assert (out / "val.score").read_text() == ""
+    dictionary = (meta / "our_dict.txt").read_text().splitlines()
+    assert dictionary[:5] == ["0 1", "1 1", "2 1", "3 1", "4 1"]
+    assert all(line == f"{k} 1" for k, line in enumerate(dictionary))
+    assert (meta / "tokenizer.json").is_file()
+    skipped = (meta / "skipped.tsv").read_text().splitlines()
+    assert len(skipped) == 1 + 3 and any("\tmissing file\t" in row for row in skipped)
+    saved = json.loads((meta / "tokenize_report.json").read_text())
+    assert saved["pairs"] == report.pairs
+
+    # A second run resumes from the cache and writes identical files.
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    again = tokenize_corpus(pairs, out, meta, workers=2, progress=False)
+    assert again.cached == len(pairs)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_unwritable_output_folder_is_a_user_error(tmp_path: Path):
+    if os.geteuid() == 0:
+        blocker = tmp_path / "file"
+        blocker.write_text("")
+        out = blocker / "tokens"  # a folder under a regular file cannot exist, even for root
+    else:
+        out = tmp_path / "ro"
+        out.mkdir()
+        out.chmod(0o500)
+    with pytest.raises(UserError, match="cannot write"):
+        tokenize_corpus(_small_corpus(tmp_path)[:1], out, tmp_path / "meta", workers=1, progress=False)
+
+
+def test_cli_tokenize_nasap_fixture_subset(tmp_path: Path, capsys):
+    root = tmp_path / "nasap"
+    shutil.copytree(NASAP, root)
+    code = imf(["tokenize", "--corpus", "nasap", "--root", str(root), "--out", str(tmp_path / "t"),
+                "--meta", str(tmp_path / "m"), "--workers", "2", "--limit", "1"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "train: 1 pairs tokenized, 0 skipped" in printed
+    assert len((tmp_path / "t" / "train.perf").read_text().splitlines()) == 1
+
+
+def test_cli_tokenize_missing_root_exits_2(tmp_path: Path, capsys):
+    assert imf(["tokenize", "--corpus", "nasap", "--root", str(tmp_path / "nope")]) == 2
+    assert "no such file" in capsys.readouterr().err
