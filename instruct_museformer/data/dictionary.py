@@ -32,6 +32,7 @@ UNK = MASK  # MidiTok has no unk token; id 3 (MASK) stands in for fairseq's unk 
 
 _ALLOWED_BYTES = b"0123456789 \t\r\n\v\f"
 _LEADING_ZERO = re.compile(rb"(?<![0-9])0[0-9]")
+_SPACE_ZERO = tuple(bytes([c]) + b"0" for c in b" \t\r\n\v\f")
 
 
 class UnknownTokenError(UserError):
@@ -65,15 +66,20 @@ def parse_ids(raw: bytes, vocab_size: int) -> np.ndarray | None:
     """
     if not raw.strip():
         return np.zeros(0, dtype=np.int64)
-    if raw.translate(None, _ALLOWED_BYTES) or _LEADING_ZERO.search(raw):
+    if raw.translate(None, _ALLOWED_BYTES):
+        return None
+    # a leading zero can only follow whitespace or the line start: look for it only if a '0' does so
+    if (raw.lstrip()[:1] == b"0" or any(w in raw for w in _SPACE_ZERO)) and _LEADING_ZERO.search(raw):
         return None
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         try:
+            # only digit runs and whitespace are left, so this yields exactly one value per token
+            # (a value too large for int64 saturates and fails the range check below)
             ids = np.fromstring(raw, dtype=np.int64, sep=" ")
         except (ValueError, DeprecationWarning):
             return None
-    if ids.size != len(raw.split()) or int(ids.max()) >= vocab_size:
+    if int(ids.max()) >= vocab_size or int(ids.min()) < 0:
         return None
     return ids
 
