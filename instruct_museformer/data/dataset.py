@@ -124,7 +124,8 @@ def _truncate_pair(
         else:  # the first bar (or the whole barless sequence, without its EOS) does not fit
             s_first = s_ends[0] if s_ends.size else src_size - 1
             t_first = t_ends[0] if t_ends.size else tgt_keep[i] - 1
-            src_keep[i], tgt_keep[i] = min(limit, s_first), min(limit, t_first)
+            # an empty performance keeps its lone EOS: a target is never empty
+            src_keep[i], tgt_keep[i] = min(limit, s_first), max(1, min(limit, t_first))
             partial[i] = True
         if src_keep[i] == src_size - 1 and src_size <= limit:
             src_keep[i] = src_size  # the whole score was kept (only the performance was cut): keep its EOS

@@ -164,3 +164,13 @@ def test_load_beat_table_uses_the_data_bins_tokenizer(tmp_path):
     (tmp_path / "dict.perf.txt").write_text("".join(f"{i} 1\n" for i in range(len(table) + 1)))
     with pytest.raises(UserError, match="do not belong together"):
         load_beat_table(tmp_path)
+
+
+def test_barless_pieces_truncate_without_empty_targets(tmp_path):
+    _write_pairs(tmp_path, "train", [([7, 8, 9, 10, 11], []), ([7, 8], [9, 10, 11, 12])])
+    ds = load_dataset(tmp_path, "train", truncate=3)
+    assert ds[0].source.tolist() == [7, 8, 9] and ds[0].target.tolist() == [EOS]
+    assert ds[1].source.tolist() == [7, 8, EOS] and ds[1].target.tolist() == [9, 10, 11]
+    assert ds.stats.partial_first_bar == 2
+    batch = collate([ds[0], ds[1]], _table())
+    assert batch.prev_output.tokens.tolist() == [[EOS, 0, 0], [EOS, 9, 10]]
