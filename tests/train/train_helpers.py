@@ -1,4 +1,4 @@
-"""A tiny translation data-bin written in the test (fairseq mmap files, numeric dictionaries, tokenizer.json).
+"""Helpers for tests/train: a tiny translation data-bin (fairseq mmap files, numeric dictionaries, tokenizer).
 
 The pieces are synthetic but shaped like our REMI data: per bar ``TimeSig Tempo (Position Pitch Velocity
 Duration)* Bar``; the performance of a bar is its score with velocities that depend on the pitch, so a
@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from torch import nn
 
@@ -55,11 +54,6 @@ def make_data_bin(root: Path, *, n_train: int = 12, n_valid: int = 3, n_test: in
         for lang, side in (("score", 0), ("perf", 1)):
             write_dataset(data_bin / f"{split}.score-perf.{lang}", [p[side] + [2] for p in pairs], len(tokens))
     return data_bin
-
-
-@pytest.fixture
-def data_bin(tmp_path: Path) -> Path:
-    return make_data_bin(tmp_path)
 
 
 class TinyTranslator(nn.Module):

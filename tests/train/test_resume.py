@@ -1,0 +1,83 @@
+"""Killing training and re-running the same command continues the same loss curve, to the bit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from train_helpers import tiny_model
+
+from instruct_museformer.data.batch import Batch
+from instruct_museformer.train.feed import DataBinSource
+from instruct_museformer.train.options import parse_train_args
+from instruct_museformer.train.run import Hooks, train
+from instruct_museformer.train.trainer import StepResult, Trainer
+
+
+class Killed(Exception):
+    """Stands in for SIGKILL / Ctrl-C in the middle of training."""
+
+
+def _argv(data_bin: Path, save_dir: Path, *extra: str) -> list[str]:
+    return [str(data_bin), "--arch", "museformer_tiny", "--batch-size", "2", "--lr", "5e-3", "--warmup-updates", "3",
+            "--max-update", "9", "--save-dir", str(save_dir), "--save-interval-updates", "2", "--log-interval", "1",
+            "--num-workers", "0", "--cpu", "--fp16", "--dropout", "0.1", "--seed", "3", "--log-format", "simple",
+            "--weight-decay", "0.01", "--adam-betas", "(0.9, 0.98)", *extra]
+
+
+def _run(argv: list[str], kill_at: int | None = None) -> list[tuple[int, float]]:
+    curve: list[tuple[int, float]] = []
+
+    def record(num_updates: int, result: StepResult) -> None:
+        curve.append((num_updates, result.loss))
+        if num_updates == kill_at:
+            raise Killed
+
+    try:
+        train(parse_train_args(argv), Hooks(on_update=[record]))
+    except Killed:
+        pass
+    return curve
+
+
+def test_resume_continues_the_same_loss_curve(data_bin: Path, tmp_path: Path) -> None:
+    full = _run(_argv(data_bin, tmp_path / "full"))
+    assert [n for n, _ in full] == list(range(1, 10))
+    argv = _argv(data_bin, tmp_path / "killed")
+    first = _run(argv, kill_at=5)  # the last checkpoint is from update 4, mid-epoch
+    assert [n for n, _ in first] == [1, 2, 3, 4, 5]
+    second = _run(argv)  # the same command again: resumes from checkpoint_last
+    assert [n for n, _ in second] == [5, 6, 7, 8, 9]
+    assert first[:4] + second == full  # exact equality, across the epoch boundary too
+    assert full[-1][1] < full[0][1]
+
+
+def test_reset_dataloader_restarts_the_epoch(data_bin: Path, tmp_path: Path) -> None:
+    argv = _argv(data_bin, tmp_path / "ck", "--max-update", "2")
+    _run(argv)
+    again = _run(_argv(data_bin, tmp_path / "ck", "--max-update", "3", "--reset-dataloader", "--reset-optimizer"))
+    assert [n for n, _ in again] == [3]
+
+
+def test_fp16_overflow_skips_the_update_and_halves_the_scale(data_bin: Path) -> None:
+    args = parse_train_args(_argv(data_bin, Path("unused")))
+    source = DataBinSource(data_bin, task="translation", source_lang="score", target_lang="perf")
+    split = source.load("train", None)
+    batch: Batch = split.collate([split.dataset[0], split.dataset[1]])
+    from instruct_museformer.model.config import MuseformerConfig
+
+    trainer = Trainer(args, tiny_model(MuseformerConfig(vocab_size=source.vocab_size, attention_embed_dim=16)),
+                      device=torch.device("cpu"))
+    trainer.set_num_updates(5)
+    assert trainer.scaler is not None
+    trainer.scaler.scale = 2.0**127  # the scaled loss overflows float32: inf gradients
+    before = [p.detach().clone() for p in trainer.params]
+    result = trainer.train_step([(False, batch)])
+    assert result.overflow and trainer.num_updates == 5 and trainer.scaler.scale == 2.0**126
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer.params, strict=True))
+    assert not trainer.optimizer.state  # no Adam step was taken
+    trainer.scaler.scale = 128.0
+    result = trainer.train_step([(False, batch)])
+    assert not result.overflow and trainer.num_updates == 6 and result.loss == pytest.approx(result.loss)
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.params, strict=True))
