@@ -24,6 +24,7 @@ from ..errors import UserError
 from .config import MuseformerConfig
 from .decoder import MuseformerDecoder
 from .encoder import MuseformerEncoder
+from .scheme import SELF_MODES
 
 TASKS = ("translation", "language_modeling")
 
@@ -63,6 +64,10 @@ def build_model(cfg: MuseformerConfig) -> nn.Module:
         raise UserError(f"model config: task {cfg.task!r} is not one of {', '.join(TASKS)}")
     if cfg.attention_impl not in ("auto", "flex", "reference"):
         raise UserError(f"model config: attention_impl {cfg.attention_impl!r} is not auto, flex or reference")
+    for part in ("con2con", "con2sum", "sum2con", "sum2sum"):
+        mode = getattr(cfg, f"{part}_self")
+        if mode not in SELF_MODES:
+            raise UserError(f"model config: --{part}-self must be one of {', '.join(SELF_MODES)}, got {mode!r}")
     if cfg.attention_embed_dim % cfg.num_attention_heads:
         raise UserError(
             f"model config: attention_embed_dim {cfg.attention_embed_dim} is not divisible by "
