@@ -1,0 +1,129 @@
+"""Features, deadpan and ceiling on the (n)ASAP fixtures (Bach BWV 854: 5 performances, Beethoven 21-2: 3)."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from instruct_museformer.evaluate.compare import METRICS, ceiling, compare, coverage_of
+from instruct_museformer.evaluate.deadpan import deadpan_note_array, write_deadpan_midi
+from instruct_museformer.evaluate.features import (
+    EvaluationInputError,
+    align,
+    extract_features,
+    load_performance,
+    load_score,
+    read_alignment,
+)
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "nasap"
+BACH = FIXTURES / "Bach" / "Prelude" / "bwv_854"
+BACH_HUMANS = ["LuA01M", "MiyashitaM01M", "Ozaki01M", "Richardson01M", "WangA01M"]
+
+
+@pytest.fixture(scope="module")
+def bach_score():
+    return load_score(BACH / "xml_score.musicxml")
+
+
+@pytest.fixture(scope="module")
+def bach_humans(bach_score):
+    return [
+        extract_features(
+            bach_score,
+            load_performance(BACH / f"{name}.mid"),
+            read_alignment(BACH / f"{name}_note_alignments" / "note_alignment.tsv"),
+        )
+        for name in BACH_HUMANS
+    ]
+
+
+def test_score_is_unfolded_into_the_nasap_id_space(bach_score):
+    assert bach_score.n_notes == 453
+    assert "n6-1" in bach_score.index_of
+    assert len(bach_score.bar_starts) == 24 and bach_score.bar_starts[1] == 12  # 12/8: 12 notated beats a bar
+    assert bach_score.bpm is None  # no tempo marking: the deadpan falls back to 100
+
+
+def test_human_coverage_against_its_own_score_is_high(bach_humans):
+    for features in bach_humans:
+        assert features.coverage > 0.9
+        assert features.added < 0.1 * features.score_notes
+
+
+def test_parangonar_alignment_of_a_human_covers_the_score(bach_score):
+    features = extract_features(bach_score, performance := load_performance(BACH / "LuA01M.mid"),
+                                align(bach_score, performance))
+    assert features.coverage > 0.9
+
+
+def test_deadpan_is_mechanical(bach_score, tmp_path):
+    notes = deadpan_note_array(bach_score)
+    assert set(notes["velocity"].tolist()) == {64}
+    path = tmp_path / "deadpan.mid"
+    assert write_deadpan_midi(bach_score, path) == 100.0
+    performance = load_performance(path)
+    assert len(performance.pedal_times) == 0  # no pedal
+    features = extract_features(bach_score, performance, align(bach_score, performance))
+    assert features.coverage > 0.95 and features.added == 0
+    # constant IOI per beat: 12/8 notated beats are eighth notes, 0.3 s at 100 quarter notes per minute
+    _, log_ioi = features.tempo_beat
+    assert len(log_ioi) > 200
+    np.testing.assert_allclose(np.exp(log_ioi), 0.3, rtol=1e-3)
+    assert set(features.velocity[1].tolist()) == {64.0}
+    assert set(features.samples["pedal"].tolist()) == {0.0}
+    # a flat deadpan has no tempo or velocity correlation with anyone: undefined, not a fake number
+    assert compare(features, [features])["vs_each"]["tempo_beat_r"] is None
+    assert compare(features, [features])["vs_each"]["velocity_r"] is None
+
+
+def test_a_performance_against_itself_is_perfect(bach_humans):
+    result = compare(bach_humans[0], [bach_humans[0]])
+    for mode in ("vs_each", "vs_pool"):
+        for name in ("tempo_onset_r", "tempo_beat_r", "tempo_bar_r", "velocity_r", "articulation_r"):
+            assert result[mode][name] == pytest.approx(1.0)
+        assert result[mode]["velocity_mae"] == pytest.approx(0.0)
+        for name in ("js_velocity", "js_ioi", "js_duration", "js_pedal"):
+            assert result[mode][name] == pytest.approx(0.0)
+
+
+def test_human_ceiling_on_bach_is_plausible(bach_humans):
+    result = ceiling(bach_humans)
+    assert result is not None and result["performances"] == 5
+    assert set(result["vs_pool"]) == set(METRICS)
+    pool, each = result["vs_pool"], result["vs_each"]
+    assert all(v is not None and np.isfinite(v) for v in pool.values())
+    # data.md's leave-one-out table: beat/bar-level tempo 0.7-0.97, velocity 0.75-0.8 on other pieces
+    assert 0.6 < pool["tempo_beat_r"] < 1.0 and 0.6 < pool["tempo_bar_r"] < 1.0
+    assert 0.5 < pool["velocity_r"] < 1.0
+    assert 0.0 < pool["articulation_r"] < 1.0
+    assert 0.0 < pool["velocity_mae"] < 20.0
+    assert all(0.0 <= pool[m] < 0.5 for m in ("js_velocity", "js_ioi", "js_duration", "js_pedal"))
+    # the mean of the others is a less noisy reference than any one of them
+    assert pool["tempo_beat_r"] >= each["tempo_beat_r"]
+    assert result["coverage"]["coverage"] > 0.9
+    assert ceiling(bach_humans[:1]) is None
+
+
+def test_coverage_fields(bach_humans):
+    row = coverage_of(bach_humans[0])
+    assert row["score_notes"] == 453 and row["matched"] + 0 <= 453
+    assert row["coverage"] == pytest.approx(row["matched"] / 453, abs=1e-6)
+
+
+def test_bad_files_raise_input_errors(tmp_path, bach_score):
+    with pytest.raises(EvaluationInputError, match="not found"):
+        load_score(tmp_path / "missing.musicxml")
+    corrupt = tmp_path / "corrupt.mid"
+    corrupt.write_bytes(b"not a midi file at all")
+    with pytest.raises(EvaluationInputError, match="corrupt.mid"):
+        load_performance(corrupt)
+    # an alignment made for another score version: its note ids are not in this score
+    source = BACH / "LuA01M_note_alignments" / "note_alignment.tsv"
+    lines = source.read_text().splitlines()
+    foreign = [lines[0]] + [("n99999" + line[1:]) if line.startswith("n") else line for line in lines[1:]]
+    (tmp_path / "foreign.tsv").write_text("\n".join(foreign) + "\n")
+    with pytest.raises(EvaluationInputError, match="not in the score"):
+        extract_features(bach_score, load_performance(BACH / "LuA01M.mid"), read_alignment(tmp_path / "foreign.tsv"))
+    with pytest.raises(EvaluationInputError, match="not found"):
+        read_alignment(tmp_path / "none.tsv")
