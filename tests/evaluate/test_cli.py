@@ -57,7 +57,8 @@ def test_manifest_run_writes_report_table_and_plot(tmp_path, capsys):
     (piece,) = report["pieces"]
     assert piece["name"].endswith("bwv_854") and piece["error"] is None
     assert len(piece["humans"]) == 4
-    assert [s["reason"] for s in report["skipped"]] == [f"{tmp_path / 'missing_pianist.mid'}: performance MIDI not found"]
+    missing = tmp_path / "missing_pianist.mid"
+    assert [s["reason"] for s in report["skipped"]] == [f"{missing}: performance MIDI not found"]
     rendering, deadpan, ceiling = (piece["systems"][s] for s in SYSTEMS)
     assert rendering["coverage"]["coverage"] > 0.9
     # a human as the "rendering" agrees with the other humans far better than the deadpan does
@@ -80,7 +81,8 @@ def test_nasap_folder_mode_with_renderings(tmp_path, capsys):
         for i, human in enumerate(["LuA01M", "Ozaki01M", "WangA01M"]):
             writer.writerow([folder, f"{folder}/xml_score.musicxml", f"{folder}/{human}.mid", "1.0" if i < 2 else "0.0",
                              f"{folder}/{human}_note_alignments/note_alignment.tsv", "True", "test"])
-        writer.writerow(["Other/Piece", "Other/Piece/xml_score.musicxml", "Other/Piece/P.mid", "1.0", "", "True", "train"])
+        other = ["Other/Piece", "Other/Piece/xml_score.musicxml", "Other/Piece/P.mid", "1.0", "", "True", "train"]
+        writer.writerow(other)
     renderings = tmp_path / "renderings"
     renderings.mkdir()
     shutil.copy(BACH / "Richardson01M.mid", renderings / "Bach__Prelude__bwv_854.mid")
