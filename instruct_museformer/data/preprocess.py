@@ -187,18 +187,26 @@ def _binarize_chunk(task: tuple[str, int, int, int, str | None, str]) -> _ChunkR
     )
 
 
-class _Runner:
-    """Maps chunk tasks in order, over a process pool when workers > 1 (spawned: no fork of a torch process)."""
+def _start_method() -> str:
+    """'fork' (instant, nothing re-imported) unless torch is loaded: forking its thread pools is unsafe."""
+    if "torch" in sys.modules or "fork" not in multiprocessing.get_all_start_methods():
+        return "spawn"
+    return "fork"
 
-    def __init__(self, workers: int, progress: Callable[[int], None]):
+
+class _Runner:
+    """Maps chunk tasks in order, over a process pool when workers > 1."""
+
+    def __init__(self, workers: int, progress: Callable[[int], None] | None = None):
         self.workers = workers
         self.progress = progress
-        self._pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
+        self._pool = multiprocessing.get_context(_start_method()).Pool(workers) if workers > 1 else None
 
     def map(self, tasks: list[tuple]) -> Iterator[_ChunkResult]:
         results = self._pool.imap(_binarize_chunk, tasks) if self._pool else map(_binarize_chunk, tasks)
         for result in results:
-            self.progress(result.nbytes)
+            if self.progress is not None:
+                self.progress(result.nbytes)
             yield result
 
     def close(self) -> None:
@@ -342,8 +350,9 @@ def preprocess(opts: PreprocessOptions, *, progress: bool | None = None) -> Prep
     show = sys.stderr.isatty() if progress is None else progress
     from tqdm import tqdm
 
+    runner = _Runner(opts.workers)  # before tqdm starts its monitor thread: a fork must see no threads
     bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="imf preprocess", disable=not show)
-    runner = _Runner(opts.workers, bar.update)
+    runner.progress = bar.update
     log: list[str] = [f"imf preprocess {asdict(opts)}"]
     report = PreprocessReport(destdir=destdir)
     try:
