@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from ..tokens.specials import EOS
+from ..tokens.specials import BAR, EOS
 from .dictionary import Dictionary, UnknownTokenError, build_numeric_dictionary, first_unknown, parse_ids
 from .indexed import MMapIndexedDatasetBuilder, best_fitting_dtype
 
@@ -92,6 +92,7 @@ class PreprocessReport:
     destdir: Path
     files: list[str] = field(default_factory=list)
     splits: list[SplitReport] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
 
@@ -148,6 +149,7 @@ class _ChunkResult:
     nbytes: int
     sizes: np.ndarray | None = None
     tokens: np.ndarray | None = None
+    bars: np.ndarray | None = None  # Bar tokens per line (translation pairs must agree)
     counts: np.ndarray | None = None
     error: UnknownTokenError | None = None
 
@@ -182,9 +184,10 @@ def _binarize_chunk(task: tuple[str, int, int, int, str | None, str]) -> _ChunkR
     flat = np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.int64)
     if mode == "count":  # vocab_size is MAX_BUILT_VOCAB here, so larger ids were already refused
         return _ChunkResult(lines=len(lines), nbytes=end - start, counts=np.bincount(flat))
-    return _ChunkResult(
-        lines=len(lines), nbytes=end - start, sizes=sizes, tokens=flat.astype(best_fitting_dtype(vocab_size))
-    )
+    line_of = np.repeat(np.arange(len(lines)), sizes)
+    bars = np.bincount(line_of[flat == BAR], minlength=len(lines)).astype(np.int32)
+    tokens = flat.astype(best_fitting_dtype(vocab_size))
+    return _ChunkResult(lines=len(lines), nbytes=end - start, sizes=sizes, tokens=tokens, bars=bars)
 
 
 def _start_method() -> str:
@@ -275,11 +278,15 @@ def _pairs(path: Path, workers: int) -> list[tuple[int, int]]:
 
 def _binarize(
     path: Path, dictionary: Dictionary, out_prefix: Path, runner: _Runner, workers: int
-) -> tuple[int, int]:
-    """Binarize one token file into ``out_prefix.bin/.idx``; returns (sequences, tokens incl. EOS)."""
+) -> tuple[int, int, np.ndarray]:
+    """Binarize one token file into ``out_prefix.bin/.idx``.
+
+    Returns (sequences, tokens incl. EOS, Bar tokens per line).
+    """
     dict_path = None if dictionary.path is None else str(dictionary.path)
     tasks = [(str(path), a, b, len(dictionary), dict_path, "encode") for a, b in _pairs(path, workers)]
     sequences = tokens = 0
+    bars: list[np.ndarray] = []
     with MMapIndexedDatasetBuilder(out_prefix, vocab_size=len(dictionary)) as builder:
         for result in runner.map(tasks):
             if result.error is not None:
@@ -287,8 +294,22 @@ def _binarize(
             builder.add_items(result.tokens, result.sizes)
             sequences += result.lines
             tokens += int(result.tokens.size)
+            bars.append(result.bars)
         builder.finalize()
-    return sequences, tokens
+    return sequences, tokens, np.concatenate(bars) if bars else np.zeros(0, dtype=np.int32)
+
+
+def _bar_mismatch_warning(split: str, sides: dict[str | None, tuple[int, Path, np.ndarray]]) -> str | None:
+    """A warning if paired lines differ in Bar count (training refuses such pairs: bar k must pair with bar k)."""
+    (_, src_path, src_bars), (_, tgt_path, tgt_bars) = sides.values()
+    bad = np.flatnonzero(src_bars != tgt_bars)
+    if not bad.size:
+        return None
+    i = int(bad[0])
+    return (
+        f"warning: split '{split}': {bad.size} pairs differ in their number of Bar tokens, first at line {i + 1} "
+        f"({src_path}: {int(src_bars[i])}, {tgt_path}: {int(tgt_bars[i])}); imf train refuses such pairs"
+    )
 
 
 def _make_destdir(destdir: Path) -> Path | None:
@@ -361,22 +382,27 @@ def preprocess(opts: PreprocessOptions, *, progress: bool | None = None) -> Prep
             dictionary.save(staging / dict_name(lang))
             log.append(f"[{lang}] Dictionary: {len(dictionary)} types")
         if not opts.dict_only:
-            counts: dict[str, dict[str | None, tuple[int, Path]]] = {}
+            counts: dict[str, dict[str | None, tuple[int, Path, np.ndarray]]] = {}
             for split, _, lang, path in inputs:
                 t0 = time.perf_counter()
                 out_name = dest_prefix(opts, split, lang)
-                n_seq, n_tok = _binarize(path, dicts[lang], staging / out_name, runner, opts.workers)
+                n_seq, n_tok, bars = _binarize(path, dicts[lang], staging / out_name, runner, opts.workers)
                 seconds = time.perf_counter() - t0
                 report.splits.append(SplitReport(lang, str(path), out_name, n_seq, n_tok, seconds))
-                counts.setdefault(split, {})[lang] = (n_seq, path)
+                counts.setdefault(split, {})[lang] = (n_seq, path, bars)
                 log.append(
                     f"[{lang}] {path}: {n_seq} sents, {n_tok} tokens, 0.0% replaced (unknown ids are errors), "
                     f"{seconds:.2f}s"
                 )
             for split, by_lang in counts.items():
-                if len({n for n, _ in by_lang.values()}) > 1:
-                    detail = ", ".join(f"{path}: {n} lines" for n, path in by_lang.values())
+                if len({n for n, _, _ in by_lang.values()}) > 1:
+                    detail = ", ".join(f"{path}: {n} lines" for n, path, _ in by_lang.values())
                     raise UserError(f"split '{split}': source and target differ in length ({detail})")
+                warning = _bar_mismatch_warning(split, by_lang) if len(by_lang) == 2 else None
+                if warning:
+                    log.append(warning)
+                    report.warnings.append(warning)
+                    print(f"imf preprocess: {warning}", file=sys.stderr)
         tokenizer = _tokenizer_beside(opts)
         if tokenizer is not None:
             shutil.copyfile(tokenizer, staging / TOKENIZER_FILE)

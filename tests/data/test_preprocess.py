@@ -178,3 +178,18 @@ def test_fixture_sized_run_is_fast(tmp_path):
         source_lang="score", target_lang="perf", trainpref=f"{t}/train", validpref=f"{t}/val", testpref=f"{t}/test",
         destdir=str(tmp_path / "bin"), srcdict=dictionary, tgtdict=dictionary), progress=False)
     assert sum(s.sequences for s in report.splits) == 24 and report.seconds < 5
+
+
+def test_pairs_with_different_bar_counts_are_reported(tmp_path, capsys):
+    _corpus(tmp_path, sizes=(("train", 3),))
+    perf = (tmp_path / "tokens" / "train.perf").read_text().splitlines()
+    perf[1] += " 9 4"  # one bar more than its score
+    (tmp_path / "tokens" / "train.perf").write_text("\n".join(perf) + "\n")
+    d = str(tmp_path / "meta" / "our_dict.txt")
+    opts = PreprocessOptions(source_lang="score", target_lang="perf", trainpref=str(tmp_path / "tokens" / "train"),
+                             destdir=str(tmp_path / "bin"), srcdict=d, tgtdict=d)
+    report = preprocess(opts, progress=False)
+    assert len(report.warnings) == 1
+    assert "1 pairs differ in their number of Bar tokens, first at line 2" in report.warnings[0]
+    assert "line 2" in capsys.readouterr().err
+    assert "first at line 2" in (tmp_path / "bin" / "preprocess.log").read_text()
