@@ -219,7 +219,7 @@ def load_dataset(
     target_lang: str = "perf",
     truncate: int | None = None,
 ) -> PairDataset:
-    """Open ``split`` of ``data_bin`` for ``task`` ('translation' or 'lm'), truncated to ``truncate`` tokens."""
+    """Open ``split`` of ``data_bin`` for ``task`` ('translation', or 'lm' alias 'language_modeling'), truncated."""
     data_bin = Path(data_bin)
     name = f"{data_bin}/{split}"
     if task == "translation":
@@ -233,7 +233,7 @@ def load_dataset(
                 target = MMapIndexedDataset(tgt_prefix)
                 return PairDataset(target, source, truncate=truncate, name=name)
         raise UserError(f"split '{split}' not found: tried {' and '.join(tried)}{_split_hint(split)}")
-    if task == "lm":
+    if task in ("lm", "language_modeling"):
         candidates = [data_bin / split, data_bin / f"{split}.{source_lang}-None.{source_lang}"]
         for prefix in candidates:
             if dataset_exists(prefix):

@@ -85,7 +85,7 @@ def test_language_model_keeps_first_tokens(tmp_path):
     assert ds[0].source is None
     assert ds[0].target.tolist() == songs[0][:8] and ds[1].target.tolist() == songs[1][:8]
     assert ds.stats.partial_first_bar == 1 and ds.sizes.tolist() == [8, 8]
-    assert load_dataset(tmp_path, "train", task="lm").sizes.tolist() == [13, 10]
+    assert load_dataset(tmp_path, "train", task="language_modeling").sizes.tolist() == [13, 10]
 
 
 def test_loading_errors_and_fairseq_fallback_name(tmp_path):
