@@ -193,3 +193,17 @@ def test_pairs_with_different_bar_counts_are_reported(tmp_path, capsys):
     assert "1 pairs differ in their number of Bar tokens, first at line 2" in report.warnings[0]
     assert "line 2" in capsys.readouterr().err
     assert "first at line 2" in (tmp_path / "bin" / "preprocess.log").read_text()
+
+
+def test_read_only_destdir_is_a_user_error(tmp_path, capsys, monkeypatch):
+    _corpus(tmp_path)
+    import instruct_museformer.data.preprocess as pre
+
+    def refuse(*args, **kwargs):  # what a read-only folder does (as root, chmod would not stop us)
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(pre.tempfile, "mkdtemp", refuse)
+    dest = tmp_path / "new" / "bin"
+    code, err = _run(capsys, *_translation_args(tmp_path, dest))
+    assert code == 2 and f"--destdir {dest}: not writable (Permission denied)" in err
+    assert not (tmp_path / "new").exists()
