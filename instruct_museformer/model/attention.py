@@ -33,7 +33,7 @@ def _flex_attention(device: torch.device) -> Callable[..., Any]:
     if key not in _FLEX:
         from torch.nn.attention.flex_attention import flex_attention
 
-        _FLEX[key] = torch.compile(flex_attention, dynamic=False) if key == "cuda" else flex_attention
+        _FLEX[key] = torch.compile(flex_attention) if key == "cuda" else flex_attention
     return _FLEX[key]
 
 

@@ -1,0 +1,312 @@
+"""GPU benchmark: Museformer's fine-/coarse-grained attention (FlexAttention) vs dense causal attention.
+
+Training-step throughput (forward + backward, bf16 autocast) and peak memory of the default decoder-only
+model (4 layers, width 512, 8 heads, FFN 2048) with FC attention through FlexAttention, against the same
+model with dense causal attention through ``scaled_dot_product_attention`` (FlashAttention), on realistic
+bar layouts (bars of 30-300 tokens), plus the translation model. Before timing, the flex path is checked
+against the dense reference path on the GPU in float32 (outputs and gradients).
+
+    python benchmarks/bench_attention.py [--lengths 4096 15360 65536] [--out DIR]
+
+Prints a table last; writes ``bench.json`` under --out (default $OUT or .). Needs CUDA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from instruct_museformer.data.batch import BarTokens, Batch, bar_ids_of  # noqa: E402
+from instruct_museformer.model import MuseformerConfig, build_model  # noqa: E402
+from instruct_museformer.model.embeddings import BarEmbeddings  # noqa: E402
+from instruct_museformer.model.layers import FeedForward  # noqa: E402
+from instruct_museformer.model.masks import bar_layout, pad_bar_tokens, regular_layout, summary_layout  # noqa: E402
+from instruct_museformer.model.scheme import parse_scheme  # noqa: E402
+from instruct_museformer.tokens.specials import BAR, EOS  # noqa: E402
+
+VOCAB = 560
+
+
+# ---------------------------------------------------------------------------------------------------
+# Inputs
+
+
+def bar_tokens(lengths: list[int], gen: torch.Generator, prefix: bool) -> BarTokens:
+    """One sequence of bars with the given lengths (Bar token last), optionally after an EOS prefix."""
+    parts = [torch.tensor([EOS])] if prefix else []
+    for n in lengths:
+        parts.append(torch.cat([torch.randint(5, VOCAB, (n - 1,), generator=gen), torch.tensor([BAR])]))
+    seq = torch.cat(parts)
+    return _single(seq, gen)
+
+
+def _single(seq: torch.Tensor, gen: torch.Generator) -> BarTokens:
+    bars = bar_ids_of(seq)
+    beats = torch.randint(1, 65, seq.shape, generator=gen) * (bars > 0)
+    complete = torch.tensor([int((seq == BAR).sum())])
+    return BarTokens(seq[None], bars[None], beats[None], torch.zeros(1, len(seq), dtype=torch.bool), complete)
+
+
+def bar_lengths(total: int, gen: torch.Generator) -> list[int]:
+    lengths, used = [], 0
+    while used < total:
+        n = int(torch.randint(30, 301, (1,), generator=gen))
+        lengths.append(n)
+        used += n
+    return lengths
+
+
+def make_batch(target_len: int, seed: int, translation: bool, device: str) -> Batch:
+    """prev_output of exactly ``target_len`` tokens (the last bar truncated), and a source of as many bars."""
+    gen = torch.Generator().manual_seed(seed)
+    lengths = bar_lengths(target_len, gen)
+    full = bar_tokens(lengths, gen, prefix=True)
+    seq = full.tokens[0, :target_len]
+    prev = _single(seq, gen)
+    target = torch.cat([seq[1:], torch.tensor([EOS])])[None]
+    source = None
+    if translation:
+        src_lengths = [max(2, n + int(torch.randint(-20, 21, (1,), generator=gen))) for n in lengths]
+        src = bar_tokens(src_lengths, gen, prefix=False)
+        seq_src = torch.cat([src.tokens[0], torch.tensor([EOS])])
+        source = _single(seq_src, gen)
+    batch = Batch(prev, target, source, target_len, torch.zeros(1, dtype=torch.long))
+    return batch.to(device)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Dense baseline: the same widths, causal self-attention over the regular tokens through SDPA.
+
+
+class DenseLayer(nn.Module):
+    def __init__(self, d: int, heads: int, ffn: int, dropout: float) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.qkv, self.out = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.ffn = FeedForward(d, ffn, "gelu")
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        a = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, dh)
+        x = x + self.drop(self.out(a.transpose(1, 2).reshape(b, t, d)))
+        return x + self.drop(self.ffn(self.norm2(x)))
+
+
+class DenseLM(nn.Module):
+    def __init__(self, cfg: MuseformerConfig) -> None:
+        super().__init__()
+        d = cfg.attention_embed_dim
+        self.embed = BarEmbeddings(
+            VOCAB, d, 0, cfg.bar_abs_pos_embed_dim, cfg.beat_abs_pos_embed_dim, dropout=cfg.dropout
+        )
+        self.layers = nn.ModuleList(
+            DenseLayer(d, cfg.num_attention_heads, cfg.ffn_embed_dim, cfg.dropout) for _ in range(cfg.num_layers)
+        )
+        self.norm = nn.LayerNorm(d)
+        self.output = nn.Linear(d, VOCAB, bias=False)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        p = batch.prev_output
+        x = self.embed.regular(p.tokens, p.bar_ids, p.beat_ids)
+        for layer in self.layers:
+            x = layer(x)
+        return self.output(self.norm(x)).float()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Measurements
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30))
+
+
+def check_equivalence(task: str, length: int, device: str) -> dict[str, float]:
+    """flex (compiled, GPU) vs reference (dense masks) in float32: logits and all gradients."""
+    cfg = dict(vocab_size=VOCAB, task=task, dropout=0.0, attention_dropout=0.0)
+    torch.manual_seed(0)
+    ref = build_model(MuseformerConfig(**cfg, attention_impl="reference")).to(device)
+    flex = build_model(MuseformerConfig(**cfg, attention_impl="flex")).to(device)
+    flex.load_state_dict(ref.state_dict())
+    batch = make_batch(length, 1, task == "translation", device)
+    weights = torch.randn(1, length, VOCAB, device=device)
+    outs, grads = [], []
+    for model in (ref, flex):
+        logits = model(batch)
+        (logits * weights).sum().backward()
+        outs.append(logits.detach())
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    return {"logits_rel_err": rel(outs[1], outs[0]), "grad_rel_err": rel(grads[1], grads[0])}
+
+
+def time_steps(model: nn.Module, batch: Batch, steps: int, warmup: int) -> dict[str, float]:
+    """Median forward+backward time (bf16 autocast) and peak memory over ``steps`` steps."""
+    model.train()
+
+    def step() -> None:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            logits = model(batch)
+        loss = nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), batch.target.view(-1))
+        loss.backward()
+        for p in model.parameters():
+            p.grad = None
+
+    t0 = time.perf_counter()
+    for _ in range(warmup):
+        step()
+    torch.cuda.synchronize()
+    warm_s = time.perf_counter() - t0
+    torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(steps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        step()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1000)
+    med = statistics.median(times)
+    return {
+        "step_ms": med * 1000,
+        "step_ms_spread": (max(times) - min(times)) * 1000,
+        "tokens_per_s": batch.ntokens / med,
+        "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30,
+        "warmup_s": warm_s,
+    }
+
+
+def time_mask_build(batch: Batch, cfg: MuseformerConfig, reps: int = 10) -> float:
+    """Milliseconds to derive one forward's decoder layouts and BlockMasks (shared by all layers)."""
+    c2c = parse_scheme("con2con", cfg.con2con, 1, cfg.con2con_self)[0]
+    c2s = parse_scheme("con2sum", cfg.con2sum, 1, cfg.con2sum_self)[0]
+    sr = parse_scheme("sum2con", cfg.sum2con, 1, cfg.sum2con_self)[0]
+    ss = parse_scheme("sum2sum", cfg.sum2sum, 1, cfg.sum2sum_self)[0]
+    times = []
+    for _ in range(reps + 2):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        tokens = pad_bar_tokens(batch.prev_output, cfg.block_size)
+        side = bar_layout(tokens, 1, cfg.block_size)
+        regular_layout(side, c2c, c2s, causal=True).block_mask(cfg.block_size)
+        summary_layout(side, sr, ss).block_mask(cfg.block_size)
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times[2:]) * 1000
+
+
+def tile_density(batch: Batch, cfg: MuseformerConfig) -> dict[str, float]:
+    """Fraction of the causal tiles the FC mask visits (partial / full), for the record."""
+    c2c = parse_scheme("con2con", cfg.con2con, 1, cfg.con2con_self)[0]
+    c2s = parse_scheme("con2sum", cfg.con2sum, 1, cfg.con2sum_self)[0]
+    tokens = pad_bar_tokens(batch.prev_output, cfg.block_size)
+    side = bar_layout(tokens, 1, cfg.block_size)
+    partial, full = regular_layout(side, c2c, c2s, causal=True).tile_kinds(cfg.block_size)
+    n = side.bar.shape[1] // cfg.block_size
+    causal_tiles = n * (n + 1) / 2
+    return {"partial_tiles": int(partial.sum()), "full_tiles": int(full.sum()), "dense_causal_tiles": causal_tiles}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--lengths", type=int, nargs="+", default=[4096, 15360, 65536])
+    parser.add_argument("--translation-length", type=int, default=15360)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--block-sizes", type=int, nargs="+", default=[128])
+    parser.add_argument("--skip-check", action="store_true")
+    parser.add_argument("--out", default=os.environ.get("OUT", "."))
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("needs CUDA", file=sys.stderr)
+        return 2
+    warnings.simplefilter("ignore")
+    torch._dynamo.config.cache_size_limit = 64  # one compiled flex kernel per attention problem and shape
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = "cuda"
+    env = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "command": "python " + " ".join(sys.argv),
+    }
+    results: dict[str, Any] = {"env": env, "check": {}, "rows": []}
+    print(json.dumps(env), flush=True)
+
+    def save() -> None:
+        tmp = out_dir / "bench.json.tmp"
+        tmp.write_text(json.dumps(results, indent=2))
+        tmp.replace(out_dir / "bench.json")
+
+    if not args.skip_check:
+        for task, length in (("language_modeling", 3000), ("translation", 2000)):
+            t0 = time.perf_counter()
+            results["check"][task] = check_equivalence(task, length, device)
+            results["check"][task]["length"] = length
+            print(f"check {task} T={length}: {results['check'][task]} ({time.perf_counter() - t0:.0f}s)", flush=True)
+            save()
+
+    def run(kind: str, task: str, length: int, block_size: int = 128) -> None:
+        cfg = MuseformerConfig(vocab_size=VOCAB, task=task, attention_impl="flex", block_size=block_size)
+        cfg.attention_dropout = 0.0  # FlexAttention has no attention dropout; keep the baseline comparable
+        torch.manual_seed(0)
+        model = (DenseLM(cfg) if kind == "dense" else build_model(cfg)).to(device)
+        batch = make_batch(length, 2, task == "translation", device)
+        row: dict[str, Any] = {"kind": kind, "task": task, "length": length, "block_size": block_size}
+        try:
+            row.update(time_steps(model, batch, args.steps, args.warmup))
+            if kind == "fc" and task == "language_modeling":
+                row["mask_build_ms"] = time_mask_build(batch, cfg)
+                row.update(tile_density(batch, cfg))
+        except torch.OutOfMemoryError as exc:
+            row["error"] = f"OOM: {str(exc)[:100]}"
+        del model
+        torch.cuda.empty_cache()
+        results["rows"].append(row)
+        print(json.dumps(row), flush=True)
+        save()
+
+    for length in args.lengths:
+        run("dense", "language_modeling", length)
+        for bs in args.block_sizes:
+            run("fc", "language_modeling", length, bs)
+    if args.translation_length:
+        run("fc", "translation", args.translation_length)
+
+    print("\n| model | tokens | dense tok/s | FC tok/s | FC/dense | dense GiB | FC GiB |")
+    print("|---|---|---|---|---|---|---|")
+    rows = results["rows"]
+    for length in args.lengths:
+        dense = next((r for r in rows if r["kind"] == "dense" and r["length"] == length), None)
+        for fc in (r for r in rows if r["kind"] == "fc" and r["length"] == length and r["task"] == "language_modeling"):
+            if dense is None or "error" in dense or "error" in fc:
+                print(f"| LM bs{fc['block_size']} | {length} | {dense} | {fc} |")
+                continue
+            ratio = fc["tokens_per_s"] / dense["tokens_per_s"]
+            print(
+                f"| LM (bs {fc['block_size']}) | {length} | {dense['tokens_per_s']:,.0f} | {fc['tokens_per_s']:,.0f} | "
+                f"{ratio:.2f}x | {dense['peak_mem_gib']:.2f} | {fc['peak_mem_gib']:.2f} |"
+            )
+    for r in rows:
+        if r["task"] == "translation" and "error" not in r:
+            print(f"| translation | {r['length']} | - | {r['tokens_per_s']:,.0f} | - | - | {r['peak_mem_gib']:.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
