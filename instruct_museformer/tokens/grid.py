@@ -75,8 +75,11 @@ def _express(length_q: Fraction, preferred: int) -> tuple[int, int]:
 
 
 def _split(numerator: int, chunk: int) -> list[int]:
+    """A measure longer than the vocabulary allows -> bars of the notated length and a remainder."""
+    if numerator <= MAX_BEATS_PER_BAR:
+        return [numerator]
     parts = []
-    while numerator > MAX_BEATS_PER_BAR:
+    while numerator > chunk:
         parts.append(chunk)
         numerator -= chunk
     parts.append(numerator)

@@ -105,8 +105,8 @@ def _longest_increasing(values: np.ndarray) -> np.ndarray:
 def _interp_extrap(x: np.ndarray, xp: np.ndarray, fp: np.ndarray, min_span: float) -> np.ndarray:
     """Piecewise-linear interpolation, extended beyond the ends with the slope over >= min_span."""
     y = np.interp(x, xp, fp)
-    far_start = int(min(np.searchsorted(xp, xp[0] + min_span), len(xp) - 1))
-    far_end = int(max(np.searchsorted(xp, xp[-1] - min_span, side="right") - 1, 0))
+    far_start = int(np.clip(np.searchsorted(xp, xp[0] + min_span), 1, len(xp) - 1))
+    far_end = int(np.clip(np.searchsorted(xp, xp[-1] - min_span, side="right") - 1, 0, len(xp) - 2))
     slope_start = (fp[far_start] - fp[0]) / (xp[far_start] - xp[0])
     slope_end = (fp[-1] - fp[far_end]) / (xp[-1] - xp[far_end])
     y = np.where(x < xp[0], fp[0] + (x - xp[0]) * slope_start, y)
