@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-deadpan", action="store_true", help="skip the deadpan baseline")
     parser.add_argument("--deadpan-bpm", type=float, default=None, help="deadpan tempo (default: score marking/100)")
     parser.add_argument("--deadpan-velocity", type=int, default=64, help="deadpan MIDI velocity (default 64)")
+    parser.add_argument(
+        "--align-deadpan", action="store_true", help="align the deadpan with parangonar (default: by construction)"
+    )
     parser.add_argument("--save-deadpan", type=Path, default=None, help="keep the deadpan MIDIs in this folder")
     parser.add_argument(
         "--include-nonrobust", action="store_true", help="(n)ASAP: also use humans with robust_note_alignment=0"
@@ -96,6 +99,7 @@ def main(argv: list[str]) -> int:
         deadpan_velocity=args.deadpan_velocity,
         deadpan_dir=args.save_deadpan,
         plot_dir=args.plot,
+        align_deadpan=args.align_deadpan,
     )
     report = run_evaluation(jobs, options, workers, extra_skipped=unmatched, command=["imf", "evaluate", *argv])
     report["perplexity"] = report_extra

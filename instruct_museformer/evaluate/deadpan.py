@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .features import DEFAULT_BPM, ScoreInfo
+from .features import DEFAULT_BPM, PerformanceData, ScoreInfo
 
 DEADPAN_VELOCITY = 64
 GRACE_QUARTERS = 0.125  # a grace note (zero score duration) is played as a 32nd note on the beat
@@ -69,3 +69,29 @@ def write_deadpan_midi(
     finally:
         temporary.unlink(missing_ok=True)
     return tempo
+
+
+def deadpan_alignment(score: ScoreInfo, performance: PerformanceData, bpm: float) -> list[dict]:
+    """The deadpan's alignment, known by construction: each MIDI note is the score note at its pitch and time.
+
+    Notes are matched on (pitch, onset rounded to the millisecond), unisons in score order; MIDI notes the
+    writer merged (two voices striking one key at once) leave their score note unmatched, as they should.
+    """
+    expected = deadpan_note_array(score, bpm)
+    rows: dict[tuple[int, int], list[int]] = {}
+    for note in expected:
+        key = (int(note["pitch"]), int(round(float(note["onset_sec"]) * 1000)))
+        rows.setdefault(key, []).append(int(str(note["id"])[1:]))
+    alignment: list[dict] = []
+    for note in performance.note_array:
+        key = (int(note["pitch"]), int(round(float(note["onset_sec"]) * 1000)))
+        candidates = rows.get(key)
+        if candidates:
+            row = candidates.pop(0)
+            alignment.append({"label": "match", "score_id": str(score.note_array["id"][row]),
+                              "performance_id": str(note["id"])})
+        else:
+            alignment.append({"label": "insertion", "performance_id": str(note["id"])})
+    for remaining in rows.values():
+        alignment += [{"label": "deletion", "score_id": str(score.note_array["id"][row])} for row in remaining]
+    return alignment

@@ -23,6 +23,7 @@ from .compare import METRICS, MODES, ceiling, compare, coverage_of
 from .features import (
     EvaluationInputError,
     Features,
+    ScoreInfo,
     align,
     extract_features,
     load_performance,
@@ -52,7 +53,9 @@ CONVENTIONS = {
     "vs_each": "against each human separately, then averaged over the humans",
     "vs_pool": "against the pointwise mean curve of the humans (JS: their pooled histogram)",
     "ceiling": "each human against the other humans of the piece (leave-one-out), averaged over the humans",
-    "deadpan": "the score at constant tempo (first tempo marking, else 100 quarter notes/min), velocity 64, no pedal",
+    "deadpan": "the score at constant tempo (first tempo marking, else 100 quarter notes/min), velocity 64, no pedal; "
+    "written as MIDI by partitura and read back; aligned by construction (pitch + onset), not by parangonar, "
+    "unless --align-deadpan",
     "coverage": "score notes matched in the performance / score notes; added = performance notes matched to none",
     "undefined": "null where a figure is undefined: fewer than 3 common points, or a flat curve "
     "(e.g. a deadpan's constant velocity has no correlation)",
@@ -67,6 +70,7 @@ class Options:
     deadpan_velocity: int = 64
     deadpan_dir: Path | None = None  # keep the deadpan MIDIs here
     plot_dir: Path | None = None
+    align_deadpan: bool = False  # align the deadpan with parangonar instead of by construction
 
 
 def _system(features: Features, humans: list[Features]) -> dict:
@@ -75,9 +79,20 @@ def _system(features: Features, humans: list[Features]) -> dict:
     return result
 
 
-def _performance(score, midi: Path, alignment_path: Path | None) -> Features:
+def _performance(score: ScoreInfo, midi: Path, alignment_path: Path | None) -> Features:
     performance = load_performance(midi)
     alignment = read_alignment(alignment_path) if alignment_path is not None else align(score, performance)
+    return extract_features(score, performance, alignment)
+
+
+def _deadpan_features(score: ScoreInfo, midi: Path, bpm: float, use_parangonar: bool) -> Features:
+    """The deadpan's alignment is known by construction; parangonar only on request (or if that fails)."""
+    from .deadpan import deadpan_alignment
+
+    performance = load_performance(midi)
+    alignment = None if use_parangonar else deadpan_alignment(score, performance, bpm)
+    if alignment is None or sum(a["label"] == "match" for a in alignment) < 0.9 * len(performance.note_array):
+        alignment = align(score, performance)
     return extract_features(score, performance, alignment)
 
 
@@ -116,7 +131,7 @@ def evaluate_piece(job: PieceJob, options: Options) -> dict:
             with tempfile.TemporaryDirectory(prefix="imf-deadpan-") as folder:
                 target = Path(options.deadpan_dir or folder) / f"{rendering_name(job.name)}.deadpan.mid"
                 bpm = write_deadpan_midi(score, target, options.deadpan_bpm, options.deadpan_velocity)
-                deadpan = _performance(score, target, None)
+                deadpan = _deadpan_features(score, target, bpm, options.align_deadpan)
             result["systems"]["deadpan"] = _system(deadpan, humans)
             result["systems"]["deadpan"]["bpm"] = round(bpm, 3)
         result["systems"]["ceiling"] = ceiling(humans)
@@ -176,18 +191,26 @@ def run_evaluation(
     from tqdm import tqdm
 
     bar = tqdm(total=len(jobs), desc="evaluate", unit="piece", disable=not show)
+
+    def done(index: int, result: dict) -> None:
+        results[index] = result
+        bar.update()
+        if not show and progress is None and len(jobs) > 1:  # a log file: one line per piece instead of a bar
+            state = f"error: {result['error']}" if result["error"] else f"{len(result['humans'])} humans"
+            finished = sum(r is not None for r in results)
+            print(f"evaluate [{finished}/{len(jobs)}] {result['name']}: {state}, {result['seconds']:.1f} s",
+                  file=sys.stderr, flush=True)
+
     if workers <= 1 or len(jobs) <= 1:
         for index, job in enumerate(jobs):
-            results[index] = evaluate_piece(job, options)
-            bar.update()
+            done(index, evaluate_piece(job, options))
     else:
         # the longest pieces first, so that one big piece does not start last and run alone
         order = sorted(range(len(jobs)), key=lambda i: -_size_hint(jobs[i]))
         with ProcessPoolExecutor(workers) as pool:
             futures = {pool.submit(evaluate_piece, jobs[i], options): i for i in order}
             for future in as_completed(futures):
-                results[futures[future]] = future.result()
-                bar.update()
+                done(futures[future], future.result())
     bar.close()
     pieces = [r for r in results if r is not None]
     skipped = [dict(s, piece=p["name"]) for p in pieces for s in p["skipped"]]
@@ -198,6 +221,7 @@ def run_evaluation(
         "command": command,
         "workers": workers,
         "wall_seconds": round(time.perf_counter() - started, 2),
+        "piece_seconds_total": round(sum(p["seconds"] for p in pieces), 2),
         "conventions": CONVENTIONS,
         "bins": {name: [None if e == float("inf") else float(e) for e in edges] for name, edges in BINS.items()},
         "counts": {

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from instruct_museformer.evaluate.compare import METRICS, ceiling, compare, coverage_of
-from instruct_museformer.evaluate.deadpan import deadpan_note_array, write_deadpan_midi
+from instruct_museformer.evaluate.deadpan import deadpan_alignment, deadpan_note_array, write_deadpan_midi
 from instruct_museformer.evaluate.features import (
     EvaluationInputError,
     align,
@@ -64,7 +64,13 @@ def test_deadpan_is_mechanical(bach_score, tmp_path):
     assert write_deadpan_midi(bach_score, path) == 100.0
     performance = load_performance(path)
     assert len(performance.pedal_times) == 0  # no pedal
-    features = extract_features(bach_score, performance, align(bach_score, performance))
+    alignment = align(bach_score, performance)
+    # the alignment known by construction is the one parangonar finds
+    by_construction = deadpan_alignment(bach_score, performance, 100.0)
+    matches = [{(a["score_id"], a["performance_id"]) for a in al if a["label"] == "match"}
+               for al in (alignment, by_construction)]
+    assert matches[0] == matches[1] and len(matches[0]) > 0.95 * bach_score.n_notes
+    features = extract_features(bach_score, performance, by_construction)
     assert features.coverage > 0.95 and features.added == 0
     # constant IOI per beat: 12/8 notated beats are eighth notes, 0.3 s at 100 quarter notes per minute
     _, log_ioi = features.tempo_beat
