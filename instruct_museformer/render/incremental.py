@@ -1,0 +1,306 @@
+"""Exact key/value-cached decoding for the Museformer decoder (one new token per sequence per step).
+
+Why this is exact (museformer.md section 8): a regular token's keys/values at every layer depend only on
+its causal past, so they are computed once and cached; the summary stream of bar j (all layers) depends
+only on bar j's tokens (sum2con/sum2sum read offset 0, or earlier bars), and is final once the Bar token
+(id 4) that closes bar j is fed. At that step each layer runs the summary queries of that bar once and
+appends their key2/value2 (what later bars read) and their key/value (what later summaries may read) to a
+summary cache. The cross-attention keys/values of the encoder memory are computed once per layer.
+
+Nothing here re-implements the model: the step re-uses the decoder's own modules and weights (embedding,
+LayerNorms, projections, FFN, output) and the same bar-offset sets; only the masks are built per step
+from those sets, for one query row, instead of the dense ``(T, T)`` layouts of the full forward.
+The mask rules are those of ``model.masks`` (regular_layout / summary_layout / cross_layout):
+
+* regular query of bar q over summary slot of bar s: ``q >= 1`` and ``s - q`` in con2sum (s complete);
+* regular query over regular key k (k not after the query): both in bars and ``bar(k) - q`` in con2con,
+  or k is the prefix (the EOS-as-BOS) and q >= 1, or both are the prefix (pref2pref lt/full);
+* summary slot of bar j over regular key: ``bar(k) - j`` in sum2con; over summary slot: in sum2sum;
+* cross: target bar q over source summaries with ``s - q`` in cross_con2sum, source tokens with
+  ``bar - q`` in cross_con2con, and every target token reads the source's specials.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..model.decoder import MuseformerDecoder
+from ..model.encoder import EncoderOut
+from ..model.scheme import OffsetSet
+from ..tokens.specials import BAR, NUM_SPECIALS
+
+
+class OffsetTable:
+    """An OffsetSet as a lookup table: offsets are clamped to +-M, beyond every finite interval bound."""
+
+    def __init__(self, offsets: OffsetSet, device: torch.device) -> None:
+        bounds = [abs(b) for interval in offsets.intervals for b in interval if b is not None]
+        self.m = max(bounds, default=0) + 1
+        self.table = offsets.contains(torch.arange(-self.m, self.m + 1, device=device))
+
+    def __call__(self, off: torch.Tensor) -> torch.Tensor:
+        return self.table[off.clamp(-self.m, self.m) + self.m]
+
+
+def check_cacheable(decoder: MuseformerDecoder) -> None:
+    """Refuse schemes whose full forward is not causal in bars (the cache would not reproduce it)."""
+    sc = decoder.schemes
+    for i in range(len(decoder.layers)):
+        if sc["con2sum"][i].as_list(0, 64) and 0 in sc["con2sum"][i].as_list(0, 0):
+            raise ValueError(f"layer {i}: con2sum reads the own bar's summary (offset 0): not causal, not cacheable")
+        for part in ("con2sum", "sum2con", "sum2sum"):
+            if sc[part][i].as_list(1, 4096):
+                raise ValueError(f"layer {i}: {part} selects later bars (positive offsets): not cacheable")
+    if not decoder.cfg.con2con_causal:
+        raise ValueError("con2con_causal is False: the decoder is not causal and cannot be decoded incrementally")
+
+
+def _heads(x: torch.Tensor, h: int) -> torch.Tensor:
+    b, n, d = x.shape
+    return x.view(b, n, h, d // h).transpose(1, 2)
+
+
+def _merge(x: torch.Tensor) -> torch.Tensor:
+    b, h, n, dh = x.shape
+    return x.transpose(1, 2).reshape(b, n, h * dh)
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """q (B,H,Q,dh), k/v (B,H,K,dh), allowed (B,1|H,Q,K) -> (B,H,Q,dh); fully masked rows give 0."""
+    scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))
+    any_row = allowed.any(dim=-1, keepdim=True)
+    scores = scores.masked_fill(~allowed, float("-inf")).masked_fill(~any_row, 0.0)
+    probs = torch.softmax(scores.float(), dim=-1).to(q.dtype) * any_row
+    return torch.matmul(probs, v)
+
+
+class _LayerCache:
+    """Per-layer caches: regular K/V, summary key2/value2 and summary K/V (for sum2sum), cross K/V."""
+
+    def __init__(self, batch: int, heads: int, dh: int, capacity: int, slots: int, device, dtype) -> None:
+        self.k = torch.zeros(batch, heads, capacity, dh, device=device, dtype=dtype)
+        self.v = torch.zeros_like(self.k)
+        self.k2 = torch.zeros(batch, heads, slots, dh, device=device, dtype=dtype)
+        self.v2 = torch.zeros_like(self.k2)
+        self.ks = torch.zeros_like(self.k2)
+        self.vs = torch.zeros_like(self.k2)
+        self.cross_k: torch.Tensor | None = None
+        self.cross_v: torch.Tensor | None = None
+
+    def grow_regular(self, capacity: int) -> None:
+        extra = capacity - self.k.shape[2]
+        pad = (0, 0, 0, extra)
+        self.k = nn.functional.pad(self.k, pad)
+        self.v = nn.functional.pad(self.v, pad)
+
+    def grow_summary(self, slots: int) -> None:
+        extra = slots - self.k2.shape[2]
+        pad = (0, 0, 0, extra)
+        self.k2, self.v2 = nn.functional.pad(self.k2, pad), nn.functional.pad(self.v2, pad)
+        self.ks, self.vs = nn.functional.pad(self.ks, pad), nn.functional.pad(self.vs, pad)
+
+
+class IncrementalDecoder:
+    """Feeds one token per sequence per step and returns next-token logits equal to the full forward's.
+
+    ``step(tokens, active)``: tokens (B,) long, the decoder input at position ``self.length`` (the first
+    call gets the EOS-as-BOS); ``active`` (B,) bool marks sequences that really have a token here (others
+    get padding: never attended, their logits are meaningless). Returns float32 logits (B, V).
+    """
+
+    def __init__(
+        self,
+        decoder: MuseformerDecoder,
+        batch: int,
+        beat_table: torch.Tensor,
+        encoder_out: EncoderOut | None = None,
+        capacity: int = 256,
+    ) -> None:
+        check_cacheable(decoder)
+        if decoder.training:
+            raise ValueError("IncrementalDecoder needs the model in eval mode (no dropout)")
+        self.dec = decoder
+        cfg = decoder.cfg
+        self.cfg = cfg
+        p = next(decoder.parameters())
+        self.device, self.dtype = p.device, p.dtype
+        self.batch = batch
+        self.heads = cfg.num_attention_heads
+        self.dh = cfg.attention_embed_dim // self.heads
+        self.ns = max(cfg.num_summary_tokens_each_chunk, 0)
+        self.beat_table = beat_table.to(self.device)
+        self.length = 0
+        dev = self.device
+        self.bars_closed = torch.zeros(batch, dtype=torch.long, device=dev)
+        self.running_beat = torch.zeros(batch, dtype=torch.long, device=dev)
+        self.pos_bar = torch.zeros(batch, capacity, dtype=torch.long, device=dev)
+        self.pos_valid = torch.zeros(batch, capacity, dtype=torch.bool, device=dev)
+        slots = 16 * max(self.ns, 1)
+        self.caches = [
+            _LayerCache(batch, self.heads, self.dh, capacity, slots, dev, self.dtype) for _ in decoder.layers
+        ]
+        sc = decoder.schemes
+        tables: dict[OffsetSet, OffsetTable] = {}
+
+        def table(s: OffsetSet) -> OffsetTable:
+            if s not in tables:
+                tables[s] = OffsetTable(s, dev)
+            return tables[s]
+
+        n = len(decoder.layers)
+        self.c2c = [table(sc["con2con"][i]) for i in range(n)]
+        self.c2s = [table(sc["con2sum"][i]) for i in range(n)]
+        self.s2c = [table(sc["sum2con"][i]) for i in range(n)]
+        self.s2s = [table(sc["sum2sum"][i]) for i in range(n)]
+        self.pref2pref = cfg.pref2pref_mode != "none"
+        self.encoder_out = encoder_out
+        if any(layer.cross is not None for layer in decoder.layers):
+            if encoder_out is None:
+                raise ValueError("the translation decoder needs the encoder output")
+            self.xc = [table(sc["cross_con2con"][i]) for i in range(n)]
+            self.xs = [table(sc["cross_con2sum"][i]) for i in range(n)]
+            side = encoder_out.side
+            self.src_bar, self.src_valid = side.bar, side.valid
+            self.src_sum_bar, self.src_sum_valid = side.sum_bar, side.sum_valid
+            for layer, cache in zip(decoder.layers, self.caches, strict=True):
+                assert layer.cross is not None
+                cache.cross_k, cache.cross_v = layer.cross.memory_kv(encoder_out.memory)
+
+    # -- masks ------------------------------------------------------------------------------------------
+
+    def _summary_bars(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(slots,) bar of each summary slot and (B, slots) validity (its bar is complete)."""
+        slots = self.caches[0].k2.shape[2]
+        sbar = torch.arange(slots, device=self.device) // max(self.ns, 1) + 1
+        return sbar, sbar[None, :] <= self.bars_closed[:, None]
+
+    def _regular_mask(self, i: int, q_bar: torch.Tensor, sbar: torch.Tensor, svalid: torch.Tensor) -> torch.Tensor:
+        """(B, 1, 1, slots + T) allowed keys of the new regular token at layer i."""
+        t = self.length + 1
+        qb = q_bar[:, None]
+        kb = self.pos_bar[:, :t]
+        content = qb >= 1
+        sum_ok = svalid & content & self.c2s[i](sbar[None, :] - qb)
+        reg_ok = (content & (kb >= 1) & self.c2c[i](kb - qb)) | (content & (kb == 0))
+        if self.pref2pref:
+            reg_ok = reg_ok | (~content & (kb == 0))
+        reg_ok = reg_ok & self.pos_valid[:, :t]
+        return torch.cat([sum_ok, reg_ok], dim=1)[:, None, None, :]
+
+    def _cross_mask(self, i: int, q_bar: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+        qb = q_bar[:, None]
+        content = qb >= 1
+        sum_ok = self.src_sum_valid & content & self.xs[i](self.src_sum_bar - qb)
+        reg_ok = self.src_valid & ((self.src_bar == 0) | (content & (self.src_bar >= 1) & self.xc[i](self.src_bar - qb)))
+        return (torch.cat([sum_ok, reg_ok], dim=1) & active[:, None])[:, None, None, :]
+
+    # -- growth -----------------------------------------------------------------------------------------
+
+    def _ensure_capacity(self) -> None:
+        cap = self.pos_bar.shape[1]
+        if self.length < cap:
+            return
+        new = cap * 2
+        self.pos_bar = nn.functional.pad(self.pos_bar, (0, new - cap))
+        self.pos_valid = nn.functional.pad(self.pos_valid, (0, new - cap), value=False)
+        for cache in self.caches:
+            cache.grow_regular(new)
+
+    def _ensure_slots(self, bars: int) -> None:
+        need = bars * max(self.ns, 1)
+        have = self.caches[0].k2.shape[2]
+        if need <= have:
+            return
+        new = max(need, 2 * have)
+        for cache in self.caches:
+            cache.grow_summary(new)
+
+    # -- one step ---------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def step(self, tokens: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
+        dec, dev = self.dec, self.device
+        tokens = tokens.to(dev).long()
+        active = torch.ones_like(tokens, dtype=torch.bool) if active is None else active.to(dev)
+        self._ensure_capacity()
+        t = self.length
+        special = tokens < NUM_SPECIALS
+        q_bar = torch.where(special | ~active, torch.zeros_like(tokens), self.bars_closed + 1)
+        values = self.beat_table[tokens]
+        self.running_beat = torch.where(active & (values > 0), values, self.running_beat)
+        beat = torch.where((values == 0) | ~active, torch.zeros_like(values), self.running_beat)
+        closes = active & (tokens == BAR)
+        self.pos_bar[:, t] = q_bar
+        self.pos_valid[:, t] = active
+
+        r = dec.embed.regular(tokens[:, None], q_bar[:, None], beat[:, None])  # (B, 1, d)
+        close_idx = closes.nonzero().flatten() if self.ns > 0 else closes.new_zeros(0, dtype=torch.long)
+        s: torch.Tensor | None = None
+        close_bar = self.bars_closed[close_idx] + 1
+        if close_idx.numel():
+            self._ensure_slots(int(close_bar.max()))
+            ids = torch.arange(1, self.ns + 1, device=dev).expand(close_idx.numel(), self.ns)
+            s = dec.embed.summaries(ids, close_bar[:, None].expand(-1, self.ns))  # (n, ns, d)
+        sbar, svalid = self._summary_bars()
+        cross_masks: dict[int, torch.Tensor] = {}
+        for i, (layer, cache) in enumerate(zip(dec.layers, self.caches, strict=True)):
+            attn = layer.attn
+            r_hat = layer._pre(layer.attn_norm, r)
+            k_new, v_new = attn.reg_kv(r_hat)  # (B, H, 1, dh)
+            cache.k[:, :, t : t + 1] = k_new
+            cache.v[:, :, t : t + 1] = v_new
+            if s is not None:
+                s = self._summary_layer(i, s, close_idx, close_bar, sbar)
+            q = _heads(attn.q_proj(r_hat) + attn.q_bias_reg, self.heads)
+            keys = torch.cat([cache.k2, cache.k[:, :, : t + 1]], dim=2)
+            vals = torch.cat([cache.v2, cache.v[:, :, : t + 1]], dim=2)
+            out = attn.out_proj(_merge(_attend(q, keys, vals, self._regular_mask(i, q_bar, sbar, svalid))))
+            r = layer._post(layer.attn_norm, r + out)
+            if layer.cross is not None and layer.cross_norm is not None:
+                key = id(self.xc[i]) * 31 + id(self.xs[i])
+                if key not in cross_masks:
+                    cross_masks[key] = self._cross_mask(i, q_bar, active)
+                x = layer._pre(layer.cross_norm, r)
+                cq = _heads(layer.cross.q_proj(x), self.heads)
+                c = layer.cross.out_proj(_merge(_attend(cq, cache.cross_k, cache.cross_v, cross_masks[key])))
+                r = layer._post(layer.cross_norm, r + c)
+            r = layer._post(layer.ffn_norm, r + layer.ffn(layer._pre(layer.ffn_norm, r)))
+        if dec.final_norm is not None:
+            r = dec.final_norm(r)
+        self.bars_closed = self.bars_closed + closes.long()
+        self.length = t + 1
+        return dec.output(r[:, 0]).float()
+
+    def _summary_layer(
+        self, i: int, s: torch.Tensor, idx: torch.Tensor, bar: torch.Tensor, sbar: torch.Tensor
+    ) -> torch.Tensor:
+        """Layer i of the summary stream of the bars that close now (elements ``idx``, bars ``bar``)."""
+        layer, cache = self.dec.layers[i], self.caches[i]
+        attn, h, ns = layer.attn, self.heads, self.ns
+        t = self.length + 1
+        s_hat = layer._pre(layer.attn_norm, s)  # (n, ns, d)
+        q = _heads(attn.q_proj(s_hat) + attn.q_bias_sum, h)
+        k_self = _heads(attn.k_proj(s_hat) + attn.k_bias_sum, h)
+        v_self = _heads(attn.v_proj(s_hat) + attn.v_bias_sum, h)
+        jb = bar[:, None]
+        # earlier complete bars' summaries (sum2sum, offsets < 0), then this bar's own slots, then tokens
+        prev_ok = (sbar[None, :] < jb) & self.s2s[i](sbar[None, :] - jb)
+        self_ok = self.s2s[i](torch.zeros_like(jb)).expand(-1, ns)
+        kb = self.pos_bar[idx, :t]
+        reg_ok = self.pos_valid[idx, :t] & (kb >= 1) & (kb <= jb) & self.s2c[i](kb - jb)
+        allowed = torch.cat([prev_ok, self_ok, reg_ok], dim=1)[:, None, None, :]
+        keys = torch.cat([cache.ks[idx], k_self, cache.k[idx, :, :t]], dim=2)
+        vals = torch.cat([cache.vs[idx], v_self, cache.v[idx, :, :t]], dim=2)
+        s2 = _merge(_attend(q, keys, vals, allowed))  # (n, ns, d)
+        k2, v2 = attn.sum_kv2(s2)  # (n, H, ns, dh)
+        slot = ((bar - 1) * ns)[:, None] + torch.arange(ns, device=s.device)  # (n, ns)
+        for m in range(ns):
+            cache.k2[idx, :, slot[:, m]] = k2[:, :, m]
+            cache.v2[idx, :, slot[:, m]] = v2[:, :, m]
+            cache.ks[idx, :, slot[:, m]] = k_self[:, :, m]
+            cache.vs[idx, :, slot[:, m]] = v_self[:, :, m]
+        s = layer._post(layer.attn_norm, s + attn.out_proj(s2))
+        return layer._post(layer.ffn_norm, s + layer.ffn(layer._pre(layer.ffn_norm, s)))
