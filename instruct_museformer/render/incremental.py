@@ -49,7 +49,7 @@ def check_cacheable(decoder: MuseformerDecoder) -> None:
     """Refuse schemes whose full forward is not causal in bars (the cache would not reproduce it)."""
     sc = decoder.schemes
     for i in range(len(decoder.layers)):
-        if sc["con2sum"][i].as_list(0, 64) and 0 in sc["con2sum"][i].as_list(0, 0):
+        if sc["con2sum"][i].as_list(0, 0):
             raise ValueError(f"layer {i}: con2sum reads the own bar's summary (offset 0): not causal, not cacheable")
         for part in ("con2sum", "sum2con", "sum2sum"):
             if sc[part][i].as_list(1, 4096):
@@ -194,7 +194,8 @@ class IncrementalDecoder:
         qb = q_bar[:, None]
         content = qb >= 1
         sum_ok = self.src_sum_valid & content & self.xs[i](self.src_sum_bar - qb)
-        reg_ok = self.src_valid & ((self.src_bar == 0) | (content & (self.src_bar >= 1) & self.xc[i](self.src_bar - qb)))
+        near = content & (self.src_bar >= 1) & self.xc[i](self.src_bar - qb)
+        reg_ok = self.src_valid & ((self.src_bar == 0) | near)
         return (torch.cat([sum_ok, reg_ok], dim=1) & active[:, None])[:, None, None, :]
 
     # -- growth -----------------------------------------------------------------------------------------

@@ -52,7 +52,9 @@ def test_cached_logits_equal_full_forward(task: str, scheme: str, seed: int):
     seqs = [torch.cat([torch.tensor([EOS]), bar_sequence(gen, lens)]) for lens in layouts]
     encoder_out = None
     if task == "translation":
-        sources = [torch.cat([bar_sequence(gen, [max(1, n - 1) for n in lens]), torch.tensor([EOS])]) for lens in layouts]
+        sources = [
+            torch.cat([bar_sequence(gen, [max(1, n - 1) for n in lens]), torch.tensor([EOS])]) for lens in layouts
+        ]
         encoder_out = model.encoder(collate_bar_tokens(sources, table))
     cached = IncrementalDecoder(model.decoder, len(seqs), table, encoder_out, capacity=8)  # forces growth
     longest = max(len(s) for s in seqs)
