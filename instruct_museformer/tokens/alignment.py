@@ -99,7 +99,7 @@ def anchors_from_annotations(
 
     With the score's own annotations (a MIDI score and its ``midi_score_annotations.txt``) beats are
     paired one to one. Otherwise each performance downbeat group (``db`` and the beats after it) is
-    spread evenly over the matching score measure; beats before the first downbeat go to the pickup.
+    spread evenly over the matching score measure; beats before the first downbeat end the first measure.
     """
     path = Path(path)
     beats = read_beat_annotations(path)
@@ -122,9 +122,14 @@ def anchors_from_annotations(
     measures = list(score.measures)
     qs, ts = [], []
     if pickup and measures:
+        # Beats before the first annotated downbeat end the first measure (an anacrusis, or a first
+        # bar whose downbeat is silent); they are spaced like the beats of the next annotated bar.
         first = measures.pop(0)
-        step = (first.end - first.start) / len(pickup)
-        qs += [first.start + k * step for k in range(len(pickup))]
+        if groups and measures:
+            step = (measures[0].end - measures[0].start) / len(groups[0])
+        else:
+            step = (first.end - first.start) / len(pickup)
+        qs += [first.end - (len(pickup) - k) * step for k in range(len(pickup))]
         ts += pickup
     if len(groups) != len(measures):
         raise TokenizationError(

@@ -138,10 +138,16 @@ def fit_tempo(grid: BarGrid, anchor_q: np.ndarray, anchor_s: np.ndarray, first_e
         raise ValueError("fewer than two monotone anchors")
     beats = grid.beat_ticks()
     played = _interp_extrap(beats.astype(np.float64), ticks, seconds, float(tpq))
-    played[0] = min(played[0], first_event)
+    # Stretch the first beat back to the first event and the last beat on to the last one, but never
+    # beyond what the slowest tempo bin can express (a stray event long before the piece is clamped
+    # instead of distorting the tempo of the bars after it).
+    slowest = 60.0 / float(vocab.tempos.min()) * 0.95
+    first_q = (beats[1] - beats[0]) / tpq
+    last_q = (beats[-1] - beats[-2]) / tpq
+    played[0] = max(min(played[0], first_event), played[1] - first_q * slowest)
     # The last event must fall before the end of the last bar, on a position that exists.
     last_step = grid.ticks_per_pos[-1] / (beats[-1] - beats[-2]) * (played[-1] - played[-2])
-    played[-1] = max(played[-1], last_event + max(last_step, 0.01))
+    played[-1] = min(max(played[-1], last_event + max(last_step, 0.01)), played[-2] + last_q * slowest)
     for i in range(1, len(played)):
         played[i] = max(played[i], played[i - 1] + MIN_GAP_S)
     origin = float(played[0])

@@ -9,6 +9,7 @@ language as performances, on the same :class:`~.grid.BarGrid`: one tempo (the sc
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,9 +57,28 @@ def _check_file(path: Path) -> None:
 
 
 def load_score(path: Path, score_annotations: Path | None = None) -> ScoreData:
-    """Load and unfold a score; TokenizationError ("missing file"/"parse error") names the file."""
+    """Load and unfold a score; TokenizationError ("missing file"/"parse error") names the file.
+
+    The last few scores are cached (keyed by path, size and modification time): a corpus has several
+    performances per score, and parsing a large MusicXML with partitura takes seconds. Callers must not
+    modify the returned arrays.
+    """
     path = Path(path)
     _check_file(path)
+    key = [_file_key(path)]
+    if score_annotations is not None:
+        _check_file(Path(score_annotations))
+        key.append(_file_key(Path(score_annotations)))
+    return _load_score_cached(tuple(key), path, None if score_annotations is None else Path(score_annotations))
+
+
+def _file_key(path: Path) -> tuple[str, int, int]:
+    stat = path.stat()
+    return str(path.resolve()), stat.st_size, stat.st_mtime_ns
+
+
+@functools.lru_cache(maxsize=4)
+def _load_score_cached(key: tuple, path: Path, score_annotations: Path | None) -> ScoreData:
     suffix = path.suffix.lower()
     if suffix in MIDI_SUFFIXES:
         data = _load_midi_score(path, score_annotations)

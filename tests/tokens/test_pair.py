@@ -66,3 +66,36 @@ def test_roundtrip_within_targets(tokenizer, piece, performer):
     assert result["velocity"]["within_step"] == 1.0
     assert result["pedal"]["n"] == result["pedal_changes"] > 0
     assert result["pedal"]["p95_ms"] <= 30.0
+
+
+def test_stray_notes_are_clamped_into_the_first_and_last_bar(tokenizer, tmp_path):
+    """A key pressed long before the piece and one long after it land in bar 1 / the last bar."""
+    from symusic import Note, Score
+
+    shift = 45.0  # make room before the piece for the early stray note
+    score = Score(str(BEETHOVEN / "KimSY03.mid"), ttype="second")
+    track = score.tracks[0]
+    for item in (*track.notes, *track.pedals):
+        item.time += shift
+    last = max(n.time for n in track.notes)
+    track.notes.append(Note(1.0, 0.2, 100, 80, ttype="second"))
+    track.notes.append(Note(last + 60.0, 0.2, 101, 80, ttype="second"))
+    path = tmp_path / "stray.mid"
+    score.dump_midi(str(path))
+    lines = (BEETHOVEN / "KimSY03_note_alignments" / "note_alignment.tsv").read_text().splitlines()
+    rows = [lines[0]]
+    for line in lines[1:]:
+        fields = line.split("\t")
+        if fields[1] != "deletion":
+            fields[5] = str(float(fields[5]) + shift)
+        rows.append("\t".join(fields))
+    tsv = tmp_path / "note_alignment.tsv"
+    tsv.write_text("\n".join(rows) + "\n")
+    pair = tokenize_pair(BEETHOVEN / "xml_score.musicxml", path, tokenizer, alignment=tsv)
+    _check_pair(pair)
+    assert pair.num_bars == 28
+    names = [tokenizer[i] for i in pair.perf_ids]
+    assert names[: names.index("Pitch_100")].count("Bar_None") == 0
+    assert names[: names.index("Pitch_101")].count("Bar_None") == 27
+    result = roundtrip_errors(pair, tokenizer)
+    assert result["onset_aligned"]["median_ms"] <= 10.0 and result["onset_aligned"]["p95_ms"] <= 30.0
