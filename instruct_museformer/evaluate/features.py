@@ -29,7 +29,8 @@ class ScoreInfo:
 
     path: str
     note_array: np.ndarray  # partitura note array of the unfolded score, grace notes included
-    bar_starts: np.ndarray  # onset of every bar of the unfolded score, in beats, ascending
+    bar_starts: np.ndarray  # onset of every bar of the unfolded score, in quarter notes, ascending
+    beat_starts: np.ndarray  # onset of every notated beat (time-signature denominator), in quarter notes
     bpm: float | None  # first tempo marking in quarter notes per minute, None if the score has none
     index_of: dict[str, int] = field(default_factory=dict)  # score note id -> row of note_array
 
@@ -50,11 +51,12 @@ class PerformanceData:
 class Features:
     """Per-performance features on score positions, plus raw samples for the distribution metrics."""
 
-    tempo_onset: Curve  # key: score onset (divs); log seconds-per-beat to the next score onset (partitura codec)
-    tempo_beat: Curve  # key: beat index; log seconds between beat b and b+1
-    tempo_bar: Curve  # key: bar index; log seconds per beat over the bar
+    # tempo is always log seconds per QUARTER note, so a time-signature change (4/4 -> 2/2) is no tempo step
+    tempo_onset: Curve  # key: score onset (divs); to the next score onset (partitura codec, tempo_by_average)
+    tempo_beat: Curve  # key: notated-beat index; from beat b to beat b+1
+    tempo_bar: Curve  # key: bar index; over the bar
     velocity: Curve  # key: score note index; MIDI velocity
-    articulation: Curve  # key: score note index; log2(performed duration / (score duration * beat period))
+    articulation: Curve  # key: score note index; log2(performed duration / (score duration * local tempo))
     asynchrony: Curve  # key: score note index; onset minus the mean onset of its chord, seconds
     samples: dict[str, np.ndarray]  # velocity, ioi, duration, pedal: raw values of the whole performance
     score_notes: int
@@ -90,7 +92,10 @@ def load_score(path: Path) -> ScoreInfo:
         note_array = part.note_array(include_grace_notes=True)
         measures = list(part.iter_all(pt.score.Measure))
         starts = np.array(sorted({m.start.t for m in measures}), dtype=np.float64)
-        bar_starts = np.asarray(part.beat_map(starts), dtype=np.float64) if len(starts) else np.zeros(0)
+        bar_starts = np.asarray(part.quarter_map(starts), dtype=np.float64) if len(starts) else np.zeros(0)
+        beats = note_array["onset_beat"]
+        beat_grid = np.arange(np.floor(beats.min()), np.ceil((beats + note_array["duration_beat"]).max()) + 1)
+        beat_starts = np.asarray(part.quarter_map(part.inv_beat_map(beat_grid)), dtype=np.float64)
         tempos = sorted(part.iter_all(pt.score.Tempo), key=lambda t: t.start.t)
         bpm = None
         for tempo in tempos:
@@ -110,7 +115,8 @@ def load_score(path: Path) -> ScoreInfo:
     if bpm is not None and not 10.0 <= bpm <= 400.0:
         bpm = None
     ids = [str(i) for i in note_array["id"]]
-    return ScoreInfo(str(path), note_array, bar_starts, bpm, {note_id: i for i, note_id in enumerate(ids)})
+    index_of = {note_id: i for i, note_id in enumerate(ids)}
+    return ScoreInfo(str(path), note_array, bar_starts, np.unique(beat_starts), bpm, index_of)
 
 
 def load_performance(path: Path) -> PerformanceData:
@@ -239,7 +245,7 @@ def extract_features(score: ScoreInfo, performance: PerformanceData, alignment: 
     if "is_grace" in sna.dtype.names:
         timing &= sna["is_grace"][s_idx] == 0
     ts, tp = s_idx[timing], p_idx[timing]
-    s_on = sna["onset_beat"][ts].astype(np.float64)
+    s_on = sna["onset_quarter"][ts].astype(np.float64)
     divs = sna["onset_div"][ts].astype(np.int64)
     p_on = pna["onset_sec"][tp].astype(np.float64)
     if len(np.unique(divs)) >= 3:
@@ -248,7 +254,7 @@ def extract_features(score: ScoreInfo, performance: PerformanceData, alignment: 
             params, groups = encode_tempo(
                 score_onsets=s_on,
                 performed_onsets=p_on,
-                score_durations=sna["duration_beat"][ts].astype(np.float64),
+                score_durations=sna["duration_quarter"][ts].astype(np.float64),
                 performed_durations=pna["duration_sec"][tp].astype(np.float64),
                 return_u_onset_idx=True,
             )
@@ -262,17 +268,19 @@ def extract_features(score: ScoreInfo, performance: PerformanceData, alignment: 
 
         # one performed time per unique score onset (median: robust to a stray match), made monotonic
         order = np.argsort(divs, kind="stable")
-        u_divs, start = np.unique(divs[order], return_index=True)
+        _, start = np.unique(divs[order], return_index=True)
         bounds = np.append(start, len(order))
-        u_beats = np.array([s_on[order[a]] for a in start])
+        u_quarters = np.array([s_on[order[a]] for a in start])
         u_times = np.array([np.median(p_on[order[a:b]]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
-        if len(u_beats) >= 3:
-            mono_times, mono_beats = monotonize_times(u_times, x=u_beats)
-            beat_grid = np.arange(np.ceil(u_beats[0]), np.floor(u_beats[-1]) + 1)
-            tempo_beat = _interval_curve(mono_beats, mono_times, beat_grid, beat_grid.astype(np.int64))
-            bars = score.bar_starts[(score.bar_starts >= u_beats[0]) & (score.bar_starts <= u_beats[-1])]
-            bar_keys = np.searchsorted(score.bar_starts, bars)
-            tempo_bar = _interval_curve(mono_beats, mono_times, bars, keys=bar_keys)
+        if len(u_quarters) >= 3:
+            mono_times, mono_quarters = monotonize_times(u_times, x=u_quarters)
+            for grid, name in ((score.beat_starts, "beat"), (score.bar_starts, "bar")):
+                inside = np.flatnonzero((grid >= u_quarters[0]) & (grid <= u_quarters[-1]))
+                curve = _interval_curve(mono_quarters, mono_times, grid[inside], inside)
+                if name == "beat":
+                    tempo_beat = curve
+                else:
+                    tempo_bar = curve
 
         # asynchrony: each chord note's onset relative to its chord's mean onset
         keys, values = [], []
@@ -300,11 +308,11 @@ def extract_features(score: ScoreInfo, performance: PerformanceData, alignment: 
     )
 
 
-def _interval_curve(beats: np.ndarray, times: np.ndarray, grid: np.ndarray, keys: np.ndarray) -> Curve:
-    """log(seconds per beat) between consecutive grid points (keyed by the first), times interpolated from onsets."""
+def _interval_curve(quarters: np.ndarray, times: np.ndarray, grid: np.ndarray, keys: np.ndarray) -> Curve:
+    """log(seconds per quarter) between consecutive grid points (keyed by the first), times interpolated."""
     if len(grid) < 2:
         return empty_curve()
-    at = np.interp(grid, beats, times)
+    at = np.interp(grid, quarters, times)
     with np.errstate(divide="ignore", invalid="ignore"):
         values = np.log(np.diff(at) / np.diff(grid))
     return make_curve(np.asarray(keys[:-1], dtype=np.int64), values)

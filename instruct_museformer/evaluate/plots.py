@@ -12,12 +12,14 @@ from .features import Features, ScoreInfo
 
 
 def _velocity_per_beat(score: ScoreInfo, features: Features) -> tuple[np.ndarray, np.ndarray]:
+    """Mean velocity of the notes of each notated beat, at the beat's position in quarter notes."""
     keys, values = features.velocity
-    if len(keys) == 0:
-        return keys.astype(np.float64), values
-    beats = np.floor(score.note_array["onset_beat"][keys]).astype(np.int64)
+    if len(keys) == 0 or len(score.beat_starts) == 0:
+        return np.zeros(0), np.zeros(0)
+    onsets = score.note_array["onset_quarter"][keys].astype(np.float64)
+    beats = np.clip(np.searchsorted(score.beat_starts, onsets + 1e-9, side="right") - 1, 0, None)
     unique, inverse = np.unique(beats, return_inverse=True)
-    return unique.astype(np.float64), np.bincount(inverse, weights=values) / np.bincount(inverse)
+    return score.beat_starts[unique], np.bincount(inverse, weights=values) / np.bincount(inverse)
 
 
 def plot_piece(
@@ -28,7 +30,7 @@ def plot_piece(
     humans: Sequence[Features],
     deadpan: Features | None,
 ) -> None:
-    """Write one PNG with two panels (tempo in beats per minute, mean velocity per beat); atomic write."""
+    """Write one PNG with two panels (beat-level tempo, mean velocity per beat); atomic write."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -43,13 +45,13 @@ def plot_piece(
     if rendering is not None:
         series.append(("rendering", rendering, {"color": "tab:red", "linewidth": 1.4}))
     for label, features, style in series:
-        keys, log_period = features.tempo_beat
-        tempo_ax.plot(keys, 60.0 / np.exp(log_period), label=label or None, **style)
+        keys, log_period = features.tempo_beat  # keys: notated-beat index; values: log seconds per quarter
+        tempo_ax.plot(score.beat_starts[keys], 60.0 / np.exp(log_period), label=label or None, **style)
         beats, velocity = _velocity_per_beat(score, features)
         velocity_ax.plot(beats, velocity, **style)
-    tempo_ax.set_ylabel("tempo (beats/min)")
+    tempo_ax.set_ylabel("tempo (quarters/min)")
     velocity_ax.set_ylabel("mean velocity")
-    velocity_ax.set_xlabel("score beat")
+    velocity_ax.set_xlabel("score position (quarter notes)")
     tempo_ax.set_title(title)
     if series:
         tempo_ax.legend(loc="upper right", fontsize="small")

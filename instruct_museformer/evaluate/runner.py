@@ -39,13 +39,14 @@ SYSTEMS = ("rendering", "deadpan", "ceiling")
 CONVENTIONS = {
     "alignment": "renderings and the deadpan: parangonar 3.4 DualDTWNoteMatcher against the unfolded score "
     "(partitura unfold_part_maximal(merge_parts)); humans: their (n)ASAP note_alignment.tsv",
-    "tempo_onset_r": "Pearson r of log beat period at each unique score onset (partitura performance codec, "
-    "tempo_by_average), on the onsets both performances have",
-    "tempo_beat_r": "Pearson r of log inter-beat durations (notated beats; beat times interpolated from the "
-    "median performed onset of each score onset, monotonized)",
-    "tempo_bar_r": "Pearson r of log seconds-per-beat over each bar (bar lines of the unfolded score)",
+    "tempo": "every tempo value is log seconds per QUARTER note (a time-signature change is no tempo step)",
+    "tempo_onset_r": "Pearson r of the tempo at each unique score onset, to the next onset (partitura performance "
+    "codec, tempo_by_average), on the onsets both performances have",
+    "tempo_beat_r": "Pearson r of the tempo from each notated beat (time-signature denominator) to the next; beat "
+    "times interpolated from the median performed onset of each score onset, monotonized",
+    "tempo_bar_r": "Pearson r of the tempo over each bar (bar lines of the unfolded score)",
     "velocity_r": "Pearson r of MIDI velocity per score note", "velocity_mae": "mean |velocity difference|, MIDI units",
-    "articulation_r": "Pearson r of log2(performed duration / (score duration x local beat period)) per score note "
+    "articulation_r": "Pearson r of log2(performed duration / (score duration x local tempo)) per score note "
     "(partitura codec articulation_log)",
     "asynchrony_r": "Pearson r, over notes of score chords, of each note's onset minus its chord's mean onset",
     "js_*": "Jensen-Shannon divergence, base 2 (0 identical .. 1 disjoint), of fixed-bin histograms (see 'bins') of "

@@ -41,7 +41,9 @@ def bach_humans(bach_score):
 def test_score_is_unfolded_into_the_nasap_id_space(bach_score):
     assert bach_score.n_notes == 453
     assert "n6-1" in bach_score.index_of
-    assert len(bach_score.bar_starts) == 24 and bach_score.bar_starts[1] == 12  # 12/8: 12 notated beats a bar
+    # 12/8: a bar is 6 quarter notes and has 12 notated (eighth-note) beats
+    assert len(bach_score.bar_starts) == 24 and bach_score.bar_starts[1] == 6
+    assert bach_score.beat_starts[1] - bach_score.beat_starts[0] == 0.5
     assert bach_score.bpm is None  # no tempo marking: the deadpan falls back to 100
 
 
@@ -72,10 +74,11 @@ def test_deadpan_is_mechanical(bach_score, tmp_path):
     assert matches[0] == matches[1] and len(matches[0]) > 0.95 * bach_score.n_notes
     features = extract_features(bach_score, performance, by_construction)
     assert features.coverage > 0.95 and features.added == 0
-    # constant IOI per beat: 12/8 notated beats are eighth notes, 0.3 s at 100 quarter notes per minute
-    _, log_ioi = features.tempo_beat
-    assert len(log_ioi) > 200
-    np.testing.assert_allclose(np.exp(log_ioi), 0.3, rtol=1e-3)
+    # constant IOI per beat: every eighth-note beat lasts 0.3 s, i.e. 0.6 s per quarter at 100 quarters/min
+    _, log_seconds_per_quarter = features.tempo_beat
+    assert len(log_seconds_per_quarter) > 200
+    np.testing.assert_allclose(np.exp(log_seconds_per_quarter), 0.6, rtol=1e-3)
+    np.testing.assert_allclose(np.exp(features.tempo_bar[1]), 0.6, rtol=1e-3)
     assert set(features.velocity[1].tolist()) == {64.0}
     assert set(features.samples["pedal"].tolist()) == {0.0}
     # a flat deadpan has no tempo or velocity correlation with anyone: undefined, not a fake number
