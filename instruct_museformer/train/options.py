@@ -91,6 +91,11 @@ def parse_lr(value: str) -> float:
     return values[0]
 
 
+def parse_scheme(value: str) -> str:
+    """A scheme string with its whitespace collapsed: a command pasted over several lines still parses."""
+    return " ".join(value.split())
+
+
 def _optional(kind: type) -> Any:
     def convert(value: str) -> Any:
         return None if value.strip() == "None" else kind(value)
@@ -119,6 +124,8 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
         base = next(a for a in typing.get_args(hint) if a is not type(None)) if optional else hint
         if base is bool:
             group.add_argument(flag, type=parse_bool, nargs="?", const=True, default=None, metavar="BOOL")
+        elif base is str and field.name.endswith(("con2con", "con2sum", "sum2con", "sum2sum")):
+            group.add_argument(flag, type=parse_scheme, default=None, metavar="SCHEME")
         elif base in (int, float, str):
             group.add_argument(flag, type=_optional(base) if optional else base, default=None)
         else:  # pragma: no cover - a new field type needs a parser here
@@ -237,7 +244,21 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Nam
         kind = "unknown flag" if flags else "unexpected argument"
         raise UserError(f"{kind} '{first}'{hint}")
     _check(args, parser)
+    args._explicit = given_flags(parser, argv)
     return args
+
+
+def given_flags(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """Destinations set on the command line itself (fairseq-validate lets only those override a checkpoint)."""
+    saved = [(action, action.default) for action in parser._actions]
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    try:
+        given, _ = parser.parse_known_args(argv)
+    finally:
+        for action, default in saved:
+            action.default = default
+    return set(vars(given))
 
 
 def _check(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
@@ -290,5 +311,6 @@ def args_to_json(args: argparse.Namespace) -> dict[str, Any]:
     """The parsed flags as JSON-safe values (tuples -> lists), for checkpoints."""
     out: dict[str, Any] = {}
     for key, value in vars(args).items():
-        out[key] = list(value) if isinstance(value, tuple) else value
+        if not key.startswith("_"):
+            out[key] = list(value) if isinstance(value, tuple) else value
     return out

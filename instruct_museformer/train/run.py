@@ -449,6 +449,22 @@ def _evaluate(args: argparse.Namespace, source: DataSource, split: SplitData, tr
     return loss, stats
 
 
+# Data flags that fairseq-validate takes from the checkpoint unless the command line sets them.
+INHERITED_DATA_FLAGS = ("source_lang", "target_lang", "beat_mask_ts", "take_bos_as_bar", "tokens_per_sample",
+                        "truncate_train", "truncate_valid", "truncate_test")
+
+
+def _inherit_data_flags(args: argparse.Namespace, saved: dict[str, Any]) -> None:
+    explicit = getattr(args, "_explicit", set())
+    inherited = []
+    for key in INHERITED_DATA_FLAGS:
+        if key not in explicit and key in saved and saved[key] != getattr(args, key):
+            setattr(args, key, saved[key])
+            inherited.append(f"--{key.replace('_', '-')} {saved[key]}")
+    if inherited:
+        logger.info(f"from the checkpoint's training flags: {', '.join(inherited)}")
+
+
 def validate(args: argparse.Namespace) -> int:
     """fairseq-validate: loss (base 2) and ppl of ``--path`` on each ``--valid-subset``."""
     info = _init_distributed(args)
@@ -457,6 +473,7 @@ def validate(args: argparse.Namespace) -> int:
         if args.user_dir:
             logger.info(f"--user-dir {args.user_dir}: not needed (Museformer is built in); ignored")
         model, cfg, metadata = load_checkpoint_model(Path(args.path))
+        _inherit_data_flags(args, metadata.get("args") or {})
         found = detect_task(Path(args.data), args.source_lang, args.target_lang)
         if found != cfg.task:
             raise UserError(f"{args.path}: a {cfg.task} model, but {args.data} holds {found} data")
