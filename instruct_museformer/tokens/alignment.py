@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import TokenizationError
+from .grid import Measure
 from .score import ScoreData, _check_file, midi_seconds_to_quarters, read_beat_annotations, read_midi
 
 
@@ -119,7 +120,7 @@ def anchors_from_annotations(
             groups.append([])
         groups[-1].append(time)
     pickup, groups = groups[0], groups[1:]
-    measures = list(score.measures)
+    measures = _annotation_bars(score.measures)
     qs, ts = [], []
     if pickup and measures:
         # Beats before the first annotated downbeat end the first measure (an anacrusis, or a first
@@ -131,17 +132,52 @@ def anchors_from_annotations(
             step = (first.end - first.start) / len(pickup)
         qs += [first.end - (len(pickup) - k) * step for k in range(len(pickup))]
         ts += pickup
-    if len(groups) != len(measures):
+    matched = _match_bar_count(measures, len(groups), allow_pickup=not pickup)
+    if matched is None:
         raise TokenizationError(
             "bar mismatch",
             f"{path}: {len(groups)} annotated bars (downbeats), but {score.path} has {len(measures)} "
             "measures after unfolding",
         )
-    for group, measure in zip(groups, measures, strict=True):
+    for group, measure in zip(groups, matched, strict=True):
         step = (measure.end - measure.start) / len(group)
         qs += [measure.start + k * step for k in range(len(group))]
         ts += group
     return _checked(path, qs, ts)
+
+
+def _is_short(measure: Measure) -> bool:
+    return measure.end - measure.start < 4.0 * measure.numerator / measure.denominator - 1e-6
+
+
+def _annotation_bars(measures: list[Measure]) -> list[Measure]:
+    """Measures as ASAP annotates bars: a bar split in two by a repeat sign counts once."""
+    out: list[Measure] = []
+    i = 0
+    while i < len(measures):
+        m = measures[i]
+        if 0 < i and i + 1 < len(measures) and _is_short(m):
+            nxt = measures[i + 1]
+            if abs((m.end - m.start) + (nxt.end - nxt.start) - 4.0 * m.numerator / m.denominator) < 1e-6:
+                out.append(Measure(m.start, nxt.end, m.numerator, m.denominator))
+                i += 2
+                continue
+        out.append(m)
+        i += 1
+    return out
+
+
+def _match_bar_count(measures: list[Measure], count: int, allow_pickup: bool) -> list[Measure] | None:
+    """The measures that carry annotated downbeats: an unannotated pickup or short last bar is left out."""
+    variants = [measures]
+    if measures and _is_short(measures[-1]):
+        variants.append(measures[:-1])
+    if allow_pickup and measures and _is_short(measures[0]):
+        variants += [v[1:] for v in list(variants)]
+    for variant in variants:
+        if len(variant) == count:
+            return variant
+    return None
 
 
 def _checked(path: Path, qs: list[float], ts: list[float]) -> tuple[np.ndarray, np.ndarray]:
