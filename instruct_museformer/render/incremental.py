@@ -68,6 +68,30 @@ def _merge(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(b, n, h * dh)
 
 
+def _project(attn: nn.Module, x: torch.Tensor, summary: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k, v (B, n, d) of normalised rows x (B, n, d) of one stream, with that stream's biases.
+
+    Reads the model's V2S1Attention parameters: the fused ``qkv_proj`` / ``qkv_bias_{reg,sum}`` layout,
+    or the separate ``{q,k,v}_proj`` / ``{q,k,v}_bias_{reg,sum}`` one of earlier revisions.
+    """
+    if hasattr(attn, "qkv_proj"):
+        bias = attn.qkv_bias_sum if summary else attn.qkv_bias_reg
+        q, k, v = (attn.qkv_proj(x) + bias).split(x.shape[-1], dim=-1)
+        return q, k, v
+    kind = "sum" if summary else "reg"
+    return tuple(  # type: ignore[return-value]
+        getattr(attn, f"{p}_proj")(x) + getattr(attn, f"{p}_bias_{kind}") for p in ("q", "k", "v")
+    )
+
+
+def _kv2(attn: nn.Module, s2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """key2/value2 (B, n, d) of the summaries' step-1 outputs s2 (B, n, d) (heads merged)."""
+    if hasattr(attn, "kv2_proj"):
+        k2, v2 = attn.kv2_proj(s2).split(s2.shape[-1], dim=-1)
+        return k2, v2
+    return attn.key2(s2), attn.value2(s2)
+
+
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
     """q (B,H,Q,dh), k/v (B,H,K,dh), allowed (B,1|H,Q,K) -> (B,H,Q,dh); fully masked rows give 0."""
     scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))
@@ -250,12 +274,11 @@ class IncrementalDecoder:
         for i, (layer, cache) in enumerate(zip(dec.layers, self.caches, strict=True)):
             attn = layer.attn
             r_hat = layer._pre(layer.attn_norm, r)
-            k_new, v_new = attn.reg_kv(r_hat)  # (B, H, 1, dh)
+            q, k_new, v_new = (_heads(x, self.heads) for x in _project(attn, r_hat, summary=False))
             cache.k[:, :, t : t + 1] = k_new
             cache.v[:, :, t : t + 1] = v_new
             if s is not None:
                 s = self._summary_layer(i, s, close_idx, close_bar, sbar)
-            q = _heads(attn.q_proj(r_hat) + attn.q_bias_reg, self.heads)
             keys = torch.cat([cache.k2, cache.k[:, :, : t + 1]], dim=2)
             vals = torch.cat([cache.v2, cache.v[:, :, : t + 1]], dim=2)
             out = attn.out_proj(_merge(_attend(q, keys, vals, self._regular_mask(i, q_bar, sbar, svalid))))
@@ -283,9 +306,7 @@ class IncrementalDecoder:
         attn, h, ns = layer.attn, self.heads, self.ns
         t = self.length + 1
         s_hat = layer._pre(layer.attn_norm, s)  # (n, ns, d)
-        q = _heads(attn.q_proj(s_hat) + attn.q_bias_sum, h)
-        k_self = _heads(attn.k_proj(s_hat) + attn.k_bias_sum, h)
-        v_self = _heads(attn.v_proj(s_hat) + attn.v_bias_sum, h)
+        q, k_self, v_self = (_heads(x, h) for x in _project(attn, s_hat, summary=True))
         jb = bar[:, None]
         # earlier complete bars' summaries (sum2sum, offsets < 0), then this bar's own slots, then tokens
         prev_ok = (sbar[None, :] < jb) & self.s2s[i](sbar[None, :] - jb)
@@ -296,7 +317,7 @@ class IncrementalDecoder:
         keys = torch.cat([cache.ks[idx], k_self, cache.k[idx, :, :t]], dim=2)
         vals = torch.cat([cache.vs[idx], v_self, cache.v[idx, :, :t]], dim=2)
         s2 = _merge(_attend(q, keys, vals, allowed))  # (n, ns, d)
-        k2, v2 = attn.sum_kv2(s2)  # (n, H, ns, dh)
+        k2, v2 = (_heads(x, h) for x in _kv2(attn, s2))  # (n, H, ns, dh)
         slot = ((bar - 1) * ns)[:, None] + torch.arange(ns, device=s.device)  # (n, ns)
         for m in range(ns):
             cache.k2[idx, :, slot[:, m]] = k2[:, :, m]
