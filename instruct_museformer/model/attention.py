@@ -93,76 +93,76 @@ def _merge(x: torch.Tensor) -> torch.Tensor:
 
 
 class V2S1Attention(nn.Module):
-    """The "summarise, then update" self-attention of one layer (museformer.md 5.3).
+    """The "summarise, then update" self-attention of one layer (museformer.md 5.3), on the joint stream.
 
-    Q/K/V/out weights are shared by the two streams; each stream has its own Q/K/V biases; summaries
-    get dedicated key2/value2 projections (no bias, as the released model effectively had).
+    The layer carries the summary and regular streams as one tensor ``x = [s ; r]`` (B, S+R, d), so that
+    LayerNorm, the Q/K/V projection, out-proj and FFN run once for both (their weights are shared, as
+    in the original); only the Q/K/V biases differ per stream. The keys of step 1 are then simply all of
+    ``k``. Summaries get dedicated key2/value2 projections (no bias, as the released model effectively had).
+    Parameters: ``qkv_proj`` (3d x d, = Wq;Wk;Wv), ``qkv_bias_reg``/``qkv_bias_sum`` (3d each),
+    ``kv2_proj`` (2d x d, = Wk2;Wv2), ``out_proj`` (d x d + bias): 1,576,448 at d = 512, as the original.
     """
 
     def __init__(self, dim: int, num_heads: int, dropout: float, impl: str, block_size: int) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"attention_embed_dim {dim} is not divisible by {num_heads} heads")
-        self.num_heads, self.dropout, self.impl, self.block_size = num_heads, dropout, impl, block_size
-        self.q_proj = nn.Linear(dim, dim, bias=False)
-        self.k_proj = nn.Linear(dim, dim, bias=False)
-        self.v_proj = nn.Linear(dim, dim, bias=False)
+        self.dim, self.num_heads, self.dropout, self.impl, self.block_size = dim, num_heads, dropout, impl, block_size
+        self.qkv_proj = nn.Linear(dim, 3 * dim, bias=False)
+        self.kv2_proj = nn.Linear(dim, 2 * dim, bias=False)
         self.out_proj = nn.Linear(dim, dim)
-        self.key2 = nn.Linear(dim, dim, bias=False)
-        self.value2 = nn.Linear(dim, dim, bias=False)
-        self.q_bias_reg, self.k_bias_reg, self.v_bias_reg = (nn.Parameter(torch.zeros(dim)) for _ in range(3))
-        self.q_bias_sum, self.k_bias_sum, self.v_bias_sum = (nn.Parameter(torch.zeros(dim)) for _ in range(3))
+        self.qkv_bias_reg = nn.Parameter(torch.zeros(3 * dim))
+        self.qkv_bias_sum = nn.Parameter(torch.zeros(3 * dim))
         gain = 1.0 / math.sqrt(2.0)
-        for lin in (self.q_proj, self.k_proj, self.v_proj, self.key2, self.value2):
-            nn.init.xavier_uniform_(lin.weight, gain=gain)
+        with torch.no_grad():  # Xavier per d x d block, as for the original's separate projections
+            for weight in (self.qkv_proj.weight, self.kv2_proj.weight):
+                for block in weight.split(dim, dim=0):
+                    nn.init.xavier_uniform_(block, gain=gain)
         nn.init.xavier_uniform_(self.out_proj.weight)
         nn.init.zeros_(self.out_proj.bias)
 
     def _p(self) -> float:
         return self.dropout if self.training else 0.0
 
-    def reg_kv(self, r_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Regular-token keys and values (B, H, R, dh) from the normalised regular stream (B, R, d)."""
-        k = self.k_proj(r_hat) + self.k_bias_reg
-        v = self.v_proj(r_hat) + self.v_bias_reg
-        return _heads(k, self.num_heads), _heads(v, self.num_heads)
+    def project(self, xh: torch.Tensor, num_sum: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Normalised joint stream (B, S+R, d) -> q, k, v (B, H, S+R, dh) with per-stream biases."""
+        length = xh.shape[1]
+        bias = torch.cat(
+            [self.qkv_bias_sum.expand(num_sum, -1), self.qkv_bias_reg.expand(length - num_sum, -1)]
+        )  # (S+R, 3d)
+        q, k, v = (self.qkv_proj(xh) + bias).split(self.dim, dim=-1)
+        return _heads(q, self.num_heads), _heads(k, self.num_heads), _heads(v, self.num_heads)
 
-    def summarize(self, s_hat: torch.Tensor, k_r: torch.Tensor, v_r: torch.Tensor, sx: AttentionLayout) -> torch.Tensor:
-        """Step 1: summaries (B, S, d) read their bar -> s2 (B, S, d), heads merged, before out-proj."""
-        h = self.num_heads
-        q = _heads(self.q_proj(s_hat) + self.q_bias_sum, h)
-        k = torch.cat([_heads(self.k_proj(s_hat) + self.k_bias_sum, h), k_r], dim=2)  # (B, H, S+R, dh)
-        v = torch.cat([_heads(self.v_proj(s_hat) + self.v_bias_sum, h), v_r], dim=2)
-        return _merge(attend(q, k, v, sx, self.impl, self.block_size, self._p()))
+    def summarize(self, q_s: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sx: AttentionLayout) -> torch.Tensor:
+        """Step 1: summary queries (B, H, S, dh) over [k_s ; k_r] (B, H, S+R, dh) -> s2 (B, H, S, dh)."""
+        return attend(q_s, k, v, sx, self.impl, self.block_size, self._p())
 
     def sum_kv2(self, s2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Summary keys/values (B, H, S, dh) that regular tokens of later bars read (coarse-grained)."""
-        return _heads(self.key2(s2), self.num_heads), _heads(self.value2(s2), self.num_heads)
+        k2, v2 = self.kv2_proj(_merge(s2)).split(self.dim, dim=-1)
+        return _heads(k2, self.num_heads), _heads(v2, self.num_heads)
 
     def update(
         self,
-        r_hat: torch.Tensor,
+        q_r: torch.Tensor,
         k_s2: torch.Tensor,
         v_s2: torch.Tensor,
         k_r: torch.Tensor,
         v_r: torch.Tensor,
         rx: AttentionLayout,
     ) -> torch.Tensor:
-        """Step 2: regular tokens (B, R, d) read [fresh summaries ; regular tokens] -> r2 (B, R, d)."""
-        q = _heads(self.q_proj(r_hat) + self.q_bias_reg, self.num_heads)
+        """Step 2: regular queries (B, H, R, dh) over [fresh summaries ; regular] -> r2 (B, H, R, dh)."""
         k = torch.cat([k_s2, k_r], dim=2)  # (B, H, S+R, dh)
         v = torch.cat([v_s2, v_r], dim=2)
-        return _merge(attend(q, k, v, rx, self.impl, self.block_size, self._p()))
+        return attend(q_r, k, v, rx, self.impl, self.block_size, self._p())
 
-    def forward(
-        self, s_hat: torch.Tensor, r_hat: torch.Tensor, sx: AttentionLayout, rx: AttentionLayout
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, S, d), (B, R, d) normalised streams -> their attention outputs after out-proj."""
-        k_r, v_r = self.reg_kv(r_hat)
-        s2 = self.summarize(s_hat, k_r, v_r, sx)
+    def forward(self, xh: torch.Tensor, num_sum: int, sx: AttentionLayout, rx: AttentionLayout) -> torch.Tensor:
+        """Normalised joint stream (B, S+R, d) -> attention output after out-proj (B, S+R, d)."""
+        q, k, v = self.project(xh, num_sum)
+        s2 = self.summarize(q[:, :, :num_sum], k, v, sx)
         k_s2, v_s2 = self.sum_kv2(s2)
-        r2 = self.update(r_hat, k_s2, v_s2, k_r, v_r, rx)
-        return self.out_proj(s2), self.out_proj(r2)
+        r2 = self.update(q[:, :, num_sum:], k_s2, v_s2, k[:, :, num_sum:], v[:, :, num_sum:], rx)
+        return self.out_proj(_merge(torch.cat([s2, r2], dim=2)))
 
 
 class CrossAttention(nn.Module):

@@ -51,6 +51,8 @@ class MuseformerDecoder(nn.Module):
         side = bar_layout(tokens, cfg.num_summary_tokens_each_chunk, multiple)
         r = self.embed.regular(tokens.tokens, tokens.bar_ids, tokens.beat_ids)  # (B, R, d)
         s = self.embed.summaries(side.sum_ids, side.sum_bar)  # (B, S, d)
+        num_sum = s.shape[1]
+        x = torch.cat([s, r], dim=1)  # (B, S+R, d): the joint stream the layers carry
         sc = self.schemes
         cache: dict[tuple, AttentionLayout] = {}
         for i, layer in enumerate(self.layers):
@@ -71,9 +73,10 @@ class MuseformerDecoder(nn.Module):
                     cache[kc] = cross_layout(side, encoder_out.side, sc["cross_con2con"][i], sc["cross_con2sum"][i])
                 extra = (layer.cross.memory_kv(encoder_out.memory), cache[kc])
             if cfg.gradient_checkpointing and self.training:
-                s, r = checkpoint(layer, s, r, cache[kx], cache[kr], *extra, use_reentrant=False)
+                x = checkpoint(layer, x, num_sum, cache[kx], cache[kr], *extra, use_reentrant=False)
             else:
-                s, r = layer(s, r, cache[kx], cache[kr], *extra)
+                x = layer(x, num_sum, cache[kx], cache[kr], *extra)
+        r = x[:, num_sum:]  # summary outputs are dropped after the last layer
         if self.final_norm is not None:
             r = self.final_norm(r)
         return self.output(r[:, :length]).float()

@@ -100,6 +100,8 @@ class MuseformerEncoder(nn.Module):
         side = bar_layout(source, cfg.num_summary_tokens_each_chunk, multiple)
         r = self.embed.regular(source.tokens, source.bar_ids, source.beat_ids)  # (B, R, d)
         s = self.embed.summaries(side.sum_ids, side.sum_bar)  # (B, S, d)
+        num_sum = s.shape[1]
+        x = torch.cat([s, r], dim=1)  # (B, S+R, d)
         cache: dict[tuple, AttentionLayout] = {}
         sc = self.schemes
         for i, layer in enumerate(self.layers):
@@ -110,8 +112,8 @@ class MuseformerEncoder(nn.Module):
             if kr not in cache:
                 cache[kr] = regular_layout(side, sc["con2con"][i], sc["con2sum"][i], causal=False)
             if cfg.gradient_checkpointing and self.training:
-                s, r = checkpoint(layer, s, r, cache[kx], cache[kr], use_reentrant=False)
+                x = checkpoint(layer, x, num_sum, cache[kx], cache[kr], use_reentrant=False)
             else:
-                s, r = layer(s, r, cache[kx], cache[kr])
-        memory = self.final_norm(torch.cat([s, r], dim=1))  # (B, S+R, d)
+                x = layer(x, num_sum, cache[kx], cache[kr])
+        memory = self.final_norm(x)  # (B, S+R, d) = [summaries ; regular states]
         return EncoderOut(memory, side)

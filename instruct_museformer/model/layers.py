@@ -24,11 +24,12 @@ class FeedForward(nn.Module):
 
 
 class MuseformerLayer(nn.Module):
-    """Pre-LN (or post-LN) layer over the summary stream s (B, S, d) and the regular stream r (B, R, d).
+    """Pre-LN (or post-LN) layer over the joint stream ``[summaries ; regular]`` (B, S+R, d).
 
-    self-attention (v2s1) -> [cross-attention, regular stream only] -> FFN. LayerNorms and FFN are shared
-    by the two streams (``share_*`` True in the original). Summaries do not cross-attend: they read their
-    bar's regular tokens, which carry the source information from the layer below.
+    self-attention (v2s1) -> [cross-attention, regular rows only] -> FFN. LayerNorms and FFN are shared
+    by the two streams (``share_*`` True in the original), so they run once on the joint tensor.
+    Summaries do not cross-attend: they read their bar's regular tokens, which carry the source
+    information from the layer below.
     """
 
     def __init__(
@@ -62,21 +63,20 @@ class MuseformerLayer(nn.Module):
 
     def forward(
         self,
-        s: torch.Tensor,
-        r: torch.Tensor,
+        x: torch.Tensor,
+        num_sum: int,
         sx: AttentionLayout,
         rx: AttentionLayout,
         cross_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
         cross_layout: AttentionLayout | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        s_att, r_att = self.attn(self._pre(self.attn_norm, s), self._pre(self.attn_norm, r), sx, rx)
-        s = self._post(self.attn_norm, s + self.dropout(s_att))
-        r = self._post(self.attn_norm, r + self.dropout(r_att))
+    ) -> torch.Tensor:
+        """x = [summaries ; regular] (B, S+R, d), the first ``num_sum`` rows summaries -> same shape."""
+        x = self._post(self.attn_norm, x + self.dropout(self.attn(self._pre(self.attn_norm, x), num_sum, sx, rx)))
         if self.cross is not None and self.cross_norm is not None:
             if cross_kv is None or cross_layout is None:
                 raise ValueError("this layer has cross-attention: pass the encoder memory and its layout")
+            r = x[:, num_sum:]
             c = self.cross(self._pre(self.cross_norm, r), cross_kv[0], cross_kv[1], cross_layout)
             r = self._post(self.cross_norm, r + self.dropout(c))
-        s = self._post(self.ffn_norm, s + self.dropout(self.ffn(self._pre(self.ffn_norm, s))))
-        r = self._post(self.ffn_norm, r + self.dropout(self.ffn(self._pre(self.ffn_norm, r))))
-        return s, r
+            x = torch.cat([x[:, :num_sum], r], dim=1)
+        return self._post(self.ffn_norm, x + self.dropout(self.ffn(self._pre(self.ffn_norm, x))))

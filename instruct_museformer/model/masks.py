@@ -2,20 +2,18 @@
 
 Every attention problem of the model (decoder ``sx``/``rx``, encoder ``sx``/``rx``, cross-attention) has
 the same shape: queries of one stream over keys ``[S summaries ; R regular]`` (one contiguous summary
-region first, so a mask needs one lookup per side). Each token is reduced to a *class*:
+region first). Each query carries its bar and kind (prefix / content / padding), each key a code that
+combines its row (summary, regular, prefix, none) and its bar, and a small offset table built from the
+scheme's offset sets says which bar offsets each row allows. The predicate (``AttentionLayout.mask_mod``)
+is then one load per query, one per key and one lookup in an L1-sized table:
 
-* regular token:  0 = prefix/special (the decoder's BOS, the source's EOS), 1..n = its bar, n+1 = padding
-* summary slot:   1..n = the bar it summarises, n+1 = unused slot (bar not complete, or padding)
+    allowed(b, q, kv) = off[k_code[b, kv] - q_bar[b, q]] and <prefix rule> and (not causal or k_pos[kv] <= q)
 
-and key classes of the regular region are shifted by ``n + 2``. Which query class may read which key
-class is a small ``(n+2, 2(n+2))`` boolean table built from the scheme's offset sets, so the whole mask is
-
-    allowed(b, q, kv) = table[q_class[b, q], k_class[b, kv]]  and  (not causal or k_pos[kv] <= q)
-
-That single function (``AttentionLayout.mask_mod``) is evaluated densely by the reference path and used as
-the ``mask_mod`` of the BlockMask, whose tile structure is derived from the same table: the number of
-allowed pairs inside the class rectangle of a tile (a 2-D prefix sum over the table) says whether the tile
-is empty, full (mask_mod skipped) or partial. Nothing is built over the dense token grid on the flex path.
+The reference path evaluates it densely; the flex path passes it as the BlockMask's ``mask_mod``. The
+BlockMask's tile structure comes from the same predicate evaluated on one representative token per
+(query class, key class): the number of allowed class pairs inside a tile's class rectangle (2-D prefix
+sums) says whether the tile is empty, full (mask_mod skipped) or partial. Nothing is built over the dense
+token grid on the flex path; one BlockMask per attention problem per forward is shared by all layers.
 """
 
 from __future__ import annotations
@@ -83,41 +81,92 @@ def bar_layout(tokens: BarTokens, num_summary: int, pad_multiple: int = 1) -> Ba
     return BarLayout(bar, valid, sum_bar.contiguous(), sum_valid, sum_ids, max(num_bars, max_complete))
 
 
+# Key rows of the offset table (see ``AttentionLayout``).
+ROW_NONE, ROW_SUM, ROW_REG, ROW_PREF = 0, 1, 2, 3
+KIND_PAD, KIND_PREF, KIND_CONTENT = 0, 1, 2
+
+
+def _core(
+    off: torch.Tensor, q_bar: torch.Tensor, q_kind: torch.Tensor, k_code: torch.Tensor, pref_from: int
+) -> torch.Tensor:
+    """The predicate without causality: ``off[k_code - q_bar]``, and a prefix query reads prefix keys only."""
+    return off[k_code - q_bar] & ((q_kind == KIND_CONTENT) | ((q_kind == KIND_PREF) & (k_code >= pref_from)))
+
+
 @dataclass
 class AttentionLayout:
     """One attention problem: queries (B, Q) over keys (B, K) = [S summaries ; R regular].
 
-    q_class: (B, Q) long in [0, Cq);  k_class: (B, K) long in [0, Ck);  table: (Cq, Ck) bool
-    k_pos:   (K,) long or None; when set the attention is causal: key kv needs k_pos[kv] <= q
-             (summary keys carry -1, so the rule only restricts regular keys)
+    The predicate reads one value per query and one per key and a small offset table (L1-resident):
+
+        allowed(b, q, kv) = off[k_code[b, kv] - q_bar[b, q]]  and  (q_kind[b, q] is content, or it is the
+                            prefix and the key is a prefix key)  and  (not causal or k_pos[kv] <= q)
+
+    q_bar:  (B, Q) int32, the query's bar (0 for the prefix and padding)
+    q_kind: (B, Q) int32, KIND_PAD / KIND_PREF / KIND_CONTENT
+    k_code: (B, K) int32, ``row * W + key bar + n`` with row ROW_NONE (padding, unused summary slot),
+            ROW_SUM, ROW_REG or ROW_PREF and W = 2n + 1, so that ``k_code - q_bar`` indexes the key row at
+            the bar offset ``key bar - query bar``
+    off:    (4 W,) bool, per row, which bar offsets may attend (from the scheme's offset sets)
+    k_pos:  (K,) int32 or None; when set the attention is causal (summary keys carry -1)
+
+    ``q_class``/``k_class`` (B, Q)/(B, K) are the tokens' classes (0 prefix, 1..n bar, n+1 padding; key
+    classes of the regular region shifted by n + 2), monotone along each region: the BlockMask's tiles are
+    classified from the class-level table, which is the same predicate evaluated on one representative
+    token per class.
     """
 
     q_class: torch.Tensor
     k_class: torch.Tensor
-    table: torch.Tensor
+    q_bar: torch.Tensor
+    q_kind: torch.Tensor
+    k_code: torch.Tensor
+    off: torch.Tensor
+    num_bars: int
     k_pos: torch.Tensor | None = None
     _dense: torch.Tensor | None = field(default=None, repr=False)
+    _table: torch.Tensor | None = field(default=None, repr=False)
     _block: dict[int, object] = field(default_factory=dict, repr=False)
 
     def mask_mod(self) -> MaskMod:
         """The predicate, in FlexAttention's ``mask_mod(b, h, q_idx, kv_idx)`` form."""
-        width = self.table.shape[1]
-        q_row = self.q_class * width  # (B, Q): one lookup on the query side
-        k_class = self.k_class  # (B, K): one lookup on the key side
-        table = self.table.reshape(-1)
-        k_pos = self.k_pos
+        q_bar, q_kind, k_code, off, k_pos = self.q_bar, self.q_kind, self.k_code, self.off, self.k_pos
+        pref_from = ROW_PREF * (2 * self.num_bars + 1)
 
         if k_pos is None:
 
             def allowed(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
-                return table[q_row[b, q] + k_class[b, kv]]
+                return _core(off, q_bar[b, q], q_kind[b, q], k_code[b, kv], pref_from)
 
         else:
 
             def allowed(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
-                return table[q_row[b, q] + k_class[b, kv]] & (k_pos[kv] <= q)
+                return _core(off, q_bar[b, q], q_kind[b, q], k_code[b, kv], pref_from) & (k_pos[kv] <= q)
 
         return allowed
+
+    @property
+    def table(self) -> torch.Tensor:
+        """(n+2, 2(n+2)) bool: may query class i read key class j (the predicate on class representatives)."""
+        if self._table is None:
+            n = self.num_bars
+            dev = self.off.device
+            width = 2 * n + 1
+            classes = torch.arange(n + 2, device=dev, dtype=torch.int32)
+            real = (classes >= 1) & (classes <= n)
+            zero = torch.zeros_like(classes)
+            # query representatives: class 0 = prefix, 1..n = content of that bar, n+1 = padding
+            q_bar = torch.where(real, classes, zero)
+            q_kind = torch.where(real, KIND_CONTENT, torch.where(classes == 0, KIND_PREF, KIND_PAD)).int()
+            # key representatives: summary region (class 0 never occurs there), then regular region
+            none = zero + ROW_NONE * width + n
+            k_sum = torch.where(real, ROW_SUM * width + classes + n, none)
+            k_reg = torch.where(
+                real, ROW_REG * width + classes + n, torch.where(classes == 0, ROW_PREF * width + n, none)
+            )
+            k_code = torch.cat([k_sum, k_reg])
+            self._table = _core(self.off, q_bar[:, None], q_kind[:, None], k_code[None, :], ROW_PREF * width)
+        return self._table
 
     def dense(self) -> torch.Tensor:
         """(B, 1, Q, K) bool mask, True = may attend (the reference path's ground truth)."""
@@ -194,18 +243,42 @@ def _ordered(selected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Tables: which query class may read which key class.
+# Builders: per-token codes and the offset table of each attention problem.
 
 
-def _bar_grid(n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Offsets (key bar - query bar) over classes 0..n+1 and a mask of real-bar pairs (1..n both)."""
-    classes = torch.arange(n + 2, device=device)
-    real = (classes >= 1) & (classes <= n)
-    return classes[None, :] - classes[:, None], real[:, None] & real[None, :], classes
+def _off_table(n: int, rows: dict[int, torch.Tensor], device: torch.device) -> torch.Tensor:
+    """(4 (2n+1),) bool from per-row membership over offsets -n..n."""
+    off = torch.zeros(4, 2 * n + 1, dtype=torch.bool, device=device)
+    for row, members in rows.items():
+        off[row] = members
+    return off.reshape(-1)
 
 
-def _join(q_class: torch.Tensor, sum_class: torch.Tensor, reg_class: torch.Tensor, n: int) -> torch.Tensor:
-    return torch.cat([sum_class, reg_class + (n + 2)], dim=1).to(q_class.device)
+def _offsets(n: int, device: torch.device) -> torch.Tensor:
+    return torch.arange(-n, n + 1, device=device)
+
+
+def _query_codes(bar: torch.Tensor, valid: torch.Tensor, summary: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(q_bar, q_kind) int32 of regular tokens or (``summary``) summary slots."""
+    q_bar = torch.where(valid, bar, torch.zeros_like(bar)).int()
+    content = valid if summary else valid & (bar > 0)
+    pref = torch.zeros_like(valid) if summary else valid & (bar == 0)
+    q_kind = torch.where(content, KIND_CONTENT, torch.where(pref, KIND_PREF, KIND_PAD)).int()
+    return q_bar, q_kind
+
+
+def _key_codes(side: BarLayout, n: int) -> torch.Tensor:
+    """(B, S+R) int32 key codes of [summaries ; regular tokens] for an offset table over bars 0..n."""
+    width = 2 * n + 1
+    none = ROW_NONE * width + n
+    k_sum = torch.where(side.sum_valid, ROW_SUM * width + side.sum_bar + n, none)
+    reg_row = torch.where(side.bar == 0, ROW_PREF * width + n, ROW_REG * width + side.bar + n)
+    k_reg = torch.where(side.valid, reg_row, none)
+    return torch.cat([k_sum, k_reg], dim=1).int()
+
+
+def _key_classes(side: BarLayout, n: int) -> torch.Tensor:
+    return torch.cat([side.sum_class(n), side.reg_class(n) + (n + 2)], dim=1)
 
 
 def regular_layout(
@@ -221,20 +294,16 @@ def regular_layout(
     a special sees specials (pref2pref ``lt``/``full``; with one BOS these agree) and nothing else, and
     when ``causal`` a regular key must not come after the query.
     """
-    n = side.num_bars
-    off, real, _ = _bar_grid(n, side.bar.device)
-    sum_part = real & con2sum.contains(off)
-    reg_part = real & con2con.contains(off)
-    reg_part[1 : n + 1, 0] = True  # con2pref: content reads the prefix
-    reg_part[0, 0] = pref2pref != "none"
-    table = torch.cat([sum_part, reg_part], dim=1)
-    q_class = side.reg_class(n)
-    k_class = _join(q_class, side.sum_class(n), q_class, n)
+    n, dev = side.num_bars, side.bar.device
+    offs = _offsets(n, dev)
+    pref_row = (offs < 0) | ((offs == 0) & (pref2pref != "none"))  # offset = 0 - query bar
+    off = _off_table(n, {ROW_SUM: con2sum.contains(offs), ROW_REG: con2con.contains(offs), ROW_PREF: pref_row}, dev)
+    q_bar, q_kind = _query_codes(side.bar, side.valid, summary=False)
     k_pos = None
     if causal:
         s_len, r_len = side.sum_bar.shape[1], side.bar.shape[1]
-        k_pos = torch.cat([torch.full((s_len,), -1, device=q_class.device), torch.arange(r_len, device=q_class.device)])
-    return AttentionLayout(q_class, k_class, table, k_pos)
+        k_pos = torch.cat([torch.full((s_len,), -1, device=dev), torch.arange(r_len, device=dev)]).int()
+    return AttentionLayout(side.reg_class(n), _key_classes(side, n), q_bar, q_kind, _key_codes(side, n), off, n, k_pos)
 
 
 def summary_layout(side: BarLayout, sum2con: OffsetSet, sum2sum: OffsetSet) -> AttentionLayout:
@@ -243,12 +312,11 @@ def summary_layout(side: BarLayout, sum2con: OffsetSet, sum2sum: OffsetSet) -> A
     Non-causal inside the bar (safe: a summary is only read by later bars); summaries never read the
     prefix (sum2pref none).
     """
-    n = side.num_bars
-    off, real, _ = _bar_grid(n, side.bar.device)
-    table = torch.cat([real & sum2sum.contains(off), real & sum2con.contains(off)], dim=1)
-    q_class = side.sum_class(n)
-    k_class = _join(q_class, side.sum_class(n), side.reg_class(n), n)
-    return AttentionLayout(q_class, k_class, table, None)
+    n, dev = side.num_bars, side.bar.device
+    offs = _offsets(n, dev)
+    off = _off_table(n, {ROW_SUM: sum2sum.contains(offs), ROW_REG: sum2con.contains(offs)}, dev)
+    q_bar, q_kind = _query_codes(side.sum_bar, side.sum_valid, summary=True)
+    return AttentionLayout(side.sum_class(n), _key_classes(side, n), q_bar, q_kind, _key_codes(side, n), off, n)
 
 
 def cross_layout(
@@ -260,15 +328,12 @@ def cross_layout(
     j + cross_con2sum; every non-padding target token (the BOS included) reads the source's specials
     (its trailing EOS), so no real query row is ever empty.
     """
-    n = max(target.num_bars, source.num_bars)
-    off, real, _ = _bar_grid(n, target.bar.device)
-    sum_part = real & cross_con2sum.contains(off)
-    reg_part = real & cross_con2con.contains(off)
-    reg_part[0 : n + 1, 0] = True
-    table = torch.cat([sum_part, reg_part], dim=1)
-    q_class = target.reg_class(n)
-    k_class = _join(q_class, source.sum_class(n), source.reg_class(n), n)
-    return AttentionLayout(q_class, k_class, table, None)
+    n, dev = max(target.num_bars, source.num_bars), target.bar.device
+    offs = _offsets(n, dev)
+    rows = {ROW_SUM: cross_con2sum.contains(offs), ROW_REG: cross_con2con.contains(offs), ROW_PREF: offs <= 0}
+    off = _off_table(n, rows, dev)
+    q_bar, q_kind = _query_codes(target.bar, target.valid, summary=False)
+    return AttentionLayout(target.reg_class(n), _key_classes(source, n), q_bar, q_kind, _key_codes(source, n), off, n)
 
 
 def pad_bar_tokens(tokens: BarTokens, multiple: int) -> BarTokens:

@@ -31,8 +31,10 @@ def test_default_language_model_has_the_originals_parameter_count():
     assert _count(layer.ffn) == 2_099_712
     assert _count(layer.attn_norm) + _count(layer.ffn_norm) == 2_048
     assert _count(dec.final_norm) == 1_024 and _count(dec.output) == 286_720
-    assert layer.attn.key2.bias is None and layer.attn.value2.bias is None
-    assert layer.attn.q_proj.bias is None and layer.attn.out_proj.bias is not None
+    # shared Q/K/V weights, per-stream Q/K/V biases, key2/value2 without bias, one out-proj bias
+    assert layer.attn.qkv_proj.bias is None and layer.attn.kv2_proj.bias is None
+    assert layer.attn.qkv_bias_reg.shape == layer.attn.qkv_bias_sum.shape == (3 * 512,)
+    assert layer.attn.out_proj.bias is not None
     assert len(dec.layers) == 4 and layer.attn.num_heads == 8
 
 
