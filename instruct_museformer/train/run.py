@@ -144,6 +144,8 @@ def train(args: argparse.Namespace, hooks: Hooks | None = None, *, start_method:
     world = max(1, world)
     if under_torchrun or world == 1:
         return _train_process(args, hooks)
+    if hooks.source_factory is None:  # user mistakes fail here, in one line, not in N child tracebacks
+        detect_task(Path(args.data), args.source_lang, args.target_lang)
     if _use_cuda(args) and world > torch.cuda.device_count():
         raise UserError(f"--distributed-world-size {world}: only {torch.cuda.device_count()} GPUs visible")
     import torch.multiprocessing as mp
@@ -268,6 +270,13 @@ def _train_loop(args: argparse.Namespace, hooks: Hooks, info: DistInfo) -> int:
         if not args.reset_dataloader:
             epoch, position = int(state["epoch"]), int(state["iterations_in_epoch"])
             restore_rng(rng_tensors, state.get("rng", {}))
+            per_update_then = int(state.get("world_size", 1)) * int(state.get("update_freq", 1))
+            per_update_now = info.world_size * args.update_freq
+            if per_update_then != per_update_now and position:
+                # the batch list of an epoch does not depend on them: continue after the batches consumed
+                position = position * per_update_then // per_update_now
+                logger.warning(f"world size x update freq changed ({per_update_then} -> {per_update_now}): "
+                               f"continuing epoch {epoch} at update group {position}")
         best_loss = state.get("best_loss")
         if not args.reset_meters:
             meters_state = state.get("meters", meters_state)
