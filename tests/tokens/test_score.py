@@ -1,0 +1,53 @@
+"""Score loading in every supported format and the deadpan score tokens."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from instruct_museformer.tokens import specials
+from instruct_museformer.tokens.score import load_score, tokenize_score
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+BEETHOVEN = FIXTURES / "nasap" / "Beethoven" / "Piano_Sonatas" / "21-2"
+MOZART_XML = FIXTURES / "partitura_mozart_k265_var1" / "tests" / "data" / "musicxml" / "mozart_k265_var1.musicxml"
+
+CONTAINER = """<?xml version="1.0" encoding="UTF-8"?>
+<container><rootfiles><rootfile full-path="score.musicxml"/></rootfiles></container>
+"""
+
+
+def test_mei_and_mxl_give_the_same_ids(tokenizer, tmp_path):
+    import partitura as pt
+
+    reference = tokenize_score(MOZART_XML, tokenizer)
+    mei = tmp_path / "mozart.mei"
+    pt.save_mei(pt.load_score(str(MOZART_XML)), str(mei))
+    assert tokenize_score(mei, tokenizer) == reference
+    mxl = tmp_path / "mozart.mxl"
+    with zipfile.ZipFile(mxl, "w") as archive:
+        archive.writestr("META-INF/container.xml", CONTAINER)
+        archive.writestr("score.musicxml", MOZART_XML.read_text(encoding="utf-8"))
+    assert tokenize_score(mxl, tokenizer) == reference
+
+
+def test_unfolded_ids_and_dynamics(tokenizer):
+    data = load_score(BEETHOVEN / "xml_score.musicxml")
+    assert all(i.endswith("-1") for i in data.ids)  # ids of the maximal unfolding
+    assert len(data.measures) == 28
+    assert len(np.unique(data.velocity)) > 1  # pp / p / sf markings are used
+    assert data.tempo_qpm == 20.0  # the score's own marking (quarter = 20)
+    ids = tokenize_score(BEETHOVEN / "xml_score.musicxml", tokenizer)
+    velocities = {tokenizer[i] for i in ids if tokenizer[i].startswith("Velocity_")}
+    assert len(velocities) > 1
+
+
+def test_midi_score_measures_follow_time_signatures(tokenizer):
+    data = load_score(BEETHOVEN / "midi_score.mid")
+    assert data.measures[0].start == 0.0 and (data.measures[0].numerator, data.measures[0].denominator) == (6, 8)
+    with_annotations = load_score(BEETHOVEN / "midi_score.mid", BEETHOVEN / "midi_score_annotations.txt")
+    assert len(with_annotations.measures) == 28
+    ids = tokenize_score(BEETHOVEN / "midi_score.mid", tokenizer)
+    assert ids[-1] == specials.BAR
