@@ -51,3 +51,44 @@ def tiny_config(task: str = "language_modeling", vocab: int = VOCAB, **overrides
     )
     values.update(overrides)
     return MuseformerConfig(**values)  # type: ignore[arg-type]
+
+
+def write_score_midi(path, bars: int, notes_per_bar: int = 4, numerator: int = 4, seed: int = 0) -> None:
+    """A synthetic score MIDI: ``bars`` bars of numerator/4 with a few notes each."""
+    import random
+
+    from symusic import Note, Score, Tempo, TimeSignature, Track
+
+    rng = random.Random(seed)
+    tpq = 480
+    score = Score(tpq)
+    score.time_signatures.append(TimeSignature(0, numerator, 4))
+    score.tempos.append(Tempo(0, 100.0))
+    track = Track(name="Piano", program=0, is_drum=False)
+    bar_ticks = numerator * tpq
+    for b in range(bars):
+        for k in range(notes_per_bar):
+            onset = b * bar_ticks + k * bar_ticks // notes_per_bar
+            track.notes.append(Note(onset, bar_ticks // notes_per_bar, rng.randint(48, 84), 72))
+    score.tracks.append(track)
+    score.dump_midi(str(path))
+
+
+def make_checkpoint(root, vocab: int | None = None, task: str = "translation", seed: int = 0):
+    """A tiny random-weight checkpoint directory with the project tokenizer, as imf train writes it."""
+    from pathlib import Path
+
+    from instruct_museformer.model import build_model
+    from instruct_museformer.tokens.tokenizer import build_tokenizer, save_tokenizer
+    from instruct_museformer.train.checkpoint import CheckpointContents, save_checkpoint
+
+    root = Path(root)
+    tokenizer = build_tokenizer()
+    data_bin = root / "data-bin"
+    data_bin.mkdir(parents=True, exist_ok=True)
+    save_tokenizer(tokenizer, data_bin / "tokenizer.json")
+    torch.manual_seed(seed)
+    cfg = tiny_config(task, vocab=vocab or len(tokenizer.vocab))
+    model = build_model(cfg).eval()
+    contents = CheckpointContents(model, cfg, {"beat_mask_ts": False, "tokens_per_sample": 1024}, {}, data_bin=data_bin)
+    return save_checkpoint(root / "checkpoints", ["checkpoint_last"], contents)[0]

@@ -1,0 +1,268 @@
+"""Score files -> expressive performance MIDI (and WAV, plot): what ``imf render`` runs.
+
+A checkpoint directory from ``imf train`` is self-contained (config, weights, tokenizer), so rendering
+needs nothing else. Every score is tokenized before any decoding starts, so a bad file fails early and
+no output is written; every output goes to a temporary file in its folder and is renamed at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from ..model.config import MuseformerConfig
+from .decode import SamplingOptions
+from .grammar import TokenGrammar
+from .windows import ScoreMatch, WindowStats, render_token_bars, score_match
+
+SCORE_SUFFIXES = (".musicxml", ".mxl", ".xml", ".mei", ".krn", ".kern", ".mid", ".midi")
+SOUNDFONT = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")
+VOCAB_PADDING_SLACK = 64  # a dictionary padded by --padding-factor may exceed the tokenizer by this much
+
+
+@dataclass
+class Renderer:
+    """A loaded checkpoint, ready to decode."""
+
+    model: nn.Module
+    cfg: MuseformerConfig
+    tokenizer: Any
+    beat_table: torch.Tensor
+    grammar: TokenGrammar
+    device: torch.device
+    window_tokens: int
+    checkpoint: Path
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name}: not a device name (auto, cpu, cuda, cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available on this machine")
+    return device
+
+
+def _checkpoint_tokenizer(directory: Path, metadata: dict[str, Any]) -> Any:
+    from ..tokens.tokenizer import load_tokenizer
+
+    path = directory / "tokenizer.json"
+    if path.is_file():
+        return load_tokenizer(path)
+    if isinstance(metadata.get("tokenizer"), dict):
+        with tempfile.TemporaryDirectory() as tmp:
+            file = Path(tmp) / "tokenizer.json"
+            file.write_text(json.dumps(metadata["tokenizer"]), encoding="utf-8")
+            return load_tokenizer(file)
+    raise UserError(f"{directory}: the checkpoint has no tokenizer (tokenizer.json); it cannot render")
+
+
+def load_renderer(
+    checkpoint: Path | str, device: str = "auto", window_tokens: int | None = None, task: str = "translation"
+) -> Renderer:
+    """Load a checkpoint (file or directory) for decoding; UserError when it does not fit ``task``."""
+    from ..data.batch import BEAT_INHERIT
+    from ..tokens.tokenizer import beat_table
+    from ..train.checkpoint import load_checkpoint_model, resolve_checkpoint
+
+    checkpoint = Path(checkpoint)
+    if not checkpoint.exists():
+        raise UserError(f"{checkpoint}: checkpoint not found")
+    directory = resolve_checkpoint(checkpoint)
+    model, cfg, metadata = load_checkpoint_model(directory)
+    if cfg.task != task:
+        hint = "imf generate --task museformer_language_modeling" if cfg.task == "language_modeling" else "imf render"
+        raise UserError(f"{directory}: a {cfg.task} checkpoint, not {task} (use {hint})")
+    tokenizer = _checkpoint_tokenizer(directory, metadata)
+    n = len(tokenizer.vocab)
+    if not n <= cfg.vocab_size < n + VOCAB_PADDING_SLACK:
+        raise UserError(
+            f"{directory}: the model's vocabulary ({cfg.vocab_size} tokens) does not match its tokenizer "
+            f"({n} tokens)"
+        )
+    args = metadata.get("args") or {}
+    table = beat_table(tokenizer, beat_mask_ts=bool(args.get("beat_mask_ts", False)))
+    if cfg.vocab_size > n:
+        table = torch.cat([table, torch.full((cfg.vocab_size - n,), BEAT_INHERIT, dtype=torch.long)])
+    dev = resolve_device(device)
+    model = model.to(dev).eval()
+    if window_tokens is None:
+        window_tokens = int(args.get("truncate_train") or args.get("tokens_per_sample") or 4096)
+    grammar = TokenGrammar.for_tokenizer(tokenizer, cfg.vocab_size).to(dev)
+    return Renderer(model, cfg, tokenizer, table.to(dev), grammar, dev, window_tokens, directory)
+
+
+def collect_scores(paths: Sequence[Path | str]) -> list[Path]:
+    """Score files from files and folders (a folder contributes its score files, sorted)."""
+    out: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in SCORE_SUFFIXES)
+            if not found:
+                raise UserError(f"{path}: no score files in this folder ({', '.join(SCORE_SUFFIXES)})")
+            out += found
+        elif path.is_file():
+            if path.suffix.lower() not in SCORE_SUFFIXES:
+                raise UserError(f"{path}: unsupported score format '{path.suffix}' (use MusicXML, MEI, kern or MIDI)")
+            out.append(path)
+        else:
+            raise UserError(f"{path}: file not found")
+    return out
+
+
+def tokenize_scores(paths: Sequence[Path], tokenizer: Any) -> list[list[int]]:
+    """Deadpan score tokens of each file; UserError names the file (unreadable, empty, no measures)."""
+    from ..tokens.score import tokenize_score
+    from ..tokens.specials import BAR
+
+    out = []
+    for path in paths:
+        try:
+            ids = tokenize_score(path, tokenizer)
+        except UserError:
+            raise
+        except Exception as error:  # a parser failing in a way the tokenizer did not foresee
+            raise UserError(f"{path}: cannot read score ({type(error).__name__}: {error})") from None
+        if BAR not in ids:
+            raise UserError(f"{path}: the score has no measures")
+        out.append(ids)
+    return out
+
+
+@dataclass
+class Rendering:
+    score: Path
+    sample: int
+    score_tokens: list[int]
+    tokens: list[int]
+    match: ScoreMatch
+
+
+def render_files(
+    renderer: Renderer,
+    scores: Sequence[Path],
+    opts: SamplingOptions,
+    num_samples: int = 1,
+    seed: int = 1,
+    context_bars: int = 8,
+    stats: WindowStats | None = None,
+) -> list[Rendering]:
+    """Render every score ``num_samples`` times in one batch (windows as needed)."""
+    if num_samples < 1:
+        raise UserError(f"--num-samples {num_samples}: must be at least 1")
+    opts.check()
+    token_lists = tokenize_scores(scores, renderer.tokenizer)
+    jobs = [(i, k) for i in range(len(scores)) for k in range(num_samples)]
+    generator = torch.Generator(device=renderer.device).manual_seed(seed)
+    outputs = render_token_bars(
+        renderer.model, [token_lists[i] for i, _ in jobs], renderer.beat_table, renderer.grammar, opts,
+        generator, window_tokens=renderer.window_tokens, context_bars=context_bars, stats=stats,
+    )
+    return [
+        Rendering(scores[i], k, token_lists[i], out, score_match(token_lists[i], out, renderer.grammar))
+        for (i, k), out in zip(jobs, outputs, strict=True)
+    ]
+
+
+# -- outputs ------------------------------------------------------------------------------------------
+
+
+def _atomic_target(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def write_midi(tokens: Sequence[int], tokenizer: Any, path: Path) -> int:
+    """Performance MIDI (notes, sustain pedal, tempo map) written atomically; returns the note count."""
+    from ..tokens.performance import decode_performance
+
+    score = decode_performance(tokens, tokenizer)
+    tmp = _atomic_target(path)
+    try:
+        score.dump_midi(str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return sum(len(t.notes) for t in score.tracks)
+
+
+def fluidsynth_available() -> str | None:
+    """None when FluidSynth and the GM soundfont are installed, else what is missing."""
+    if shutil.which("fluidsynth") is None:
+        return "fluidsynth is not installed (Debian: apt-get install fluidsynth fluid-soundfont-gm)"
+    if not SOUNDFONT.is_file():
+        return f"the soundfont {SOUNDFONT} is missing (Debian: apt-get install fluid-soundfont-gm)"
+    return None
+
+
+def write_wav(midi: Path, path: Path) -> None:
+    """Synthesise a MIDI file with FluidSynth and the General MIDI piano (44.1 kHz WAV), atomically."""
+    missing = fluidsynth_available()
+    if missing:
+        raise UserError(f"--wav {path}: {missing}")
+    tmp = _atomic_target(path)
+    try:
+        cmd = ["fluidsynth", "-ni", "-q", "-g", "0.8", "-r", "44100", "-F", str(tmp), str(SOUNDFONT), str(midi)]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+        if done.returncode != 0 or tmp.stat().st_size == 0:
+            raise UserError(f"--wav {path}: fluidsynth failed ({done.stderr.strip()[:200]})")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_plot(score_tokens: Sequence[int], tokens: Sequence[int], tokenizer: Any, path: Path, title: str) -> None:
+    """Piano roll of the score (deadpan) against the performance, with tempo and velocity curves (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..tokens.performance import decode_performance
+
+    def notes(ids: Sequence[int]) -> tuple[list, Any]:
+        score = decode_performance(ids, tokenizer).to("second")
+        return [n for t in score.tracks for n in t.notes], score
+
+    s_notes, _ = notes(score_tokens)
+    p_notes, p_score = notes(tokens)
+    fig, axes = plt.subplots(3, 1, figsize=(12, 8), sharex=True, gridspec_kw={"height_ratios": [3, 1, 1]})
+    roll, tempo_ax, vel_ax = axes
+    roll.barh([n.pitch for n in s_notes], [n.duration for n in s_notes], left=[n.time for n in s_notes],
+              height=0.8, color="0.75", label="score (deadpan)")
+    roll.barh([n.pitch for n in p_notes], [n.duration for n in p_notes], left=[n.time for n in p_notes],
+              height=0.5, color=plt.cm.viridis([n.velocity / 127 for n in p_notes]), label="performance")
+    roll.set_ylabel("pitch")
+    roll.legend(loc="upper right")
+    roll.set_title(title)
+    times = p_score.tempos
+    tempo_ax.step([t.time for t in times], [t.qpm for t in times], where="post")
+    tempo_ax.set_ylabel("tempo (qpm)")
+    vel_ax.plot([n.time for n in p_notes], [n.velocity for n in p_notes], ".", markersize=3)
+    vel_ax.set_ylabel("velocity")
+    vel_ax.set_xlabel("time (s)")
+    fig.tight_layout()
+    tmp = _atomic_target(path)
+    try:
+        fig.savefig(str(tmp), format="png", dpi=100)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,108 @@
+"""Constrained sampling: every rendering is grammatical, decodes, and has the score's bars; windows."""
+
+import pytest
+import torch
+from render_helpers import tiny_config
+
+from instruct_museformer.model import build_model
+from instruct_museformer.render.decode import DecodeRequest, SamplingOptions, decode, sample_next
+from instruct_museformer.render.grammar import GrammarState, TokenGrammar
+from instruct_museformer.render.windows import WindowStats, render_token_bars, score_match, split_bars
+from instruct_museformer.tokens.performance import decode_performance
+from instruct_museformer.tokens.specials import BAR, EOS
+from instruct_museformer.tokens.tokenizer import Vocab, beat_table, build_tokenizer
+
+
+@pytest.fixture(scope="module")
+def setup():
+    tokenizer = build_tokenizer()
+    v = len(tokenizer.vocab)
+    torch.manual_seed(0)
+    model = build_model(tiny_config("translation", vocab=v)).eval()
+    return tokenizer, model, TokenGrammar.for_tokenizer(tokenizer, v), beat_table(tokenizer, False)
+
+
+def _score(tokenizer, bars: int, seed: int) -> list[int]:
+    """A deadpan-like score: TimeSig, a few positions with notes, Bar (varied signatures)."""
+    ids = Vocab(tokenizer).ids
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(bars):
+        num = int(torch.randint(2, 7, (1,), generator=gen))
+        out.append(ids[f"TimeSig_{num}/4"])
+        for pos in sorted(set(torch.randint(0, num * 48, (3,), generator=gen).tolist())):
+            out.append(ids[f"Position_{pos}"])
+            out += [ids[f"Pitch_{int(torch.randint(40, 90, (1,), generator=gen))}"], ids["Velocity_71"],
+                    ids["Duration_1.0.16"]]
+        out.append(BAR)
+    return out
+
+
+def _assert_grammatical(tokens: list[int], score: list[int], grammar: TokenGrammar) -> None:
+    timesigs = [bar[0] for bar in split_bars(score)]
+    state = GrammarState.start(grammar, [len(timesigs)], [timesigs], 10**6)
+    for t in tokens:
+        assert bool(state.allowed()[0, t]), (t, tokens)
+        state.advance(torch.tensor([t]))
+    assert bool(state.done[0])
+
+
+def test_sampled_renderings_follow_the_score(setup):
+    tokenizer, model, grammar, table = setup
+    scores = [_score(tokenizer, n, seed) for n, seed in ((3, 0), (5, 1), (1, 2), (4, 3))]
+    outs = render_token_bars(model, scores, table, grammar, SamplingOptions(topk=8),
+                             torch.Generator().manual_seed(0), window_tokens=4096, bar_budget_factor=1.0)
+    for score, out in zip(scores, outs, strict=True):
+        assert out[-1] == EOS and out.count(EOS) == 1
+        assert out.count(BAR) == score.count(BAR)
+        _assert_grammatical(out, score, grammar)
+        midi = decode_performance(out, tokenizer)
+        assert len(midi.time_signatures) >= 1
+        m = score_match(score, out, grammar)
+        assert m.bars_performance == m.bars_score == score.count(BAR)
+        assert 0.0 <= m.fraction_present <= 1.0 and m.extra_notes >= 0
+
+
+def test_sampling_is_seeded(setup):
+    tokenizer, model, grammar, table = setup
+    score = _score(tokenizer, 3, 5)
+    runs = [render_token_bars(model, [score], table, grammar, SamplingOptions(topk=0, topp=0.9, temperature=1.3),
+                              torch.Generator().manual_seed(7), bar_budget_factor=1.0) for _ in range(2)]
+    assert runs[0] == runs[1]
+
+
+def test_long_score_renders_in_windows(setup):
+    tokenizer, model, grammar, table = setup
+    score = _score(tokenizer, 14, 9)
+    stats = WindowStats()
+    window = 120
+    out = render_token_bars(model, [score, score[: len(score) // 3]], table, grammar, SamplingOptions(),
+                            torch.Generator().manual_seed(1), window_tokens=window, context_bars=2,
+                            bar_budget_factor=0.5, stats=stats)
+    assert stats.per_score_windows[0] > 2 and stats.rounds >= stats.per_score_windows[0]
+    assert stats.max_encoder_tokens <= window
+    longest_bar = max(len(b) for b in split_bars(out[0]))
+    assert stats.max_decoder_tokens <= window + longest_bar + 1
+    assert out[0].count(BAR) == 14 and out[1].count(BAR) == score[: len(score) // 3].count(BAR)
+    for o, s in zip(out, [score, score[: len(score) // 3]], strict=True):
+        assert [b[0] for b in split_bars(o)] == [b[0] for b in split_bars(s)]  # bar k has score bar k's TimeSig
+
+
+def test_language_model_min_and_max_len(setup):
+    tokenizer, _, grammar, table = setup
+    torch.manual_seed(1)
+    lm = build_model(tiny_config("language_modeling", vocab=len(tokenizer.vocab))).eval()
+    res = decode(lm, [DecodeRequest(None), DecodeRequest(None)], table, grammar, SamplingOptions(),
+                 torch.Generator().manual_seed(0), min_len=10, max_len=60)
+    for r in res:
+        assert r.tokens[-1] == EOS and 10 <= len(r.tokens) <= 61
+
+
+def test_topk_and_topp_restrict_the_choice():
+    logits = torch.tensor([[5.0, 4.0, 3.0, 0.0, -1.0]])
+    allowed = torch.tensor([[False, True, True, True, True]])
+    gen = torch.Generator().manual_seed(0)
+    picks = {int(sample_next(logits, allowed, SamplingOptions(topk=2), gen)) for _ in range(50)}
+    assert picks == {1, 2}
+    picks = {int(sample_next(logits, allowed, SamplingOptions(topk=0, topp=0.5), gen)) for _ in range(50)}
+    assert picks == {1}
