@@ -1,0 +1,132 @@
+"""``imf render``: score(s) -> expressive performance MIDI (optionally WAV and a plot)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from ..errors import UserError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="imf render",
+        description="Render scores (MusicXML, MEI, kern or score MIDI) as expressive piano performances with a "
+        "trained checkpoint: sampled bar by bar with an exact key/value cache, constrained to well-formed "
+        "tokens, with exactly the score's bars (performance bar k plays score bar k). Long scores render in "
+        "bar-aligned windows.",
+        allow_abbrev=False,
+    )
+    p.add_argument("scores", nargs="+", type=Path, metavar="SCORE", help="score files or folders of scores")
+    p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT",
+                   help="output MIDI file (one score, one sample) or folder (several)")
+    p.add_argument("--checkpoint", "--path", dest="checkpoint", type=Path, required=True, metavar="CKPT",
+                   help="checkpoint directory (or file) from imf train")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--sampling-topk", type=int, default=8, help="sample among the k most likely tokens (0: all)")
+    p.add_argument("--sampling-topp", type=float, default=None, help="nucleus sampling mass (default: off)")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--num-samples", type=int, default=1, help="renderings per score")
+    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
+    p.add_argument("--beam", type=int, default=1, help="only 1 (sampling) is supported")
+    p.add_argument("--window-tokens", type=int, default=None,
+                   help="decoder/encoder tokens per window (default: the checkpoint's training length)")
+    p.add_argument("--context-bars", type=int, default=8, help="rendered bars carried into the next window")
+    p.add_argument("--wav", type=Path, default=None, metavar="FILE",
+                   help="also synthesise a WAV with FluidSynth (a folder when there are several outputs)")
+    p.add_argument("--plot", type=Path, default=None, metavar="FILE.png",
+                   help="piano roll of score vs performance with tempo and velocity (a folder for several)")
+    p.add_argument("--report", type=Path, default=None, metavar="FILE.json",
+                   help="write the per-output score-match figures as JSON")
+    return p
+
+
+def _names(renderings: list, single: bool, output: Path) -> list[Path]:
+    if single:
+        if output.is_dir():
+            return [output / f"{renderings[0].score.stem}.mid"]
+        return [output]
+    if output.suffix.lower() in (".mid", ".midi"):
+        raise UserError(f"-o {output}: several outputs need a folder, not a MIDI file name")
+    names, seen = [], set()
+    for r in renderings:
+        stem = r.score.stem
+        base = stem if len({x.sample for x in renderings}) == 1 else f"{stem}.sample{r.sample + 1}"
+        name = base
+        k = 2
+        while name in seen:  # two scores with the same stem in different folders
+            name, k = f"{base}-{k}", k + 1
+        seen.add(name)
+        names.append(output / f"{name}.mid")
+    return names
+
+
+def _side_path(option: Path | None, single: bool, midi: Path, suffix: str) -> Path | None:
+    if option is None:
+        return None
+    return option if single else option / (midi.stem + suffix)
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    from ..render.decode import SamplingOptions
+    from ..render.pipeline import (
+        collect_scores,
+        fluidsynth_available,
+        load_renderer,
+        render_files,
+        write_midi,
+        write_plot,
+        write_wav,
+    )
+    from ..render.windows import WindowStats
+
+    if args.beam != 1:
+        raise UserError(f"--beam {args.beam}: only --beam 1 (sampling) is supported")
+    if args.window_tokens is not None and args.window_tokens < 16:
+        raise UserError(f"--window-tokens {args.window_tokens}: must be at least 16")
+    if args.context_bars < 0:
+        raise UserError(f"--context-bars {args.context_bars}: must be >= 0")
+    if args.wav is not None and (missing := fluidsynth_available()):
+        raise UserError(f"--wav {args.wav}: {missing}")
+    scores = collect_scores(args.scores)
+    single = len(scores) == 1 and args.num_samples == 1 and not (len(args.scores) == 1 and args.scores[0].is_dir())
+    renderer = load_renderer(args.checkpoint, args.device, args.window_tokens)
+    opts = SamplingOptions(args.sampling_topk, args.sampling_topp, args.temperature)
+    stats = WindowStats()
+    start = time.perf_counter()
+    renderings = render_files(renderer, scores, opts, args.num_samples, args.seed, args.context_bars, stats)
+    elapsed = time.perf_counter() - start
+    names = _names(renderings, single, args.output)
+    if not single:
+        args.output.mkdir(parents=True, exist_ok=True)
+    report = []
+    for r, midi in zip(renderings, names, strict=True):
+        notes = write_midi(r.tokens, renderer.tokenizer, midi)
+        wav = _side_path(args.wav, single, midi, ".wav")
+        if wav is not None:
+            write_wav(midi, wav)
+        png = _side_path(args.plot, single, midi, ".png")
+        if png is not None:
+            write_plot(r.score_tokens, r.tokens, renderer.tokenizer, png, f"{r.score.name} -> {midi.name}")
+        m = r.match
+        print(f"{midi}: {m.bars_performance} bars (score {m.bars_score}), {notes} notes, "
+              f"score notes present {100 * m.fraction_present:.1f}%, extra notes {m.extra_notes}")
+        report.append({"score": str(r.score), "output": str(midi), "sample": r.sample, "tokens": len(r.tokens),
+                       **m.as_dict()})
+    tokens = sum(len(r.tokens) for r in renderings)
+    print(f"rendered {len(renderings)} performance(s), {tokens} tokens in {elapsed:.1f} s "
+          f"({tokens / max(elapsed, 1e-9):.0f} tokens/s, {stats.windows} window(s)) on {renderer.device}",
+          file=sys.stderr)
+    if args.report is not None:
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{args.report.name}.", dir=args.report.parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(report, handle, indent=2)
+        os.replace(tmp, args.report)
+    return 0
