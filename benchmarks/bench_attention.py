@@ -227,7 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--translation-length", type=int, default=15360)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--block-sizes", type=int, nargs="+", default=[128])
+    parser.add_argument("--extra-block-sizes", type=int, nargs="*", default=[64])
+    parser.add_argument("--compiled-lengths", type=int, nargs="*", default=[15360, 65536])
+    parser.add_argument("--profile-length", type=int, default=15360)
     parser.add_argument("--skip-check", action="store_true")
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
     args = parser.parse_args(argv)
@@ -261,51 +263,110 @@ def main(argv: list[str] | None = None) -> int:
             print(f"check {task} T={length}: {results['check'][task]} ({time.perf_counter() - t0:.0f}s)", flush=True)
             save()
 
-    def run(kind: str, task: str, length: int, block_size: int = 128) -> None:
+    def run(kind: str, task: str, length: int, block_size: int = 128, compiled: bool = False) -> None:
         cfg = MuseformerConfig(vocab_size=VOCAB, task=task, attention_impl="flex", block_size=block_size)
         cfg.attention_dropout = 0.0  # FlexAttention has no attention dropout; keep the baseline comparable
         torch.manual_seed(0)
         model = (DenseLM(cfg) if kind == "dense" else build_model(cfg)).to(device)
-        batch = make_batch(length, 2, task == "translation", device)
         row: dict[str, Any] = {"kind": kind, "task": task, "length": length, "block_size": block_size}
+        row["compiled_layers"] = compiled
         try:
+            if compiled:  # torch.compile each layer (both models): fused elementwise ops, less Python
+                for layers in _layer_lists(model):
+                    for layer in layers:
+                        layer.compile()
+            batch = make_batch(length, 2, task == "translation", device)
             row.update(time_steps(model, batch, args.steps, args.warmup))
-            if kind == "fc" and task == "language_modeling":
+            if kind == "fc" and task == "language_modeling" and not compiled and block_size == 128:
                 row["mask_build_ms"] = time_mask_build(batch, cfg)
                 row.update(tile_density(batch, cfg))
-        except torch.OutOfMemoryError as exc:
-            row["error"] = f"OOM: {str(exc)[:100]}"
+        except Exception as exc:  # noqa: BLE001 - a failed variant must not lose the others
+            row["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
         del model
         torch.cuda.empty_cache()
         results["rows"].append(row)
         print(json.dumps(row), flush=True)
         save()
 
+    def table(compiled: bool) -> None:
+        rows = [r for r in results["rows"] if r.get("compiled_layers") == compiled]
+        title = "layers compiled (both models)" if compiled else "eager layers (flex compiled)"
+        print(f"\n{title}: {env['device']}, torch {env['torch']}")
+        print("| model | tokens | dense tok/s | FC tok/s | FC/dense | dense GiB | FC GiB |")
+        print("|---|---|---|---|---|---|---|")
+        for r in rows:
+            if r["kind"] != "fc":
+                continue
+            dense = next((d for d in rows if d["kind"] == "dense" and d["length"] == r["length"]), None)
+            if "error" in r:
+                print(f"| {r['task']} bs{r['block_size']} | {r['length']} | error: {r['error'][:80]} |")
+                continue
+            name = "LM" if r["task"] == "language_modeling" else "translation"
+            if dense is None or "error" in dense or r["task"] != "language_modeling":
+                print(
+                    f"| {name} (bs {r['block_size']}) | {r['length']} | - | {r['tokens_per_s']:,.0f} | - | - | "
+                    f"{r['peak_mem_gib']:.2f} |"
+                )
+                continue
+            print(
+                f"| {name} (bs {r['block_size']}) | {r['length']} | {dense['tokens_per_s']:,.0f} | "
+                f"{r['tokens_per_s']:,.0f} | {r['tokens_per_s'] / dense['tokens_per_s']:.2f}x | "
+                f"{dense['peak_mem_gib']:.2f} | {r['peak_mem_gib']:.2f} |"
+            )
+
     for length in args.lengths:
         run("dense", "language_modeling", length)
-        for bs in args.block_sizes:
-            run("fc", "language_modeling", length, bs)
+        run("fc", "language_modeling", length)
     if args.translation_length:
         run("fc", "translation", args.translation_length)
-
-    print("\n| model | tokens | dense tok/s | FC tok/s | FC/dense | dense GiB | FC GiB |")
-    print("|---|---|---|---|---|---|---|")
-    rows = results["rows"]
-    for length in args.lengths:
-        dense = next((r for r in rows if r["kind"] == "dense" and r["length"] == length), None)
-        for fc in (r for r in rows if r["kind"] == "fc" and r["length"] == length and r["task"] == "language_modeling"):
-            if dense is None or "error" in dense or "error" in fc:
-                print(f"| LM bs{fc['block_size']} | {length} | {dense} | {fc} |")
-                continue
-            ratio = fc["tokens_per_s"] / dense["tokens_per_s"]
-            print(
-                f"| LM (bs {fc['block_size']}) | {length} | {dense['tokens_per_s']:,.0f} | {fc['tokens_per_s']:,.0f} | "
-                f"{ratio:.2f}x | {dense['peak_mem_gib']:.2f} | {fc['peak_mem_gib']:.2f} |"
-            )
-    for r in rows:
-        if r["task"] == "translation" and "error" not in r:
-            print(f"| translation | {r['length']} | - | {r['tokens_per_s']:,.0f} | - | - | {r['peak_mem_gib']:.2f} |")
+    table(False)
+    if args.profile_length:
+        profile(args.profile_length, device, out_dir)
+    for bs in args.extra_block_sizes:
+        for length in args.lengths[1:]:
+            run("fc", "language_modeling", length, bs)
+    if args.compiled_lengths:
+        for length in args.compiled_lengths:
+            run("dense", "language_modeling", length, compiled=True)
+            run("fc", "language_modeling", length, compiled=True)
+        table(True)
+    table(False)
     return 0
+
+
+def _layer_lists(model: nn.Module) -> list[nn.ModuleList]:
+    if isinstance(model, DenseLM):
+        return [model.layers]
+    return [m.layers for m in (getattr(model, "encoder", None), model.decoder) if m is not None]
+
+
+def profile(length: int, device: str, out_dir: Path) -> None:
+    """Where one FC training step's time goes: top CUDA kernels and CPU vs GPU totals."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    cfg = MuseformerConfig(vocab_size=VOCAB, task="language_modeling", attention_impl="flex", attention_dropout=0.0)
+    torch.manual_seed(0)
+    model = build_model(cfg).to(device).train()
+    batch = make_batch(length, 2, False, device)
+
+    def step() -> None:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            logits = model(batch)
+        nn.functional.cross_entropy(logits.view(-1, VOCAB), batch.target.view(-1)).backward()
+        for p in model.parameters():
+            p.grad = None
+
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(2):
+            step()
+        torch.cuda.synchronize()
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=18, max_name_column_width=70)
+    print(f"\nprofile: FC LM, {length} tokens, 2 steps\n{table}", flush=True)
+    (out_dir / "profile.txt").write_text(table)
 
 
 if __name__ == "__main__":

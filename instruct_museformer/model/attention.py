@@ -130,7 +130,8 @@ class V2S1Attention(nn.Module):
         bias = torch.cat(
             [self.qkv_bias_sum.expand(num_sum, -1), self.qkv_bias_reg.expand(length - num_sum, -1)]
         )  # (S+R, 3d)
-        q, k, v = (self.qkv_proj(xh) + bias).split(self.dim, dim=-1)
+        qkv = self.qkv_proj(xh)  # bf16 under autocast: keep it so (a float32 bias would upcast q, k, v)
+        q, k, v = (qkv + bias.to(qkv.dtype)).split(self.dim, dim=-1)
         return _heads(q, self.num_heads), _heads(k, self.num_heads), _heads(v, self.num_heads)
 
     def summarize(self, q_s: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sx: AttentionLayout) -> torch.Tensor:

@@ -52,7 +52,7 @@ class MuseformerDecoder(nn.Module):
         r = self.embed.regular(tokens.tokens, tokens.bar_ids, tokens.beat_ids)  # (B, R, d)
         s = self.embed.summaries(side.sum_ids, side.sum_bar)  # (B, S, d)
         num_sum = s.shape[1]
-        x = torch.cat([s, r], dim=1)  # (B, S+R, d): the joint stream the layers carry
+        x = torch.cat([s.to(r.dtype), r], dim=1)  # (B, S+R, d): the joint stream the layers carry
         sc = self.schemes
         cache: dict[tuple, AttentionLayout] = {}
         for i, layer in enumerate(self.layers):
@@ -72,6 +72,9 @@ class MuseformerDecoder(nn.Module):
                 if kc not in cache:
                     cache[kc] = cross_layout(side, encoder_out.side, sc["cross_con2con"][i], sc["cross_con2sum"][i])
                 extra = (layer.cross.memory_kv(encoder_out.memory), cache[kc])
+            if impl == "flex":  # BlockMasks are built once, outside the layers (and any compiled region)
+                for layout in (cache[kx], cache[kr], *extra[1:]):
+                    layout.block_mask(cfg.block_size)
             if cfg.gradient_checkpointing and self.training:
                 x = checkpoint(layer, x, num_sum, cache[kx], cache[kr], *extra, use_reentrant=False)
             else:

@@ -101,7 +101,7 @@ class MuseformerEncoder(nn.Module):
         r = self.embed.regular(source.tokens, source.bar_ids, source.beat_ids)  # (B, R, d)
         s = self.embed.summaries(side.sum_ids, side.sum_bar)  # (B, S, d)
         num_sum = s.shape[1]
-        x = torch.cat([s, r], dim=1)  # (B, S+R, d)
+        x = torch.cat([s.to(r.dtype), r], dim=1)  # (B, S+R, d)
         cache: dict[tuple, AttentionLayout] = {}
         sc = self.schemes
         for i, layer in enumerate(self.layers):
@@ -111,6 +111,9 @@ class MuseformerEncoder(nn.Module):
                 cache[kx] = summary_layout(side, sc["sum2con"][i], sc["sum2sum"][i])
             if kr not in cache:
                 cache[kr] = regular_layout(side, sc["con2con"][i], sc["con2sum"][i], causal=False)
+            if impl == "flex":  # BlockMasks are built once, outside the layers (and any compiled region)
+                cache[kx].block_mask(cfg.block_size)
+                cache[kr].block_mask(cfg.block_size)
             if cfg.gradient_checkpointing and self.training:
                 x = checkpoint(layer, x, num_sum, cache[kx], cache[kr], use_reentrant=False)
             else:

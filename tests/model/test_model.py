@@ -115,3 +115,22 @@ def test_config_round_trip_rebuilds_the_same_model():
     torch.manual_seed(0)
     b = build_model(again)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+
+
+def test_attention_runs_in_bf16_under_autocast(monkeypatch: pytest.MonkeyPatch):
+    """A float32 bias must not upcast q/k/v: the flex kernels would run in float32 (many times slower)."""
+    import instruct_museformer.model.attention as attention
+
+    seen: set[torch.dtype] = set()
+    original = attention.attend
+
+    def spy(q, k, v, *args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.update({q.dtype, k.dtype, v.dtype})
+        return original(q, k, v, *args, **kwargs)
+
+    monkeypatch.setattr(attention, "attend", spy)
+    torch.manual_seed(0)
+    model = build_model(small_config("translation"))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(random_layout_batch(10, translation=True))
+    assert seen == {torch.bfloat16}
