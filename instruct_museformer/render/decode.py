@@ -65,6 +65,7 @@ class DecodeResult:
     tokens: list[int]  # the decoder output after the BOS: prefix + generated (+ EOS when finished)
     bars: int  # complete bars in ``tokens``
     finished: bool  # EOS emitted or all target bars done
+    logprobs: list[float] = field(default_factory=list)  # model log-prob (nats) of each token; NaN if forced
 
 
 def sample_next(
@@ -129,6 +130,7 @@ def decode(
     stop_at = torch.tensor([r.stop_at if r.stop_at is not None else 2**62 for r in requests], device=dev)
     prefix_bars = torch.tensor([sum(1 for t in r.prefix if t == BAR) for r in requests], device=dev)
     out = torch.full((b, capacity), PAD, dtype=torch.long, device=dev)
+    lp = torch.full((b, capacity), float("nan"), device=dev)
     running = torch.ones(b, dtype=torch.bool, device=dev)
     finished = torch.zeros(b, dtype=torch.bool, device=dev)
     tokens = torch.full((b,), EOS, dtype=torch.long, device=dev)
@@ -142,7 +144,10 @@ def decode(
         state.advance(nxt, running)
         if step >= out.shape[1]:
             out = nn.functional.pad(out, (0, out.shape[1]), value=PAD)
+            lp = nn.functional.pad(lp, (0, lp.shape[1]), value=float("nan"))
         out[:, step] = nxt
+        chosen = torch.log_softmax(logits, dim=-1).gather(1, nxt[:, None])[:, 0]
+        lp[:, step] = torch.where(forced, torch.full_like(chosen, float("nan")), chosen)
         step += 1
         # stop: EOS; all target bars of a non-final window; the soft limit once a new bar is complete
         ended = state.done | (~final & (state.target_bars >= 0) & (state.bars_done >= state.target_bars))
@@ -154,5 +159,6 @@ def decode(
     for i in range(b):
         seq = out[i, :step].tolist()
         seq = seq[: seq.index(PAD)] if PAD in seq else seq
-        results.append(DecodeResult(seq, sum(1 for t in seq if t == BAR), bool(finished[i])))
+        scores = lp[i, : len(seq)].tolist()
+        results.append(DecodeResult(seq, sum(1 for t in seq if t == BAR), bool(finished[i]), scores))
     return results

@@ -70,11 +70,17 @@ def render_token_bars(
     lookahead_bars: int = 1,
     bar_budget_factor: float = 4.0,
     stats: WindowStats | None = None,
+    logprobs: list[list[float]] | None = None,
 ) -> list[list[int]]:
-    """Score token sequences -> performance token sequences (each ending with EOS), bar k for bar k."""
+    """Score token sequences -> performance token sequences (each ending with EOS), bar k for bar k.
+
+    ``logprobs``, when given a list, receives each output's per-token model log-probabilities (nats).
+    """
     stats = stats if stats is not None else WindowStats()
     score_bars = [split_bars(s) for s in scores]
     perf_bars: list[list[list[int]]] = [[] for _ in scores]
+    perf_lp: list[list[float]] = [[] for _ in scores]
+    eos_lp: list[float] = [float("nan")] * len(scores)
     stats.per_score_windows = [0] * len(scores)
     while True:
         todo = [i for i, bars in enumerate(score_bars) if len(perf_bars[i]) < len(bars)]
@@ -120,7 +126,15 @@ def render_token_bars(
             new_bars = split_bars(result.tokens)[first - start:]
             limit = len(score_bars[i]) - first
             stats.bars_dropped += max(0, len(new_bars) - limit)
-            perf_bars[i].extend(new_bars[:limit])
+            kept = new_bars[:limit]
+            offset = sum(len(b) for b in perf_bars[i][start:first])
+            n_new = sum(len(b) for b in kept)
+            perf_lp[i].extend(result.logprobs[offset : offset + n_new])
+            if result.tokens[offset + n_new : offset + n_new + 1] == [EOS]:
+                eos_lp[i] = result.logprobs[offset + n_new]
+            perf_bars[i].extend(kept)
+    if logprobs is not None:
+        logprobs[:] = [lp + [e] for lp, e in zip(perf_lp, eos_lp, strict=True)]
     return [[t for b in bars for t in b] + [EOS] for bars in perf_bars]
 
 

@@ -1,0 +1,158 @@
+"""``imf generate``: fairseq-generate for Museformer -- token lines for a data-bin split, or LM samples.
+
+Translation (default): every score of ``--gen-subset`` is rendered (cached, grammar-constrained, bar by
+bar, windows for long pieces) and printed beside its reference in fairseq's line style::
+
+    S-<id>  <score tokens>          T-<id>  <reference performance tokens>
+    H-<id>  <score>  <hypothesis>   D-<id>  <score>  <hypothesis>   P-<id>  <per-token scores>
+
+(scores: model log-probabilities in base 2, as fairseq prints them; hypothesis = token ids without the
+EOS). Language model (``--task museformer_language_modeling``): ``--num-samples`` unconditional samples
+starting from EOS-as-BOS, at least ``--min-len`` tokens, EOS forced at ``--max-len-b`` (Museformer's
+script: ``--min-len 1024 --max-len-b 20480``). With ``--results-path DIR`` the lines also go to
+``DIR/generate-<subset>.txt`` (written whole, then renamed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from ..errors import UserError
+
+TASKS = ("museformer_translation", "translation", "museformer_language_modeling", "language_modeling",
+         "museformer_lm")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="imf generate", description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    p.add_argument("data", metavar="DATA-BIN", type=Path, help="data-bin directory from imf preprocess")
+    p.add_argument("--path", type=Path, required=True, metavar="CKPT", help="checkpoint directory from imf train")
+    p.add_argument("--task", default="museformer_translation", choices=TASKS)
+    p.add_argument("--gen-subset", default="test")
+    p.add_argument("-s", "--source-lang", default="score")
+    p.add_argument("-t", "--target-lang", default="perf")
+    p.add_argument("--user-dir", default=None, help="accepted for fairseq compatibility; not needed")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--sampling", action="store_true", help="accepted: decoding always samples (--beam 1)")
+    p.add_argument("--sampling-topk", type=int, default=8)
+    p.add_argument("--sampling-topp", type=float, default=None)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--beam", type=int, default=1, help="only 1 is supported")
+    p.add_argument("--nbest", type=int, default=1, help="only 1 is supported")
+    p.add_argument("--batch-size", "--max-sentences", dest="batch_size", type=int, default=8)
+    p.add_argument("--max-tokens", type=int, default=None, help="accepted for fairseq compatibility")
+    p.add_argument("--min-len", type=int, default=1, help="LM: EOS is not allowed before this many tokens")
+    p.add_argument("--max-len-a", type=float, default=0.0, help="accepted; the score's bars bound a rendering")
+    p.add_argument("--max-len-b", type=int, default=200, help="LM: EOS is forced at this length")
+    p.add_argument("--num-samples", type=int, default=1, help="LM: number of unconditional samples")
+    p.add_argument("--max-samples", type=int, default=None, help="translation: only the first N samples")
+    p.add_argument("--window-tokens", type=int, default=None, help="tokens per window (default: training length)")
+    p.add_argument("--context-bars", type=int, default=8)
+    p.add_argument("--results-path", type=Path, default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--cpu", action="store_true", help="same as --device cpu")
+    return p
+
+
+def _line_scores(logprobs: list[float]) -> tuple[float, list[float]]:
+    base2 = [x / math.log(2) for x in logprobs if not math.isnan(x)]
+    return (sum(base2) / len(base2) if base2 else float("nan")), base2
+
+
+def _hypothesis_lines(i: int, tokens: list[int], logprobs: list[float]) -> list[str]:
+    score, positional = _line_scores(logprobs)
+    text = " ".join(str(t) for t in tokens if t != 2)
+    return [f"H-{i}\t{score:.4f}\t{text}", f"D-{i}\t{score:.4f}\t{text}",
+            f"P-{i}\t{' '.join(f'{x:.4f}' for x in positional)}"]
+
+
+def _check_dictionary(data: Path, langs: list[str], vocab_size: int) -> None:
+    """The data-bin's dictionaries must fit the model's vocabulary (ids are the model's token ids)."""
+    from ..data.dictionary import Dictionary
+
+    for lang in langs:
+        path = data / (f"dict.{lang}.txt" if lang else "dict.txt")
+        if path.is_file():
+            size = len(Dictionary.load(path))
+            if size != vocab_size:
+                raise UserError(f"{path}: {size} entries, but the checkpoint's model has {vocab_size} tokens")
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    import torch
+
+    from ..render.decode import DecodeRequest, SamplingOptions, decode
+    from ..render.pipeline import load_renderer
+    from ..render.windows import render_token_bars
+
+    if args.beam != 1 or args.nbest != 1:
+        raise UserError(f"--beam {args.beam} --nbest {args.nbest}: only --beam 1 --nbest 1 (sampling) is supported")
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size {args.batch_size}: must be at least 1")
+    if not args.data.is_dir():
+        raise UserError(f"{args.data}: no such data-bin directory")
+    lm = "language_modeling" in args.task or args.task == "museformer_lm"
+    renderer = load_renderer(args.path, "cpu" if args.cpu else args.device, args.window_tokens,
+                             task="language_modeling" if lm else "translation")
+    _check_dictionary(args.data, [None, args.target_lang] if lm else [args.source_lang, args.target_lang],
+                      renderer.cfg.vocab_size)
+    opts = SamplingOptions(args.sampling_topk, args.sampling_topp, args.temperature)
+    opts.check()
+    generator = torch.Generator(device=renderer.device).manual_seed(args.seed)
+    lines: list[str] = []
+    start = time.perf_counter()
+    produced = 0
+
+    def emit(new: list[str]) -> None:
+        for line in new:
+            print(line)
+        lines.extend(new)
+
+    if lm:
+        if args.num_samples < 1 or args.max_len_b < 1:
+            raise UserError("--num-samples and --max-len-b must be at least 1")
+        for first in range(0, args.num_samples, args.batch_size):
+            n = min(args.batch_size, args.num_samples - first)
+            results = decode(renderer.model, [DecodeRequest(None) for _ in range(n)], renderer.beat_table,
+                             renderer.grammar, opts, generator, min_len=args.min_len, max_len=args.max_len_b)
+            for k, result in enumerate(results):
+                emit(_hypothesis_lines(first + k, result.tokens, result.logprobs))
+                produced += len(result.tokens)
+    else:
+        from ..data.dataset import load_dataset
+
+        dataset = load_dataset(args.data, args.gen_subset, task="translation", source_lang=args.source_lang,
+                               target_lang=args.target_lang)
+        count = len(dataset) if args.max_samples is None else min(len(dataset), args.max_samples)
+        for first in range(0, count, args.batch_size):
+            samples = [dataset[i] for i in range(first, min(count, first + args.batch_size))]
+            sources = [s.source.tolist() for s in samples]
+            logprobs: list[list[float]] = []
+            outs = render_token_bars(renderer.model, sources, renderer.beat_table, renderer.grammar, opts, generator,
+                                     window_tokens=renderer.window_tokens, context_bars=args.context_bars,
+                                     logprobs=logprobs)
+            for sample, out, lp in zip(samples, outs, logprobs, strict=True):
+                i = int(sample.id)
+                emit([f"S-{i}\t{' '.join(str(t) for t in sample.source.tolist() if t != 2)}",
+                      f"T-{i}\t{' '.join(str(t) for t in sample.target.tolist() if t != 2)}"])
+                emit(_hypothesis_lines(i, out, lp))
+                produced += len(out)
+    elapsed = time.perf_counter() - start
+    summary = (f"Generated {produced} tokens in {elapsed:.1f}s ({produced / max(elapsed, 1e-9):.2f} tokens/s) "
+               f"on {renderer.device}")
+    print(summary, file=sys.stderr)
+    if args.results_path is not None:
+        args.results_path.mkdir(parents=True, exist_ok=True)
+        target = args.results_path / f"generate-{args.gen_subset}.txt"
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=args.results_path)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write("\n".join(lines + [summary]) + "\n")
+        os.replace(tmp, target)
+    return 0
