@@ -201,6 +201,8 @@ def _summarise(results: list[dict]) -> dict:
         "pedal_p95_ms": {"median_over_pairs": float(np.median(pp95)) if len(pp95) else None,
                          "worst_pair": float(pp95.max()) if len(pp95) else None},
         "pairs_within_pedal_target": float(np.mean(pp95 <= 30.0)) if len(pp95) else None,
+        "bar_agreement": {"mean": float(np.mean([r["bar_agreement"] for r in ok])),
+                          "worst_pair": float(min(r["bar_agreement"] for r in ok))},
         "bars_per_piece": float(bars.mean()),
         "score_tokens_per_bar": float(sum(r["score_tokens"] for r in ok) / bars.sum()),
         "perf_tokens_per_bar": float(sum(r["perf_tokens"] for r in ok) / bars.sum()),
@@ -228,6 +230,7 @@ def _print_pair(r: dict) -> None:
     print(f"  velocity: max error {v['max_error']} (step {v['step']:.0f}),"
           f" within one step {100 * v['within_step']:.1f}%")
     print(f"  pedal changes: {_fmt(r['pedal'])}")
+    print(f"  aligned notes in the same bar on both sides: {100 * r['bar_agreement']:.2f}%")
     print(f"  {r['total_s']:.2f} s")
 
 
@@ -242,6 +245,8 @@ def _print_summary(s: dict) -> None:
     print(f"  pairs within pedal target (p95<=30 ms): {s['pairs_within_pedal_target']}")
     print(f"  velocity: max error {s['velocity_max_error']} (step {s['velocity_step']:.0f}),"
           f" within one step {100 * s['velocity_within_step']:.1f}%")
+    print(f"  aligned notes in the same bar on both sides: mean {100 * s['bar_agreement']['mean']:.2f}%,"
+          f" worst pair {100 * s['bar_agreement']['worst_pair']:.2f}%")
     print(f"  bars per piece {s['bars_per_piece']:.1f}; tokens per bar: score {s['score_tokens_per_bar']:.1f},"
           f" performance {s['perf_tokens_per_bar']:.1f}")
     print(f"  tokens per piece: score {s['score_tokens_per_piece']}, performance {s['perf_tokens_per_piece']}")

@@ -14,6 +14,7 @@ performance time in seconds). The performance tempo map is fitted through these 
 from __future__ import annotations
 
 import csv
+import math
 import warnings
 from pathlib import Path
 
@@ -50,8 +51,10 @@ def anchors_from_note_alignment(path: Path, score: ScoreData) -> tuple[np.ndarra
                 q = _lookup(onsets, xml_id)
                 if q is None:
                     continue
-                qs.append(q)
-                ts.append(float(row["onset"]))
+                onset = float(row["onset"])
+                if math.isfinite(onset):
+                    qs.append(q)
+                    ts.append(onset)
     except TokenizationError:
         raise
     except (OSError, UnicodeDecodeError, ValueError, csv.Error) as error:

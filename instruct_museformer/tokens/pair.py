@@ -88,13 +88,19 @@ def tokenize_pair(
     n_score, n_perf = score_ids.count(specials.BAR), perf_ids.count(specials.BAR)
     if n_score != n_perf or n_score != grid.num_bars:  # cannot happen by construction; guard the invariant
         raise TokenizationError("bar mismatch", f"{performance}: {n_perf} performance bars vs {n_score} score bars")
+    # How often an aligned note lands in the same bar on both sides (1.0 = perfect bar alignment; notes
+    # played across a bar line, e.g. an early bass under a downbeat, count as disagreements).
+    score_bar, _ = grid.snap(grid.quarter_to_tick(anchor_q))
+    perf_bar, _ = grid.snap(fit.seconds_to_ticks(anchor_s))
+    bar_agreement = float(np.mean(score_bar == perf_bar))
     anchor_times = np.sort(anchor_s)
     nearest = np.clip(np.searchsorted(anchor_times, perf.onset), 1, len(anchor_times) - 1)
     gap = np.minimum(np.abs(perf.onset - anchor_times[nearest - 1]), np.abs(perf.onset - anchor_times[nearest]))
     aligned = gap < 1e-4 if source != "annotations" else np.ones(len(perf.onset), dtype=bool)
     return PairTokens(score_ids, perf_ids, grid.num_bars, perf, fit.origin, aligned,
                       time.perf_counter() - started, source,
-                      {"tempo_beats": len(fit.tempo_index), "anchors": len(anchor_q)})
+                      {"tempo_beats": len(fit.tempo_index), "anchors": len(anchor_q),
+                       "bar_agreement": bar_agreement})
 
 
 def _pair_by_pitch(orig_t: np.ndarray, orig_p: np.ndarray, dec_t: np.ndarray, dec_p: np.ndarray
@@ -170,6 +176,7 @@ def roundtrip_errors(pair: PairTokens, tokenizer: miditok.REMI) -> dict:
         "pedal": _stats(pedal_err),
         "pedal_changes": int(len(perf.pedal_on) + len(perf.pedal_off)),
         "bars": pair.num_bars,
+        "bar_agreement": pair.info.get("bar_agreement"),
         "score_tokens": len(pair.score_ids),
         "perf_tokens": len(pair.perf_ids),
     }

@@ -6,8 +6,10 @@ at every beat of the :class:`~.grid.BarGrid`. The decoded MIDI's beats are then 
 
 Tempo quantisation would make decoded times drift over a piece, so the tempo of each beat is chosen
 with error feedback: among the vocabulary's tempo bins, the one that brings the *decoded* time of the
-next beat closest to its played time, given the decoded time so far. Note and pedal positions are then
-computed against that decoded grid, so the only onset error left is the position rounding (1/32 beat).
+next beat closest to its played time, given the decoded time so far (at a bar line, the closest one
+that is not later than the played downbeat, so that notes played on it stay in their bar). Note and
+pedal positions are then computed against that decoded grid, so the only onset error left is the
+position rounding (1/48 beat).
 
 Events outside the score's span are kept inside the piece: the first beat is stretched back to the
 first onset or pedal change and the last beat forward to the last one (within the tempo range), and
@@ -69,13 +71,18 @@ def load_performance(path: Path) -> PerformanceData:
 
 
 def _monotone_anchors(ticks: np.ndarray, seconds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Strictly increasing (tick, second) anchors: median time per tick, then the longest increasing run."""
+    """Strictly increasing (tick, second) anchors: earliest time per tick, then the longest increasing run.
+
+    The earliest note of a chord (not the median) marks its beat, so that a chord on a downbeat is
+    entirely inside its bar: with the median, the early notes of arpeggiated or asynchronous chords
+    fell into the previous bar (3% of aligned notes on Chopin's Ballade 1, 0.6% with the earliest).
+    """
     order = np.argsort(ticks, kind="stable")
     ticks, seconds = ticks[order], seconds[order]
     unique, starts = np.unique(ticks, return_index=True)
-    medians = np.array([np.median(s) for s in np.split(seconds, starts[1:])])
-    keep = _longest_increasing(medians)
-    return unique[keep].astype(np.float64), medians[keep]
+    earliest = np.array([s.min() for s in np.split(seconds, starts[1:])])
+    keep = _longest_increasing(earliest)
+    return unique[keep].astype(np.float64), earliest[keep]
 
 
 def _longest_increasing(values: np.ndarray) -> np.ndarray:
@@ -156,9 +163,16 @@ def fit_tempo(grid: BarGrid, anchor_q: np.ndarray, anchor_s: np.ndarray, first_e
     seconds_per_quarter = mspq / 1e6
     decoded = np.zeros(len(beats), dtype=np.float64)
     chosen = np.zeros(len(beats) - 1, dtype=np.int64)
+    bar_lines = set(grid.start_tick.tolist())
     for i in range(len(beats) - 1):
         quarters = (beats[i + 1] - beats[i]) / tpq
-        k = int(np.abs(decoded[i] + quarters * seconds_per_quarter - target[i + 1]).argmin())
+        candidates = decoded[i] + quarters * seconds_per_quarter
+        error = np.abs(candidates - target[i + 1])
+        if int(beats[i + 1]) in bar_lines:
+            # A decoded bar line must not come after the played one, or the notes played on it would
+            # fall into the previous bar: pick the closest bin that is not late (when there is one).
+            error = np.where(candidates <= target[i + 1] + 1e-9, error, error + 1e6)
+        k = int(error.argmin())
         chosen[i] = k
         decoded[i + 1] = decoded[i] + quarters * seconds_per_quarter[k]
     return TempoFit(beats, decoded, chosen, origin)

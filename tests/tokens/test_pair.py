@@ -31,6 +31,8 @@ def test_note_alignment_pair(tokenizer, piece, performer, bars):
                          alignment=piece / f"{performer}_note_alignments" / "note_alignment.tsv")
     _check_pair(pair)
     assert pair.num_bars == bars
+    # Performance bar k is the performance of score bar k: aligned notes land in the same bar.
+    assert pair.info["bar_agreement"] >= 0.99
 
 
 def test_annotation_pairs_xml_and_midi_score(tokenizer):
