@@ -49,6 +49,7 @@ def plot_piece(
         tempo_ax.plot(score.beat_starts[keys], 60.0 / np.exp(log_period), label=label or None, **style)
         beats, velocity = _velocity_per_beat(score, features)
         velocity_ax.plot(beats, velocity, **style)
+    tempo_ax.set_yscale("log")  # tempo ratios matter, and one stray alignment spike must not flatten the rest
     tempo_ax.set_ylabel("tempo (quarters/min)")
     velocity_ax.set_ylabel("mean velocity")
     velocity_ax.set_xlabel("score position (quarter notes)")

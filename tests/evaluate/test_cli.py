@@ -19,11 +19,12 @@ HUMANS = ["MiyashitaM01M", "Ozaki01M", "Richardson01M", "WangA01M"]
 
 def _check_schema(report: dict) -> None:
     assert report["schema"] == SCHEMA
-    assert {"created", "command", "workers", "wall_seconds", "conventions", "bins", "counts", "overall", "pieces",
-            "skipped", "perplexity"} <= set(report)
+    assert {"created", "command", "workers", "wall_seconds", "conventions", "bins", "counts", "overall",
+            "overall_ceiling_pieces", "pieces", "skipped", "perplexity"} <= set(report)
     assert set(report["bins"]) == {"velocity", "ioi", "duration", "pedal"}
     for system in SYSTEMS:
         entry = report["overall"][system]
+        assert set(report["overall_ceiling_pieces"][system]) == set(entry)
         for mode in ("vs_each", "vs_pool"):
             assert list(entry[mode]) == list(METRICS)
             assert all(set(v) == {"mean", "pieces"} for v in entry[mode].values())
