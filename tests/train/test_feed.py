@@ -1,0 +1,63 @@
+"""Batch lists per epoch and per rank: too-long samples, disjoint shards, dummy padding, resume offsets."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from instruct_museformer.errors import UserError
+from instruct_museformer.train.feed import (
+    DataBinSource,
+    _RankBatches,
+    detect_task,
+    epoch_batches,
+    groups_per_epoch,
+)
+
+
+def test_too_long_samples_are_skipped_in_training_and_rejected_in_validation(
+    data_bin: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    source = DataBinSource(data_bin, task="translation", source_lang="score", target_lang="perf")
+    split = source.load("train", None)
+    sizes = np.asarray(split.dataset.sizes)
+    limit = int(np.sort(sizes)[-3])  # the two longest samples (or more, with ties) are too long
+    kwargs = dict(max_positions=limit, batch_size=2, max_tokens=None, seed=1, epoch=1)
+    with caplog.at_level(logging.WARNING):
+        batches = epoch_batches(source, split, shuffle=True, skip_invalid=True, **kwargs)
+    kept = sorted(i for b in batches for i in b)
+    assert kept == sorted(np.flatnonzero(sizes <= limit).tolist())
+    assert f"samples have invalid sizes and will be skipped, max_positions={limit}" in caplog.text
+    with pytest.raises(UserError, match="--skip-invalid-size-inputs-valid-test"):
+        epoch_batches(source, split, shuffle=False, skip_invalid=False, **kwargs)
+    again = epoch_batches(source, split, shuffle=True, skip_invalid=True, **kwargs)
+    other_epoch = epoch_batches(source, split, shuffle=True, skip_invalid=True, **(kwargs | {"epoch": 2}))
+    assert again == batches and sorted(map(sorted, other_epoch)) == sorted(map(sorted, batches))
+
+
+def test_ranks_take_disjoint_slices_padded_with_dummies(data_bin: Path) -> None:
+    source = DataBinSource(data_bin, task="translation", source_lang="score", target_lang="perf")
+    split = source.load("train", None)
+    batches = [[0], [1], [2], [3], [4]]
+    shards = [_RankBatches(split, batches, rank, 2, 0) for rank in (0, 1)]
+    assert len(shards[0]) == len(shards[1]) == 3
+    ids = [[shard[i][1].ids.tolist() for i in range(3)] for shard in shards]
+    dummies = [[shard[i][0] for i in range(3)] for shard in shards]
+    assert ids[0] == [[0], [2], [4]] and ids[1][:2] == [[1], [3]]
+    assert dummies == [[False, False, False], [False, False, True]]  # rank 1 runs a zero-weight dummy
+    resumed = _RankBatches(split, batches, 0, 2, 2)
+    assert len(resumed) == 1 and resumed[0][1].ids.tolist() == [4]
+    assert groups_per_epoch(5, 2, 1) == 3 and groups_per_epoch(5, 1, 2) == 3 and groups_per_epoch(6, 2, 2) == 2
+
+
+def test_detect_task(data_bin: Path, tmp_path: Path) -> None:
+    assert detect_task(data_bin, "score", "perf") == "translation"
+    lm = tmp_path / "lm"
+    lm.mkdir()
+    (lm / "train.idx").write_bytes(b"")
+    assert detect_task(lm, "score", "perf") == "language_modeling"
+    with pytest.raises(UserError, match="no binarized data"):
+        detect_task(tmp_path, "score", "perf")
