@@ -28,7 +28,7 @@ import numpy as np
 
 from ..errors import UserError
 
-SOURCES = ("alignment", "annotations", "match")
+SOURCES = ("alignment", "annotations", "annotations-midi", "match")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,7 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--root", type=Path, help="unpacked (n)ASAP directory (holds metadata.csv)")
     p.add_argument("--metadata", type=Path, help="metadata CSV (default: ROOT/metadata.csv)")
     p.add_argument("--source", choices=SOURCES, default="alignment",
-                   help="corpus alignment source (default: note alignments)")
+                   help="corpus alignment source (default: note alignments); annotations-midi pairs the MIDI "
+                   "score and its beat annotations with the performance's")
     p.add_argument("--limit", type=int, help="at most N performances")
     p.add_argument("--seed", type=int, help="shuffle the rows with this seed before --limit")
     p.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
@@ -120,6 +121,9 @@ def _corpus_jobs(args: argparse.Namespace) -> list[dict]:
         else:
             annotations = row.get("performance_annotations") or ""
             job["annotations"] = str(root / annotations) if annotations else None
+            if args.source == "annotations-midi":
+                job["score"] = str(root / row["midi_score"])
+                job["score_annotations"] = str(root / row["midi_score_annotations"])
         jobs.append(job)
         if args.limit is not None and len(jobs) >= args.limit:
             break

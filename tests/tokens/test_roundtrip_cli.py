@@ -35,6 +35,8 @@ def test_corpus(capsys, tmp_path):
         rows.append({"folder": folder, "xml_score": f"{folder}/xml_score.musicxml",
                      "midi_performance": f"{folder}/{perf}.mid",
                      "performance_annotations": f"{folder}/{perf}_annotations.txt",
+                     "midi_score": f"{folder}/midi_score.mid",
+                     "midi_score_annotations": f"{folder}/midi_score_annotations.txt",
                      "note_alignments": "wrong/path.tsv",
                      "note_alignments_fixed": f"{folder}/{perf}_note_alignments/note_alignment.tsv"})
     rows.append({**rows[0], "midi_performance": "Beethoven/Piano_Sonatas/21-2/absent.mid"})
@@ -52,6 +54,9 @@ def test_corpus(capsys, tmp_path):
     assert summary["pairs_within_onset_targets"] == 1.0
     assert imf(["roundtrip", "--corpus", "nasap", "--root", str(NASAP), "--metadata", str(metadata),
                 "--source", "annotations", "--limit", "1"]) == 0
+    assert "pairs: 1, tokenized: 1" in capsys.readouterr().out
+    assert imf(["roundtrip", "--corpus", "nasap", "--root", str(NASAP), "--metadata", str(metadata),
+                "--source", "annotations-midi", "--limit", "1"]) == 0
     assert "pairs: 1, tokenized: 1" in capsys.readouterr().out
 
 
