@@ -12,7 +12,8 @@ A dataset is a pair of files sharing a prefix (layout identical in fairseq 0.10.
     int32[N]  sizes: tokens per sequence (including the EOS appended at binarization)
     int64[N]  pointers: *byte* offsets of each sequence into the .bin file
 
-``{prefix}.bin``: the sequences' token ids concatenated, C order, in that dtype.
+``{prefix}.bin``: the sequences' token ids concatenated, C order, in that dtype (little-endian, as
+fairseq writes on the machines it runs on).
 
 The writer picks uint16 while the vocabulary has fewer than 65,500 entries and int32 otherwise, as
 fairseq 0.10.2 does. Both files are written to temporary names and renamed into place, so a reader
@@ -156,7 +157,7 @@ class MMapIndexedDatasetBuilder:
             raise ValueError(f"sizes sum to {int(sizes.sum())} but {flat.size} tokens were given")
         if flat.size and (int(flat.min()) < 0 or int(flat.max()) >= self._limit):
             raise ValueError(f"token ids must lie in [0, {self._limit}); got {int(flat.min())}..{int(flat.max())}")
-        self._bin.write(flat.astype(self.dtype, copy=False).tobytes(order="C"))
+        self._bin.write(flat.astype(self.dtype.newbyteorder("<"), copy=False).tobytes(order="C"))
         self._sizes.append(sizes)
 
     def __len__(self) -> int:
@@ -249,7 +250,7 @@ class MMapIndexedDataset:
         if total == 0:
             self.data: np.ndarray = np.zeros(0, dtype=self.dtype)
         else:
-            self.data = np.memmap(bin_path, dtype=self.dtype, mode="r", shape=(total,))
+            self.data = np.memmap(bin_path, dtype=self.dtype.newbyteorder("<"), mode="r", shape=(total,))
 
     def __getstate__(self) -> dict:  # reopen by path (e.g. in spawned DataLoader workers), never copy the data
         return {"prefix": str(self.prefix)}
