@@ -4,8 +4,9 @@ Training is resumable to the update: a checkpoint records the epoch and the numb
 already consumed in it, and since the batch order is a function of (seed, epoch) and every update
 reseeds with ``seed + num_updates``, a resumed run reproduces the loss curve of an uninterrupted one.
 
-Several processes: under ``torchrun`` (RANK/WORLD_SIZE/LOCAL_RANK in the environment) each process
-joins the group; otherwise ``--distributed-world-size N`` (default: the visible GPUs) spawns N
+Several processes: under ``torchrun --nproc_per_node N -m instruct_museformer train ...`` (RANK/WORLD_SIZE/
+LOCAL_RANK in the environment; ``-m`` because the ``imf`` launcher may be a shell shim) each process joins
+the group; otherwise ``--distributed-world-size N`` (default: the visible GPUs) spawns N
 processes. NCCL on CUDA, gloo on CPU. Ranks take disjoint slices of the batch list, so the effective
 batch is batch size x world size x update-freq, as in fairseq.
 """
