@@ -135,7 +135,11 @@ def anchors_from_annotations(
             step = (first.end - first.start) / len(pickup)
         qs += [first.end - (len(pickup) - k) * step for k in range(len(pickup))]
         ts += pickup
-    matched = _match_bar_count(measures, len(groups), allow_pickup=not pickup)
+    # Annotations end with the last sounding downbeat: trailing measures without onsets are not counted.
+    sounding = list(measures)
+    while len(sounding) > len(groups) and sounding and sounding[-1].start > float(score.onset.max()) + 1e-6:
+        sounding.pop()
+    matched = _match_bar_count(sounding, len(groups), allow_pickup=not pickup)
     if matched is None:
         raise TokenizationError(
             "bar mismatch",
