@@ -23,6 +23,8 @@ from .tokenizer import Vocab
 
 __all__ = ["PairTokens", "TokenizationError", "roundtrip_errors", "tokenize_pair"]
 
+MIN_BAR_AGREEMENT = 0.9  # below this share of anchors in their own score bar, the pair is refused
+
 
 @dataclass
 class PairTokens:
@@ -93,6 +95,14 @@ def tokenize_pair(
     score_bar, _ = grid.snap(grid.quarter_to_tick(anchor_q))
     perf_bar, _ = grid.snap(fit.seconds_to_ticks(anchor_s))
     bar_agreement = float(np.mean(score_bar == perf_bar))
+    if bar_agreement < MIN_BAR_AGREEMENT:
+        # A corrupt alignment (e.g. a run of beat annotations 4 ms apart) or a tempo beyond the tempo
+        # range: the time round trip would still be exact, but bar k would not be score bar k.
+        raise TokenizationError(
+            "bar mismatch",
+            f"{alignment or match or annotations}: only {100 * bar_agreement:.1f}% of the aligned notes/beats "
+            f"fall in their score bar (corrupt alignment?)",
+        )
     anchor_times = np.sort(anchor_s)
     nearest = np.clip(np.searchsorted(anchor_times, perf.onset), 1, len(anchor_times) - 1)
     gap = np.minimum(np.abs(perf.onset - anchor_times[nearest - 1]), np.abs(perf.onset - anchor_times[nearest]))

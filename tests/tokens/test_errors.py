@@ -118,3 +118,18 @@ def test_alignment_with_wrong_columns(tokenizer, tmp_path):
     bad = tmp_path / "note_alignment.tsv"
     bad.write_text("a\tb\n1\t2\n")
     _expect("parse error", "note_alignment.tsv", lambda: _pair(tokenizer, alignment=bad))
+
+
+def test_corrupt_annotations_are_refused(tokenizer, tmp_path):
+    """A run of beats 4 ms apart (an (n)ASAP defect) would put later bars out of place: refused."""
+    lines = (BEETHOVEN / "KimSY03_annotations.txt").read_text().splitlines()
+    start = float(lines[10].split("\t")[0])
+    corrupt = []
+    for k, line in enumerate(lines):
+        fields = line.split("\t")
+        if 10 <= k < 40:
+            fields[0] = fields[1] = f"{start + 0.004 * (k - 10):.6f}"
+        corrupt.append("\t".join(fields))
+    path = tmp_path / "KimSY03_annotations.txt"
+    path.write_text("\n".join(corrupt) + "\n")
+    _expect("bar mismatch", "KimSY03_annotations.txt", lambda: _pair(tokenizer, alignment=None, annotations=path))
