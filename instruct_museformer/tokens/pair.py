@@ -32,6 +32,8 @@ class PairTokens:
 
     ``origin`` is the performance time (s) of the start of bar 1: decoded times are relative to it.
     ``aligned`` marks the performance notes (``perf.onset`` order) whose onset is an alignment anchor.
+    ``info``: ``tempo_beats`` (tempo segments), ``anchors`` (alignment anchors used) and
+    ``bar_agreement`` (share of anchors whose performance bar is their score bar).
     """
 
     score_ids: list[int]

@@ -70,3 +70,14 @@ def test_beat_table(tokenizer, beat_mask_ts):
     ts, tempo = vocab["TimeSig_4/4"], vocab[f"Tempo_{tokenizer.tempos[0]}"]
     assert table[ts] == (BEAT_ZERO if beat_mask_ts else BEAT_INHERIT)
     assert table[tempo] == (BEAT_INHERIT if beat_mask_ts else BEAT_ZERO)
+
+
+def test_loaded_tokenizer_tokenizes_identically(tokenizer, tmp_path):
+    from pathlib import Path
+
+    from instruct_museformer.tokens.score import tokenize_score
+
+    score = Path(__file__).resolve().parents[1] / "fixtures" / "nasap" / "Beethoven" / "Piano_Sonatas" / "21-2"
+    save_tokenizer(tokenizer, tmp_path / "tokenizer.json")
+    loaded = load_tokenizer(tmp_path / "tokenizer.json")
+    assert tokenize_score(score / "midi_score.mid", loaded) == tokenize_score(score / "midi_score.mid", tokenizer)
