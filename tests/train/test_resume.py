@@ -47,9 +47,11 @@ def test_resume_continues_the_same_loss_curve(data_bin: Path, tmp_path: Path) ->
     argv = _argv(data_bin, tmp_path / "killed")
     first = _run(argv, kill_at=5)  # the last checkpoint is from update 4, mid-epoch
     assert [n for n, _ in first] == [1, 2, 3, 4, 5]
-    second = _run(argv)  # the same command again: resumes from checkpoint_last
-    assert [n for n, _ in second] == [5, 6, 7, 8, 9]
-    assert first[:4] + second == full  # exact equality, across the epoch boundary too
+    second = _run(argv, kill_at=7)  # the same command again: resumes from checkpoint_last (update 4)
+    assert [n for n, _ in second] == [5, 6, 7]
+    third = _run(argv)  # resumes from update 6, saved at the end of epoch 1 (6 batches of 2 samples)
+    assert [n for n, _ in third] == [7, 8, 9]
+    assert first[:4] + second[:2] + third == full  # exact equality, mid-epoch and at the epoch boundary
     assert full[-1][1] < full[0][1]
 
 
