@@ -51,3 +51,20 @@ def test_midi_score_measures_follow_time_signatures(tokenizer):
     assert len(with_annotations.measures) == 28
     ids = tokenize_score(BEETHOVEN / "midi_score.mid", tokenizer)
     assert ids[-1] == specials.BAR
+
+
+PICKUP_KERN = "**kern\n*clefG2\n*M3/4\n4c\n=1\n4d\n4e\n4f\n=2\n2.g\n==\n*-\n"
+
+
+def test_kern_with_anacrusis(tokenizer, tmp_path):
+    """The pickup note sits on beat 3 of a full first bar; the closing Bar token ends every bar."""
+    path = tmp_path / "pickup.krn"
+    path.write_text(PICKUP_KERN)
+    names = [tokenizer[i] for i in tokenize_score(path, tokenizer)]
+    assert names == [
+        "TimeSig_3/4", "Position_0", "Tempo_99.21", "Position_96", "Pitch_60", "Velocity_71", "Duration_1.0.16",
+        "Bar_None",
+        "TimeSig_3/4", "Position_0", "Pitch_62", "Velocity_71", "Duration_1.0.16", "Position_48", "Pitch_64",
+        "Velocity_71", "Duration_1.0.16", "Position_96", "Pitch_65", "Velocity_71", "Duration_1.0.16", "Bar_None",
+        "TimeSig_3/4", "Position_0", "Pitch_67", "Velocity_71", "Duration_3.0.8", "Bar_None",
+    ]
