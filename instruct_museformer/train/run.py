@@ -50,6 +50,9 @@ from .trainer import LN2, StepResult, Trainer, seed_everything
 
 logger = logging.getLogger("imf.train")
 
+# Model fields that may change when resuming (they change no parameter shape or meaning).
+RUNTIME_MODEL_FIELDS = ("dropout", "attention_dropout", "attention_impl", "block_size", "gradient_checkpointing")
+
 ModelFactory = Callable[[MuseformerConfig], torch.nn.Module]
 SourceFactory = Callable[[argparse.Namespace, str], DataSource]
 UpdateCallback = Callable[[int, StepResult], None]
@@ -262,9 +265,13 @@ def _train_loop(args: argparse.Namespace, hooks: Hooks, info: DistInfo) -> int:
     if restore_dir is not None:
         state, opt_tensors, rng_tensors = load_training_state(restore_dir)
         saved_cfg = read_config(restore_dir)["model"]
-        if saved_cfg != cfg.to_dict():
-            changed = sorted(k for k in cfg.to_dict() if saved_cfg.get(k) != cfg.to_dict()[k])
-            raise UserError(f"{restore_dir}: model flags differ from the checkpoint's ({', '.join(changed)})")
+        changed = sorted(k for k, v in cfg.to_dict().items() if saved_cfg.get(k) != v)
+        fixed = [k for k in changed if k not in RUNTIME_MODEL_FIELDS]
+        if fixed:
+            raise UserError(f"{restore_dir}: model flags differ from the checkpoint's ({', '.join(fixed)}); "
+                            "use another --save-dir or --restore-file for a different model")
+        if changed:
+            logger.info(f"changed since the checkpoint (allowed): {', '.join(changed)}")
         load_model_weights(trainer.model, restore_dir)
         trainer.load_state(state, opt_tensors, reset_optimizer=args.reset_optimizer,
                            reset_lr_scheduler=args.reset_lr_scheduler)

@@ -9,6 +9,7 @@ import torch
 from train_helpers import tiny_model
 
 from instruct_museformer.data.batch import Batch
+from instruct_museformer.errors import UserError
 from instruct_museformer.train.feed import DataBinSource
 from instruct_museformer.train.options import parse_train_args
 from instruct_museformer.train.run import Hooks, train
@@ -60,6 +61,9 @@ def test_reset_dataloader_restarts_the_epoch(data_bin: Path, tmp_path: Path) -> 
     _run(argv)
     again = _run(_argv(data_bin, tmp_path / "ck", "--max-update", "3", "--reset-dataloader", "--reset-optimizer"))
     assert [n for n, _ in again] == [3]
+    with pytest.raises(UserError, match="model flags differ from the checkpoint's \\(num_layers\\)"):
+        _run(_argv(data_bin, tmp_path / "ck", "--max-update", "4", "--num-layers", "3"))
+    assert [n for n, _ in _run(_argv(data_bin, tmp_path / "ck", "--max-update", "4", "--dropout", "0.3"))] == [4]
 
 
 def test_fp16_overflow_skips_the_update_and_halves_the_scale(data_bin: Path) -> None:
