@@ -64,32 +64,42 @@ def write_deadpan_midi(
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        pt.save_performance_midi(performed, str(temporary), mpq=int(round(60e6 / tempo)), ppq=PPQ)
+        pt.save_performance_midi(performed, str(temporary), mpq=_mpq(tempo), ppq=PPQ)
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
     return tempo
 
 
-def deadpan_alignment(score: ScoreInfo, performance: PerformanceData, bpm: float) -> list[dict]:
-    """The deadpan's alignment, known by construction: each MIDI note is the score note at its pitch and time.
+def _mpq(bpm: float) -> int:
+    return int(round(60e6 / bpm))
 
-    Notes are matched on (pitch, onset rounded to the millisecond), unisons in score order; MIDI notes the
-    writer merged (two voices striking one key at once) leave their score note unmatched, as they should.
+
+def deadpan_alignment(score: ScoreInfo, performance: PerformanceData, bpm: float) -> list[dict]:
+    """The deadpan's alignment, known by construction: each MIDI note is the score note at its pitch and tick.
+
+    Notes are matched on (pitch, onset tick computed as the MIDI writer computes it), unisons in score order;
+    MIDI notes the writer merged (two voices striking one key at once) leave their score note unmatched.
     """
     expected = deadpan_note_array(score, bpm)
+    scale = 1e6 * PPQ / _mpq(bpm)  # seconds -> ticks, exactly as partitura's save_performance_midi rounds them
     rows: dict[tuple[int, int], list[int]] = {}
     for note in expected:
-        key = (int(note["pitch"]), int(round(float(note["onset_sec"]) * 1000)))
+        key = (int(note["pitch"]), int(np.round(scale * float(note["onset_sec"]))))
         rows.setdefault(key, []).append(int(str(note["id"])[1:]))
+    pna = performance.note_array
+    if "onset_tick" in (pna.dtype.names or ()):
+        ticks = pna["onset_tick"].astype(np.int64)
+    else:
+        ticks = np.round(scale * pna["onset_sec"].astype(np.float64)).astype(np.int64)
     alignment: list[dict] = []
-    for note in performance.note_array:
-        key = (int(note["pitch"]), int(round(float(note["onset_sec"]) * 1000)))
-        candidates = rows.get(key)
+    for note, tick in zip(pna, ticks, strict=True):
+        candidates = rows.get((int(note["pitch"]), int(tick)))
         if candidates:
             row = candidates.pop(0)
-            alignment.append({"label": "match", "score_id": str(score.note_array["id"][row]),
-                              "performance_id": str(note["id"])})
+            alignment.append(
+                {"label": "match", "score_id": str(score.note_array["id"][row]), "performance_id": str(note["id"])}
+            )
         else:
             alignment.append({"label": "insertion", "performance_id": str(note["id"])})
     for remaining in rows.values():
