@@ -87,3 +87,17 @@ def test_score_tokens(tokenizer):
     assert not any(n.startswith("Pedal") for n in names)
     midi_ids = tokenize_score(BEETHOVEN / "midi_score.mid", tokenizer)
     assert midi_ids[-1] == specials.BAR and midi_ids.count(specials.BAR) >= 28
+
+
+def test_written_midi_file_keeps_the_timing(tokenizer, pair, tmp_path):
+    from symusic import Score
+
+    score = decode_performance(pair.perf_ids, tokenizer)
+    path = tmp_path / "performance.mid"
+    score.dump_midi(str(path))
+    reread = Score(str(path), ttype="second")
+    in_memory = score.to("second")
+    a = sorted((n.time, n.pitch) for n in in_memory.tracks[0].notes)
+    b = sorted((n.time, n.pitch) for n in reread.tracks[0].notes)
+    assert len(a) == len(b) and max(abs(x[0] - y[0]) for x, y in zip(a, b, strict=True)) < 1e-3
+    assert len(reread.tracks[0].pedals) == len(in_memory.tracks[0].pedals)
