@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +62,15 @@ class _Collater:
         return self.collate(samples, self.beat_table)
 
 
+_LM_PAIR = re.compile(r"\.([^.]+)-None\.\1\.idx$")  # fairseq-preprocess --only-source -s LANG
+
+
+def lm_language(data_bin: Path, preferred: str) -> str:
+    """The LANG of ``{split}.LANG-None.LANG`` files in an LM data-bin (``preferred`` if present or none)."""
+    found = sorted({m.group(1) for p in data_bin.iterdir() if (m := _LM_PAIR.search(p.name))})
+    return preferred if preferred in found or not found else found[0]
+
+
 def detect_task(data_bin: Path, source_lang: str, target_lang: str) -> str:
     """"translation" if the data-bin holds {split}.{src}-{tgt}.* files, "language_modeling" if {split}.bin."""
     if not data_bin.is_dir():
@@ -69,7 +79,7 @@ def detect_task(data_bin: Path, source_lang: str, target_lang: str) -> str:
     names = [p.name for p in data_bin.iterdir()]
     if any(f".{p}.{target_lang}.idx" in n for n in names for p in pair):
         return "translation"
-    if any(n.endswith(".idx") and (n.count(".") == 1 or f".{source_lang}-None." in n) for n in names):
+    if any(n.endswith(".idx") and (n.count(".") == 1 or _LM_PAIR.search(n)) for n in names):
         return "language_modeling"
     raise UserError(
         f"{data_bin}: no binarized data (expected {{split}}.{source_lang}-{target_lang}.{target_lang}.idx "
@@ -89,6 +99,11 @@ class DataBinSource:
         self._api = data_api
         self.data_bin = data_bin
         self.task = task
+        if task == "language_modeling":
+            lang = lm_language(data_bin, source_lang)
+            if lang != source_lang:
+                logger.info(f"{data_bin}: language-model data of language '{lang}' (from the file names)")
+            source_lang = target_lang = lang
         self.source_lang, self.target_lang = source_lang, target_lang
         self.langs = (source_lang, target_lang)
         if task == "translation":

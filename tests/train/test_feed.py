@@ -15,6 +15,7 @@ from instruct_museformer.train.feed import (
     detect_task,
     epoch_batches,
     groups_per_epoch,
+    lm_language,
 )
 
 
@@ -59,5 +60,10 @@ def test_detect_task(data_bin: Path, tmp_path: Path) -> None:
     lm.mkdir()
     (lm / "train.idx").write_bytes(b"")
     assert detect_task(lm, "score", "perf") == "language_modeling"
+    only_source = tmp_path / "only_source"
+    only_source.mkdir()
+    (only_source / "train.perf-None.perf.idx").write_bytes(b"")
+    assert detect_task(only_source, "score", "perf") == "language_modeling"
+    assert lm_language(only_source, "score") == "perf"
     with pytest.raises(UserError, match="no binarized data"):
         detect_task(tmp_path, "score", "perf")
