@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from symusic import Note, Pedal, Score, Tempo, TimeSignature, Track
+from symusic import ControlChange, Note, Pedal, Score, Tempo, TimeSignature, Track
 
 from . import specials
 from .grid import BarGrid
@@ -25,6 +25,7 @@ from .tokenizer import Vocab
 
 DEFAULT_TEMPO = 120.0
 DEFAULT_VELOCITY = 64
+SUSTAIN_CC = 64
 
 
 @dataclass
@@ -185,5 +186,10 @@ def decode_ids(ids: Sequence[int], vocab: Vocab) -> Score:
     score.tempos = [Tempo(t, qpm) for t, qpm in sorted(tempos.items())]
     score.time_signatures = [TimeSignature(t, n, d) for t, n, d in signatures]
     track.notes.sort(key=lambda n: (n.time, n.pitch))
+    # symusic writes controls, not Pedal objects, to a MIDI file: add the sustain pedal as CC64 too.
+    for pedal in track.pedals:
+        track.controls.append(ControlChange(pedal.time, SUSTAIN_CC, 127))
+        track.controls.append(ControlChange(pedal.time + pedal.duration, SUSTAIN_CC, 0))
+    track.controls.sort(key=lambda c: (c.time, c.value))
     score.tracks.append(track)
     return score
