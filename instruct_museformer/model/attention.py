@@ -64,20 +64,62 @@ def attend(
         # Fully masked rows (padding, unused summary slots) get finite scores, then zero weights, so
         # neither the output nor its gradient is NaN.
         scores = scores.masked_fill(~mask, float("-inf")).masked_fill(~row_any, 0.0)
-        probs = torch.softmax(scores.float(), dim=-1).to(q.dtype) * row_any
+        probs = torch.softmax(scores.to(torch.promote_types(scores.dtype, torch.float32)), dim=-1)
+        probs = probs.to(q.dtype) * row_any
         if dropout_p > 0.0:
             probs = nn.functional.dropout(probs, p=dropout_p, training=True)
         return torch.matmul(probs, v)
     if impl == "flex":
         global _WARNED_DROPOUT
         if dropout_p > 0.0 and not _WARNED_DROPOUT:
-            warnings.warn("FlexAttention path: attention_dropout is not applied", stacklevel=2)
+            warnings.warn("FlexAttention has no attention dropout: not applied in flex calls", stacklevel=2)
             _WARNED_DROPOUT = True
         if q.shape[2] == 0:
             return q.new_zeros(q.shape)
         v = v.to(q.dtype)
         return _flex_attention(q.device)(q, k.to(q.dtype), v, block_mask=layout.block_mask(block_size))
     raise ValueError(f"unknown attention implementation {impl!r} (expected 'reference' or 'flex')")
+
+
+def segment_summaries(
+    q_s: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    token_slot: torch.Tensor,
+    slot_valid: torch.Tensor,
+    dropout_p: float = 0.0,
+) -> torch.Tensor:
+    """Step 1 when every summary reads exactly its own bar: a segment softmax, O(R d), fully parallel.
+
+    q_s (B, H, S, dh); k, v (B, H, S+R, dh) = [summary keys ; regular keys]; token_slot (B, R) = the summary
+    slot that reads each regular token (-1: none); slot_valid (B, S). Same function as ``attend`` with the
+    summary layout's mask (the tests compare them), but an attention kernel would give each of the few
+    summary query tiles the whole sequence to walk through serially.
+    """
+    b, h, s_len, dh = q_s.shape
+    r_len = k.shape[2] - s_len
+    k_s, k_r, v_s, v_r = k[:, :, :s_len], k[:, :, s_len:], v[:, :, :s_len], v[:, :, s_len:]
+    has = (token_slot >= 0)[:, None, :]  # (B, 1, R)
+    idx = token_slot.clamp(min=0)[:, None, :].expand(b, h, r_len)  # (B, H, R)
+    scale = 1.0 / math.sqrt(dh)
+    acc = torch.promote_types(q_s.dtype, torch.float32)  # scores and weights in float32 (or float64)
+    q_tok = torch.gather(q_s, 2, idx[..., None].expand(b, h, r_len, dh))  # (B, H, R, dh)
+    s_tok = (q_tok.to(acc) * k_r.to(acc)).sum(-1) * scale  # (B, H, R)
+    s_self = (q_s.to(acc) * k_s.to(acc)).sum(-1) * scale  # (B, H, S): a summary also reads itself
+    s_tok = s_tok.masked_fill(~has, float("-inf"))
+    with torch.no_grad():  # per-segment max, only to keep exp() in range (softmax does not depend on it)
+        peak = s_self.clone().scatter_reduce_(2, idx, s_tok, reduce="amax", include_self=True)
+    e_tok = torch.exp(s_tok - torch.gather(peak, 2, idx))  # (B, H, R); 0 where no slot reads the token
+    e_self = torch.exp(s_self - peak)
+    denom = e_self + torch.zeros_like(e_self).scatter_add(2, idx, e_tok)  # (B, H, S)
+    p_tok, p_self = e_tok / torch.gather(denom, 2, idx), e_self / denom
+    if dropout_p > 0.0:
+        p_tok = nn.functional.dropout(p_tok, p=dropout_p, training=True)
+        p_self = nn.functional.dropout(p_self, p=dropout_p, training=True)
+    weighted = (p_tok[..., None] * v_r.to(acc)).to(v.dtype)  # (B, H, R, dh)
+    out = torch.zeros_like(q_s).scatter_add(2, idx[..., None].expand(b, h, r_len, dh), weighted)
+    out = out + (p_self[..., None] * v_s.to(acc)).to(v.dtype)
+    return out * slot_valid[:, None, :, None].to(out.dtype)  # unused slots read nothing: 0
 
 
 def _heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -135,7 +177,12 @@ class V2S1Attention(nn.Module):
         return _heads(q, self.num_heads), _heads(k, self.num_heads), _heads(v, self.num_heads)
 
     def summarize(self, q_s: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sx: AttentionLayout) -> torch.Tensor:
-        """Step 1: summary queries (B, H, S, dh) over [k_s ; k_r] (B, H, S+R, dh) -> s2 (B, H, S, dh)."""
+        """Step 1: summary queries (B, H, S, dh) over [k_s ; k_r] (B, H, S+R, dh) -> s2 (B, H, S, dh).
+
+        On the fast path, summaries that read exactly their own bar go through ``segment_summaries``.
+        """
+        if sx.segments is not None and resolve_impl(self.impl, q_s.device) == "flex":
+            return segment_summaries(q_s, k, v, *sx.segments, dropout_p=self._p())
         return attend(q_s, k, v, sx, self.impl, self.block_size, self._p())
 
     def sum_kv2(self, s2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

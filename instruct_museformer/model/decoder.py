@@ -74,7 +74,8 @@ class MuseformerDecoder(nn.Module):
                 extra = (layer.cross.memory_kv(encoder_out.memory), cache[kc])
             if impl == "flex":  # BlockMasks are built once, outside the layers (and any compiled region)
                 for layout in (cache[kx], cache[kr], *extra[1:]):
-                    layout.block_mask(cfg.block_size)
+                    if layout.segments is None:  # summaries reading their own bar need no BlockMask
+                        layout.block_mask(cfg.block_size)
             if cfg.gradient_checkpointing and self.training:
                 x = checkpoint(layer, x, num_sum, cache[kx], cache[kr], *extra, use_reentrant=False)
             else:

@@ -112,8 +112,9 @@ class MuseformerEncoder(nn.Module):
             if kr not in cache:
                 cache[kr] = regular_layout(side, sc["con2con"][i], sc["con2sum"][i], causal=False)
             if impl == "flex":  # BlockMasks are built once, outside the layers (and any compiled region)
-                cache[kx].block_mask(cfg.block_size)
-                cache[kr].block_mask(cfg.block_size)
+                for layout in (cache[kx], cache[kr]):
+                    if layout.segments is None:  # summaries reading their own bar need no BlockMask
+                        layout.block_mask(cfg.block_size)
             if cfg.gradient_checkpointing and self.training:
                 x = checkpoint(layer, x, num_sum, cache[kx], cache[kr], use_reentrant=False)
             else:

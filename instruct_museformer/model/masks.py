@@ -43,6 +43,7 @@ class BarLayout:
     sum_valid:  (B, S) bool, slot in use (its bar is complete)
     sum_ids:    (B, S) long, summary-embedding id (1..num_summary, 0 for unused slots)
     num_bars:   int, the largest bar id of the batch
+    num_summary: int, summary tokens per complete bar
     """
 
     bar: torch.Tensor
@@ -51,6 +52,7 @@ class BarLayout:
     sum_valid: torch.Tensor
     sum_ids: torch.Tensor
     num_bars: int
+    num_summary: int = 1
 
     def reg_class(self, n: int) -> torch.Tensor:
         """(B, R) classes of the regular tokens for a table over bars 0..n."""
@@ -78,7 +80,9 @@ def bar_layout(tokens: BarTokens, num_summary: int, pad_multiple: int = 1) -> Ba
     sum_valid = sum_bar <= complete[:, None]
     sum_ids = torch.where(sum_valid, slots % max(num_summary, 1) + 1, torch.zeros_like(sum_bar))
     num_bars = int(bar.max()) if bar.numel() else 0
-    return BarLayout(bar, valid, sum_bar.contiguous(), sum_valid, sum_ids, max(num_bars, max_complete))
+    return BarLayout(
+        bar, valid, sum_bar.contiguous(), sum_valid, sum_ids, max(num_bars, max_complete), max(num_summary, 0)
+    )
 
 
 # Key rows of the offset table (see ``AttentionLayout``).
@@ -110,6 +114,10 @@ class AttentionLayout:
     off:    (4 W,) bool, per row, which bar offsets may attend (from the scheme's offset sets)
     k_pos:  (K,) int32 or None; when set the attention is causal (summary keys carry -1)
 
+    ``segments`` (summary problems only): when each summary reads exactly its own bar (the default
+    sum2con/sum2sum with one summary per bar), ``(token_slot (B, R), slot_valid (B, S))`` lets the fast path
+    compute it as a segment softmax instead of an attention kernel (see ``attention.segment_summaries``).
+
     ``q_class``/``k_class`` (B, Q)/(B, K) are the tokens' classes (0 prefix, 1..n bar, n+1 padding; key
     classes of the regular region shifted by n + 2), monotone along each region: the BlockMask's tiles are
     classified from the class-level table, which is the same predicate evaluated on one representative
@@ -124,24 +132,30 @@ class AttentionLayout:
     off: torch.Tensor
     num_bars: int
     k_pos: torch.Tensor | None = None
+    segments: tuple[torch.Tensor, torch.Tensor] | None = None
     _dense: torch.Tensor | None = field(default=None, repr=False)
     _table: torch.Tensor | None = field(default=None, repr=False)
     _block: dict[int, object] = field(default_factory=dict, repr=False)
 
     def mask_mod(self) -> MaskMod:
         """The predicate, in FlexAttention's ``mask_mod(b, h, q_idx, kv_idx)`` form."""
-        q_bar, q_kind, k_code, off, k_pos = self.q_bar, self.q_kind, self.k_code, self.off, self.k_pos
+        # Flattened 1-D lookups (b * len + i): 2-D indexing inside mask_mod compiles to slower kernels.
+        q_len, k_len = self.q_bar.shape[1], self.k_code.shape[1]
+        q_bar, q_kind, k_code = self.q_bar.reshape(-1), self.q_kind.reshape(-1), self.k_code.reshape(-1)
+        off, k_pos = self.off, self.k_pos
         pref_from = ROW_PREF * (2 * self.num_bars + 1)
 
         if k_pos is None:
 
             def allowed(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
-                return _core(off, q_bar[b, q], q_kind[b, q], k_code[b, kv], pref_from)
+                qi, ki = b * q_len + q, b * k_len + kv
+                return _core(off, q_bar[qi], q_kind[qi], k_code[ki], pref_from)
 
         else:
 
             def allowed(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
-                return _core(off, q_bar[b, q], q_kind[b, q], k_code[b, kv], pref_from) & (k_pos[kv] <= q)
+                qi, ki = b * q_len + q, b * k_len + kv
+                return _core(off, q_bar[qi], q_kind[qi], k_code[ki], pref_from) & (k_pos[kv] <= q)
 
         return allowed
 
@@ -316,7 +330,16 @@ def summary_layout(side: BarLayout, sum2con: OffsetSet, sum2sum: OffsetSet) -> A
     offs = _offsets(n, dev)
     off = _off_table(n, {ROW_SUM: sum2sum.contains(offs), ROW_REG: sum2con.contains(offs)}, dev)
     q_bar, q_kind = _query_codes(side.sum_bar, side.sum_valid, summary=True)
-    return AttentionLayout(side.sum_class(n), _key_classes(side, n), q_bar, q_kind, _key_codes(side, n), off, n)
+    segments = None
+    if side.num_summary == 1 and sum2con.as_list(-n, n) == [0] and sum2sum.as_list(-n, n) == [0]:
+        s_len = side.sum_bar.shape[1]
+        complete = side.valid & (side.bar >= 1) & (side.bar <= s_len)
+        complete &= torch.gather(side.sum_valid, 1, (side.bar - 1).clamp(0, max(s_len - 1, 0))) if s_len else False
+        token_slot = torch.where(complete, side.bar - 1, torch.full_like(side.bar, -1))
+        segments = (token_slot, side.sum_valid)
+    return AttentionLayout(
+        side.sum_class(n), _key_classes(side, n), q_bar, q_kind, _key_codes(side, n), off, n, None, segments
+    )
 
 
 def cross_layout(

@@ -83,3 +83,39 @@ def test_fully_masked_rows_give_zero_not_nan(impl: str, cpu_flex_backward: None)
     assert out.isfinite().all() and out.transpose(1, 2)[padded].eq(0).all()
     assert all(t.grad is not None and t.grad.isfinite().all() for t in (q, k, v))
     assert q.grad.transpose(1, 2)[padded].eq(0).all()
+
+
+def test_segment_summaries_match_the_summary_attention():
+    """The fast path's segment softmax for "each summary reads its own bar" equals masked attention."""
+    from instruct_museformer.model.attention import segment_summaries
+    from instruct_museformer.model.masks import summary_layout
+
+    batch = random_layout_batch(12)
+    side = bar_layout(batch.prev_output, 1)
+    own = parse_scheme("sum2con", "((None,),)", 1, "full")[0]
+    layout = summary_layout(side, own, own)
+    assert layout.segments is not None
+    assert not side.sum_valid.all()  # unused slots (shorter sequences) are covered
+    B, S = side.sum_bar.shape
+    K = S + side.bar.shape[1]
+    gen = torch.Generator().manual_seed(1)
+    tensors = [torch.randn(B, 2, n, 8, generator=gen, dtype=torch.float64) for n in (S, K, K)]
+    outs, grads = [], []
+    for fast in (False, True):
+        q, k, v = (t.clone().requires_grad_() for t in tensors)
+        out = segment_summaries(q, k, v, *layout.segments) if fast else attend(q, k, v, layout, "reference", 16)
+        (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view(out.shape)).sum().backward()
+        outs.append(out.detach())
+        grads.append(torch.cat([t.grad.flatten() for t in (q, k, v)]))
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-10, atol=1e-12)
+
+
+def test_other_summary_schemes_use_the_attention_kernel():
+    from instruct_museformer.model.masks import summary_layout
+
+    side = bar_layout(random_layout_batch(13).prev_output, 1)
+    wide = parse_scheme("sum2con", "((((-1, 1),),),)", 1, "full")[0]
+    own = parse_scheme("sum2sum", "((None,),)", 1, "full")[0]
+    assert summary_layout(side, wide, own).segments is None
+    assert bar_layout(random_layout_batch(13).prev_output, 2).num_summary == 2
