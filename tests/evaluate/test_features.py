@@ -136,3 +136,26 @@ def test_bad_files_raise_input_errors(tmp_path, bach_score):
         extract_features(bach_score, load_performance(BACH / "LuA01M.mid"), read_alignment(tmp_path / "foreign.tsv"))
     with pytest.raises(EvaluationInputError, match="not found"):
         read_alignment(tmp_path / "none.tsv")
+
+
+def test_a_rendering_with_missing_and_extra_notes(bach_score, bach_humans, tmp_path):
+    """Renderings drop and add notes: coverage and added count must show it, metrics still compare."""
+    import partitura as pt
+    from partitura.performance import PerformedPart
+
+    source = load_performance(BACH / "LuA01M.mid").note_array
+    kept = source[np.arange(len(source)) % 10 != 0]  # drop every 10th note
+    extra = kept[:30].copy()
+    extra["pitch"] = 100  # 30 notes far above the piece's range
+    extra["id"] = [f"x{i}" for i in range(len(extra))]
+    notes = np.concatenate([kept, extra])
+    notes["id"] = [f"n{i}" for i in range(len(notes))]
+    path = tmp_path / "rendering.mid"
+    pt.save_performance_midi(PerformedPart.from_note_array(notes), str(path))
+    performance = load_performance(path)
+    features = extract_features(bach_score, performance, align(bach_score, performance))
+    assert 0.8 < features.coverage < 0.92  # about 90% of the human's 98% coverage
+    assert features.added >= 30
+    result = compare(features, bach_humans[1:])
+    assert result["vs_pool"]["tempo_bar_r"] > 0.8  # still the same interpretation as LuA01M
+    assert result["vs_pool"]["velocity_r"] > 0.5
