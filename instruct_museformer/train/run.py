@@ -135,6 +135,8 @@ def _spawned_worker(index: int, args: argparse.Namespace, world: int, port: int,
         {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": str(index), "LOCAL_RANK": str(index),
          "WORLD_SIZE": str(world)}
     )
+    if "OMP_NUM_THREADS" not in os.environ:  # as torchrun does: N processes must not each take every core
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
     _train_process(args, hooks)
 
 
