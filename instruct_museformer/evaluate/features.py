@@ -9,6 +9,8 @@ the note-id space of the (n)ASAP alignments (``n6-1``, ``n6-2`` for a repeated n
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,12 +73,12 @@ class Features:
 # ------------------------------------------------------------------------------------------------ loading
 
 
-def _quiet() -> warnings.catch_warnings:
+@contextmanager
+def _quiet() -> Iterator[None]:
     """partitura warns about every odd MusicXML reference; in a corpus run that is noise."""
-    context = warnings.catch_warnings()
-    context.__enter__()
-    warnings.simplefilter("ignore")
-    return context
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
 
 
 def load_score(path: Path) -> ScoreInfo:
@@ -85,18 +87,20 @@ def load_score(path: Path) -> ScoreInfo:
 
     if not path.is_file():
         raise EvaluationInputError(f"{path}: score not found")
-    context = _quiet()
     try:
-        score = pt.load_score(str(path))
-        part = pt.score.unfold_part_maximal(pt.score.merge_parts(score.parts))
-        note_array = part.note_array(include_grace_notes=True)
-        measures = list(part.iter_all(pt.score.Measure))
-        starts = np.array(sorted({m.start.t for m in measures}), dtype=np.float64)
-        bar_starts = np.asarray(part.quarter_map(starts), dtype=np.float64) if len(starts) else np.zeros(0)
-        beats = note_array["onset_beat"]
-        beat_grid = np.arange(np.floor(beats.min()), np.ceil((beats + note_array["duration_beat"]).max()) + 1)
-        beat_starts = np.asarray(part.quarter_map(part.inv_beat_map(beat_grid)), dtype=np.float64)
-        tempos = sorted(part.iter_all(pt.score.Tempo), key=lambda t: t.start.t)
+        with _quiet():
+            score = pt.load_score(str(path))
+            part = pt.score.unfold_part_maximal(pt.score.merge_parts(score.parts))
+            note_array = part.note_array(include_grace_notes=True)
+            if len(note_array) == 0:
+                raise EvaluationInputError(f"{path}: score has no notes")
+            measures = list(part.iter_all(pt.score.Measure))
+            starts = np.array(sorted({m.start.t for m in measures}), dtype=np.float64)
+            bar_starts = np.asarray(part.quarter_map(starts), dtype=np.float64) if len(starts) else np.zeros(0)
+            beats = note_array["onset_beat"]
+            beat_grid = np.arange(np.floor(beats.min()), np.ceil((beats + note_array["duration_beat"]).max()) + 1)
+            beat_starts = np.asarray(part.quarter_map(part.inv_beat_map(beat_grid)), dtype=np.float64)
+            tempos = sorted(part.iter_all(pt.score.Tempo), key=lambda t: t.start.t)
         bpm = None
         for tempo in tempos:
             try:
@@ -108,10 +112,6 @@ def load_score(path: Path) -> ScoreInfo:
         raise
     except Exception as error:  # any parser failure is a property of the file, not a bug of ours
         raise EvaluationInputError(f"{path}: cannot read score ({type(error).__name__}: {error})") from error
-    finally:
-        context.__exit__(None, None, None)
-    if len(note_array) == 0:
-        raise EvaluationInputError(f"{path}: score has no notes")
     if bpm is not None and not 10.0 <= bpm <= 400.0:
         bpm = None
     ids = [str(i) for i in note_array["id"]]
@@ -125,15 +125,13 @@ def load_performance(path: Path) -> PerformanceData:
 
     if not path.is_file():
         raise EvaluationInputError(f"{path}: performance MIDI not found")
-    context = _quiet()
     try:
-        performance = pt.load_performance_midi(str(path))
-        note_array = performance.note_array()
+        with _quiet():
+            performance = pt.load_performance_midi(str(path))
+            note_array = performance.note_array()
         controls = [c for pp in performance.performedparts for c in pp.controls if c.get("number") == 64]
     except Exception as error:
         raise EvaluationInputError(f"{path}: cannot read MIDI ({type(error).__name__}: {error})") from error
-    finally:
-        context.__exit__(None, None, None)
     if len(note_array) == 0:
         raise EvaluationInputError(f"{path}: MIDI file has no notes")
     controls.sort(key=lambda c: c["time"])
@@ -164,15 +162,13 @@ def align(score: ScoreInfo, performance: PerformanceData) -> list[dict]:
     """Score-to-performance note alignment with parangonar's DualDTWNoteMatcher (its default, SOTA matcher)."""
     import parangonar
 
-    context = _quiet()
     try:
-        alignment = parangonar.DualDTWNoteMatcher()(score.note_array, performance.note_array)
+        with _quiet():
+            alignment = parangonar.DualDTWNoteMatcher()(score.note_array, performance.note_array)
     except Exception as error:
         raise EvaluationInputError(
             f"{performance.path}: alignment to {score.path} failed ({type(error).__name__}: {error})"
         ) from error
-    finally:
-        context.__exit__(None, None, None)
     return [
         {key: (str(value) if key in ("score_id", "performance_id") else value) for key, value in a.items()}
         for a in alignment
@@ -249,8 +245,7 @@ def extract_features(score: ScoreInfo, performance: PerformanceData, alignment: 
     divs = sna["onset_div"][ts].astype(np.int64)
     p_on = pna["onset_sec"][tp].astype(np.float64)
     if len(np.unique(divs)) >= 3:
-        context = _quiet()
-        try:
+        with _quiet():
             params, groups = encode_tempo(
                 score_onsets=s_on,
                 performed_onsets=p_on,
@@ -258,8 +253,6 @@ def extract_features(score: ScoreInfo, performance: PerformanceData, alignment: 
                 performed_durations=pna["duration_sec"][tp].astype(np.float64),
                 return_u_onset_idx=True,
             )
-        finally:
-            context.__exit__(None, None, None)
         # onset level: partitura's beat period at each unique score onset (the last one is extrapolated: dropped)
         firsts = np.array([g[0] for g in groups[:-1]], dtype=np.int64)
         with np.errstate(divide="ignore", invalid="ignore"):
