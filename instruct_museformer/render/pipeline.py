@@ -183,9 +183,13 @@ def render_files(
 
 
 def _atomic_target(path: Path) -> Path:
+    """A temporary sibling of ``path`` with the permissions a plain new file gets (mkstemp makes 0600)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     return Path(tmp)
 
 

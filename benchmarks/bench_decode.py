@@ -1,0 +1,86 @@
+"""Cached decoding speed of the default-size model (width 512, 4 layers, random weights): tokens/s.
+
+Measures the whole sampling loop of ``imf render`` / ``imf generate`` (KV-cached step, grammar mask,
+top-k sampling, per-bar summary passes) for batch 1 and batch 8, generating ``--length`` tokens per
+sequence from a ~1,000-token score (the grammar runs in its unbounded mode with EOS forced at the length,
+so every run produces exactly that many tokens), and prints a short table::
+
+    python benchmarks/bench_decode.py                      # CPU (here: 2 cores)
+    python benchmarks/bench_decode.py --device cuda --length 10000
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from instruct_museformer.model import MuseformerConfig, build_model
+from instruct_museformer.render.decode import DecodeRequest, SamplingOptions, decode
+from instruct_museformer.render.grammar import TokenGrammar
+from instruct_museformer.tokens.tokenizer import Vocab, beat_table, build_tokenizer
+
+
+def synthetic_score(vocab: Vocab, bars: int) -> list[int]:
+    """A deadpan-like score: 4/4 bars with eight notes on eight positions (~26 tokens a bar)."""
+    ids = vocab.ids
+    out: list[int] = []
+    for b in range(bars):
+        out.append(ids["TimeSig_4/4"])
+        for k in range(8):
+            out += [ids[f"Position_{24 * k}"], ids[f"Pitch_{60 + (b + k) % 12}"], ids["Velocity_71"],
+                    ids["Duration_0.24.48"]]
+        out.append(4)
+    return out + [2]
+
+
+def run(model, grammar, table, source, batch: int, length: int, device: torch.device, seed: int) -> float:
+    requests = [DecodeRequest(source=source) for _ in range(batch)]
+    gen = torch.Generator(device=device).manual_seed(seed)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    results = decode(model, requests, table, grammar, SamplingOptions(topk=8), gen, min_len=length, max_len=length)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - start
+    assert all(len(r.tokens) == length + 1 for r in results), [len(r.tokens) for r in results]
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--length", type=int, default=None, help="tokens per sequence (default: 1000 CPU, 10000 GPU)")
+    parser.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    length = args.length or (10000 if device.type == "cuda" else 1000)
+    tokenizer = build_tokenizer()
+    vocab = Vocab(tokenizer)
+    torch.manual_seed(args.seed)
+    cfg = MuseformerConfig(vocab_size=len(vocab.tokens), task="translation", attention_impl="reference")
+    model = build_model(cfg).to(device).eval()
+    grammar = TokenGrammar.for_tokenizer(tokenizer, cfg.vocab_size).to(device)
+    table = beat_table(tokenizer, False).to(device)
+    source = synthetic_score(vocab, 40)
+    run(model, grammar, table, source, 1, 32, device, args.seed)  # warm-up
+    params = sum(p.numel() for p in model.parameters())
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"cached decoding, default model ({params / 1e6:.1f} M parameters, width {cfg.attention_embed_dim}, "
+          f"{cfg.num_layers}+{cfg.num_layers} layers), score {len(source)} tokens, top-k 8, on {name}")
+    print(f"{'batch':>5} {'tokens/seq':>10} {'seconds':>8} {'tok/s/seq':>10} {'tok/s total':>11} {'ms/step':>8}")
+    for batch in (int(b) for b in args.batches.split(",")):
+        elapsed = run(model, grammar, table, source, batch, length, device, args.seed)
+        per_seq = length / elapsed
+        print(f"{batch:>5} {length:>10} {elapsed:>8.1f} {per_seq:>10.0f} {per_seq * batch:>11.0f} "
+              f"{1000 * elapsed / length:>8.2f}")
+
+
+if __name__ == "__main__":
+    main()
