@@ -298,7 +298,8 @@ def _train_loop(args: argparse.Namespace, hooks: Hooks, info: DistInfo) -> int:
                               no_progress_bar=args.no_progress_bar)
     train_split = source.load(args.train_subset, args.truncate_train)
     valid_names = [] if args.disable_validation else [s for s in args.valid_subset.split(",") if s]
-    valid_splits: dict[str, SplitData] = {}
+    # loaded now, as fairseq does, so that a missing split fails before hours of training
+    valid_splits: dict[str, SplitData] = {name: source.load(name, _truncation(args, name)) for name in valid_names}
     train_wall_offset = float(meters_state.get("train_wall", 0.0))
     wall_offset = float(meters_state.get("wall", 0.0))
     train_time = 0.0
@@ -312,8 +313,6 @@ def _train_loop(args: argparse.Namespace, hooks: Hooks, info: DistInfo) -> int:
             return None
         first_loss = None
         for name in valid_names:
-            if name not in valid_splits:
-                valid_splits[name] = source.load(name, _truncation(args, name))
             loss, stats = _evaluate(args, source, valid_splits[name], trainer, info)
             stats["num_updates"] = trainer.num_updates
             if first_loss is None:
