@@ -7,7 +7,7 @@ import shlex
 from pathlib import Path
 
 import pytest
-from test_options import SEED_COMMAND
+from train_helpers import SEED_COMMAND
 
 from instruct_museformer.cli import main
 
