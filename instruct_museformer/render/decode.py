@@ -104,8 +104,13 @@ def decode(
     generator: torch.Generator | None = None,
     min_len: int = 0,
     max_len: int | None = None,
+    static: bool | None = None,
 ) -> list[DecodeResult]:
-    """Decode every request in one batch with the cached decoder; see :class:`DecodeRequest`."""
+    """Decode every request in one batch with the cached decoder; see :class:`DecodeRequest`.
+
+    ``static`` (default: on CUDA, when every sequence's length is bounded by ``stop_at`` or ``max_len``):
+    fixed-size caches and the regular step replayed as a CUDA graph (one launch instead of hundreds).
+    """
     p = next(model.parameters())
     dev = p.device
     b = len(requests)
@@ -115,9 +120,17 @@ def decode(
         encoder_out = model.encoder(collate_bar_tokens(sources, beat_table.cpu()).to(dev))
     decoder = model.decoder
     capacity = max((len(r.prefix) + 64 for r in requests), default=64)
-    if any(r.stop_at for r in requests):
-        capacity = max(capacity, max(r.stop_at or 0 for r in requests) + 8)
-    cache = IncrementalDecoder(decoder, b, beat_table, encoder_out, capacity=capacity)
+    bounded = max_len is not None or all(r.stop_at is not None for r in requests)
+    if max_len is not None:
+        capacity = max(capacity, max_len + 2)
+    if any(r.stop_at for r in requests):  # a window stops once its bar closes: the budget bounds the overshoot
+        capacity = max(capacity, max((r.stop_at or 0) + r.bar_budget + 16 for r in requests))
+    if static is None:
+        static = dev.type == "cuda" and bounded
+    max_bars = max((r.target_bars for r in requests), default=-1)
+    max_bars = max_bars + 1 if max_bars >= 0 and all(r.target_bars >= 0 for r in requests) else capacity // 2 + 1
+    cache = IncrementalDecoder(decoder, b, beat_table, encoder_out, capacity=capacity, static=static,
+                               max_bars=max_bars, cuda_graph=static and dev.type == "cuda")
     state = GrammarState.start(grammar, [r.target_bars for r in requests], [r.timesigs for r in requests],
                                [r.bar_budget for r in requests], min_len=min_len, max_len=max_len)
     prefix_len = torch.tensor([len(r.prefix) for r in requests], device=dev)
@@ -152,8 +165,9 @@ def decode(
         # stop: EOS; all target bars of a non-final window; the soft limit once a new bar is complete
         ended = state.done | (~final & (state.target_bars >= 0) & (state.bars_done >= state.target_bars))
         soft = (state.length >= stop_at) & (state.bars_done > prefix_bars) & ~forced
+        full = torch.zeros_like(running) if not static else torch.full_like(running, step >= capacity - 1)
         finished |= running & ended
-        running &= ~(ended | soft)
+        running &= ~(ended | soft | full)
         tokens = nxt
     results = []
     for i in range(b):

@@ -23,6 +23,7 @@ The mask rules are those of ``model.masks`` (regular_layout / summary_layout / c
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import nn
@@ -142,6 +143,9 @@ class IncrementalDecoder:
         beat_table: torch.Tensor,
         encoder_out: EncoderOut | None = None,
         capacity: int = 256,
+        static: bool = False,
+        max_bars: int | None = None,
+        cuda_graph: bool = False,
     ) -> None:
         check_cacheable(decoder)
         if decoder.training:
@@ -158,11 +162,18 @@ class IncrementalDecoder:
         self.beat_table = beat_table.to(self.device)
         self.length = 0
         dev = self.device
+        # static: fixed-size caches (no growth, attention over the whole capacity, masked), so that the
+        # regular step has constant shapes and can be replayed as a CUDA graph
+        self.static = static or cuda_graph
+        self.use_graph = cuda_graph and self.device.type == "cuda"
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._t = torch.zeros(1, dtype=torch.long, device=dev)
         self.bars_closed = torch.zeros(batch, dtype=torch.long, device=dev)
         self.running_beat = torch.zeros(batch, dtype=torch.long, device=dev)
         self.pos_bar = torch.zeros(batch, capacity, dtype=torch.long, device=dev)
         self.pos_valid = torch.zeros(batch, capacity, dtype=torch.bool, device=dev)
-        slots = 16 * max(self.ns, 1)
+        bars = (max_bars if max_bars is not None else capacity // 2 + 1) if self.static else 16
+        slots = bars * max(self.ns, 1)
         self.caches = [
             _LayerCache(batch, self.heads, self.dh, capacity, slots, dev, self.dtype) for _ in decoder.layers
         ]
@@ -201,9 +212,10 @@ class IncrementalDecoder:
         sbar = torch.arange(slots, device=self.device) // max(self.ns, 1) + 1
         return sbar, sbar[None, :] <= self.bars_closed[:, None]
 
-    def _regular_mask(self, i: int, q_bar: torch.Tensor, sbar: torch.Tensor, svalid: torch.Tensor) -> torch.Tensor:
-        """(B, 1, 1, slots + T) allowed keys of the new regular token at layer i."""
-        t = self.length + 1
+    def _regular_mask(
+        self, i: int, q_bar: torch.Tensor, sbar: torch.Tensor, svalid: torch.Tensor, t: int
+    ) -> torch.Tensor:
+        """(B, 1, 1, slots + t) allowed keys of the new regular token at layer i (keys beyond it: invalid)."""
         qb = q_bar[:, None]
         kb = self.pos_bar[:, :t]
         content = qb >= 1
@@ -247,42 +259,83 @@ class IncrementalDecoder:
 
     @torch.no_grad()
     def step(self, tokens: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
-        dec, dev = self.dec, self.device
+        dev = self.device
         tokens = tokens.to(dev).long()
         active = torch.ones_like(tokens, dtype=torch.bool) if active is None else active.to(dev)
-        self._ensure_capacity()
-        t = self.length
+        if self.static:
+            if self.length >= self.pos_bar.shape[1]:
+                raise RuntimeError(f"static KV cache full ({self.pos_bar.shape[1]} positions)")
+        else:
+            self._ensure_capacity()
+        closes = active & (tokens == BAR)
+        if self.use_graph and self._graph is None:
+            self._capture()
+        if self._graph is not None:
+            self._in_tokens.copy_(tokens)
+            self._in_active.copy_(active)
+            self._graph.replay()
+            logits = self._out_logits.clone()
+        else:
+            logits = self._regular(tokens, active)
+        if self.ns > 0:
+            close_idx = closes.nonzero().flatten()
+            if close_idx.numel():
+                self._summaries(close_idx)
+        self.bars_closed.add_(closes.long())
+        self._t.add_(1)
+        self.length += 1
+        return logits
+
+    def _capture(self) -> None:
+        """Record the regular step as a CUDA graph (static shapes); fall back to eager if that fails."""
+        b, dev = self.batch, self.device
+        self._in_tokens = torch.zeros(b, dtype=torch.long, device=dev)
+        self._in_active = torch.zeros(b, dtype=torch.bool, device=dev)
+        try:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(2):  # inactive padding inputs leave the state as it was
+                    self._regular(self._in_tokens, self._in_active)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self._out_logits = self._regular(self._in_tokens, self._in_active)
+            self._graph = graph
+        except Exception as error:  # capture is an optimisation: keep decoding without it
+            warnings.warn(f"CUDA graph capture failed ({type(error).__name__}: {error}); decoding eagerly",
+                          stacklevel=3)
+            self.use_graph = False
+            self._graph = None
+
+    def _regular(self, tokens: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+        """The new regular token through every layer: writes its K/V, returns logits (B, V) float32.
+
+        Only in-place updates of state tensors and no host synchronisation, so it can be a CUDA graph.
+        """
+        dec = self.dec
+        t = self._t
+        length = self.pos_bar.shape[1] if self.static else self.length + 1
         special = tokens < NUM_SPECIALS
         q_bar = torch.where(special | ~active, torch.zeros_like(tokens), self.bars_closed + 1)
         values = self.beat_table[tokens]
-        self.running_beat = torch.where(active & (values > 0), values, self.running_beat)
+        self.running_beat.copy_(torch.where(active & (values > 0), values, self.running_beat))
         beat = torch.where((values == 0) | ~active, torch.zeros_like(values), self.running_beat)
-        closes = active & (tokens == BAR)
-        self.pos_bar[:, t] = q_bar
-        self.pos_valid[:, t] = active
-
+        self.pos_bar.index_copy_(1, t, q_bar[:, None])
+        self.pos_valid.index_copy_(1, t, active[:, None])
         r = dec.embed.regular(tokens[:, None], q_bar[:, None], beat[:, None])  # (B, 1, d)
-        close_idx = closes.nonzero().flatten() if self.ns > 0 else closes.new_zeros(0, dtype=torch.long)
-        s: torch.Tensor | None = None
-        close_bar = self.bars_closed[close_idx] + 1
-        if close_idx.numel():
-            self._ensure_slots(int(close_bar.max()))
-            ids = torch.arange(1, self.ns + 1, device=dev).expand(close_idx.numel(), self.ns)
-            s = dec.embed.summaries(ids, close_bar[:, None].expand(-1, self.ns))  # (n, ns, d)
         sbar, svalid = self._summary_bars()
         cross_masks: dict[int, torch.Tensor] = {}
         for i, (layer, cache) in enumerate(zip(dec.layers, self.caches, strict=True)):
             attn = layer.attn
             r_hat = layer._pre(layer.attn_norm, r)
             q, k_new, v_new = (_heads(x, self.heads) for x in _project(attn, r_hat, summary=False))
-            cache.k[:, :, t : t + 1] = k_new
-            cache.v[:, :, t : t + 1] = v_new
-            if s is not None:
-                s = self._summary_layer(i, s, close_idx, close_bar, sbar)
-            keys = torch.cat([cache.k2, cache.k[:, :, : t + 1]], dim=2)
-            vals = torch.cat([cache.v2, cache.v[:, :, : t + 1]], dim=2)
-            out = attn.out_proj(_merge(_attend(q, keys, vals, self._regular_mask(i, q_bar, sbar, svalid))))
-            r = layer._post(layer.attn_norm, r + out)
+            cache.k.index_copy_(2, t, k_new)
+            cache.v.index_copy_(2, t, v_new)
+            keys = torch.cat([cache.k2, cache.k[:, :, :length]], dim=2)
+            vals = torch.cat([cache.v2, cache.v[:, :, :length]], dim=2)
+            mask = self._regular_mask(i, q_bar, sbar, svalid, length)
+            r = layer._post(layer.attn_norm, r + attn.out_proj(_merge(_attend(q, keys, vals, mask))))
             if layer.cross is not None and layer.cross_norm is not None:
                 key = id(self.xc[i]) * 31 + id(self.xs[i])
                 if key not in cross_masks:
@@ -294,9 +347,25 @@ class IncrementalDecoder:
             r = layer._post(layer.ffn_norm, r + layer.ffn(layer._pre(layer.ffn_norm, r)))
         if dec.final_norm is not None:
             r = dec.final_norm(r)
-        self.bars_closed = self.bars_closed + closes.long()
-        self.length = t + 1
         return dec.output(r[:, 0]).float()
+
+    def _summaries(self, idx: torch.Tensor) -> None:
+        """The summary stream of the bars closed by this step's Bar tokens (elements ``idx``), all layers.
+
+        Runs after the regular pass: the Bar token's own K/V are then in every layer's cache, and no
+        regular token of this step reads its own bar's summary (con2sum excludes offset 0).
+        """
+        bar = self.bars_closed[idx] + 1
+        if self.static:
+            if int(bar.max()) * self.ns > self.caches[0].k2.shape[2]:
+                raise RuntimeError(f"static summary cache full ({self.caches[0].k2.shape[2]} slots)")
+        else:
+            self._ensure_slots(int(bar.max()))
+        ids = torch.arange(1, self.ns + 1, device=self.device).expand(idx.numel(), self.ns)
+        s = self.dec.embed.summaries(ids, bar[:, None].expand(-1, self.ns))  # (n, ns, d)
+        sbar, _ = self._summary_bars()
+        for i in range(len(self.dec.layers)):
+            s = self._summary_layer(i, s, idx, bar, sbar)
 
     def _summary_layer(
         self, i: int, s: torch.Tensor, idx: torch.Tensor, bar: torch.Tensor, sbar: torch.Tensor

@@ -42,7 +42,8 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
         ("translation", "no-summary", 3),
     ],
 )
-def test_cached_logits_equal_full_forward(task: str, scheme: str, seed: int):
+@pytest.mark.parametrize("static", [False, True])
+def test_cached_logits_equal_full_forward(task: str, scheme: str, seed: int, static: bool):
     torch.manual_seed(seed)
     model = build_model(tiny_config(task, **SCHEMES[scheme])).eval()
     gen = torch.Generator().manual_seed(seed)
@@ -56,8 +57,12 @@ def test_cached_logits_equal_full_forward(task: str, scheme: str, seed: int):
             torch.cat([bar_sequence(gen, [max(1, n - 1) for n in lens]), torch.tensor([EOS])]) for lens in layouts
         ]
         encoder_out = model.encoder(collate_bar_tokens(sources, table))
-    cached = IncrementalDecoder(model.decoder, len(seqs), table, encoder_out, capacity=8)  # forces growth
     longest = max(len(s) for s in seqs)
+    if static:  # fixed-size caches, attention over the whole capacity (the CUDA-graph layout)
+        cached = IncrementalDecoder(model.decoder, len(seqs), table, encoder_out, capacity=longest + 3,
+                                    static=True, max_bars=max(len(lens) for lens in layouts))
+    else:
+        cached = IncrementalDecoder(model.decoder, len(seqs), table, encoder_out, capacity=8)  # forces growth
     worst = 0.0
     with torch.no_grad():
         for t in range(longest):

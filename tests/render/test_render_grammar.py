@@ -106,3 +106,15 @@ def test_topk_and_topp_restrict_the_choice():
     assert picks == {1, 2}
     picks = {int(sample_next(logits, allowed, SamplingOptions(topk=0, topp=0.5), gen)) for _ in range(50)}
     assert picks == {1}
+
+
+def test_static_caches_decode_like_growing_ones(setup):
+    """The fixed-size layout (used for CUDA graphs) samples the same tokens as the growing caches."""
+    tokenizer, model, grammar, table = setup
+    score = _score(tokenizer, 3, 11)
+    requests = [DecodeRequest(source=score + [EOS], target_bars=3, timesigs=[b[0] for b in split_bars(score)],
+                              bar_budget=40, stop_at=400)]
+    runs = [decode(model, requests * 2, table, grammar, SamplingOptions(), torch.Generator().manual_seed(4),
+                   static=static) for static in (False, True)]
+    assert [r.tokens for r in runs[0]] == [r.tokens for r in runs[1]]
+    assert all(r.bars == 3 and r.finished for r in runs[1])
