@@ -217,7 +217,12 @@ class AttentionLayout:
         flat, width = prefix.reshape(-1), cols + 1
         r1, r2 = qc.amin(-1)[:, :, None], qc.amax(-1)[:, :, None] + 1  # (B, nq, 1)
         c1, c2 = kc.amin(-1)[:, None, :], kc.amax(-1)[:, None, :] + 1  # (B, 1, nk)
-        count = flat[r2 * width + c2] - flat[r1 * width + c2] - flat[r2 * width + c1] + flat[r1 * width + c1]
+        count = (
+            flat.take(r2 * width + c2)
+            - flat.take(r1 * width + c2)
+            - flat.take(r2 * width + c1)
+            + flat.take(r1 * width + c1)
+        )
         any_allowed = count > 0
         all_allowed = count == (r2 - r1) * (c2 - c1)
         if self.k_pos is not None:
