@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results-path", type=Path, default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--cpu", action="store_true", help="same as --device cpu")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     return p
 
 
@@ -94,6 +95,10 @@ def main(argv: list[str]) -> int:
 
     if args.beam != 1 or args.nbest != 1:
         raise UserError(f"--beam {args.beam} --nbest {args.nbest}: only --beam 1 --nbest 1 (sampling) is supported")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError(f"--threads {args.threads}: must be at least 1")
+        torch.set_num_threads(args.threads)
     if args.batch_size < 1:
         raise UserError(f"--batch-size {args.batch_size}: must be at least 1")
     if not args.data.is_dir():

@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-samples", type=int, default=1, help="renderings per score")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
     p.add_argument("--beam", type=int, default=1, help="only 1 (sampling) is supported")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     p.add_argument("--window-tokens", type=int, default=None,
                    help="decoder/encoder tokens per window (default: the checkpoint's training length)")
     p.add_argument("--context-bars", type=int, default=8, help="rendered bars carried into the next window")
@@ -88,6 +89,12 @@ def main(argv: list[str]) -> int:
 
     if args.beam != 1:
         raise UserError(f"--beam {args.beam}: only --beam 1 (sampling) is supported")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError(f"--threads {args.threads}: must be at least 1")
+        import torch
+
+        torch.set_num_threads(args.threads)
     if args.window_tokens is not None and args.window_tokens < 16:
         raise UserError(f"--window-tokens {args.window_tokens}: must be at least 16")
     if args.context_bars < 0:
