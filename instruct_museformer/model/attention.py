@@ -116,10 +116,10 @@ def segment_summaries(
     if dropout_p > 0.0:
         p_tok = nn.functional.dropout(p_tok, p=dropout_p, training=True)
         p_self = nn.functional.dropout(p_self, p=dropout_p, training=True)
-    weighted = (p_tok[..., None] * v_r.to(acc)).to(v.dtype)  # (B, H, R, dh)
-    out = torch.zeros_like(q_s).scatter_add(2, idx[..., None].expand(b, h, r_len, dh), weighted)
-    out = out + (p_self[..., None] * v_s.to(acc)).to(v.dtype)
-    return out * slot_valid[:, None, :, None].to(out.dtype)  # unused slots read nothing: 0
+    weighted = p_tok[..., None] * v_r.to(acc)  # (B, H, R, dh), summed per bar in float32
+    out = torch.zeros(b, h, s_len, dh, dtype=acc, device=q_s.device)
+    out = out.scatter_add(2, idx[..., None].expand(b, h, r_len, dh), weighted) + p_self[..., None] * v_s.to(acc)
+    return (out * slot_valid[:, None, :, None]).to(v.dtype)  # unused slots read nothing: 0
 
 
 def _heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
