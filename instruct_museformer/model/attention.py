@@ -1,11 +1,13 @@
 """Museformer's two-step v2s1 attention, bar-organised cross-attention, and the two kernels behind them.
 
-``attend`` is the only place that computes attention. ``reference``: an explicit boolean mask from the
-layout's predicate and a dense softmax (ground truth, any device, supports attention dropout).
-``flex``: torch's FlexAttention with the layout's BlockMask (compiled on CUDA, eager elsewhere). Both read
-the same ``AttentionLayout``, so they cannot disagree about who sees whom. FlexAttention has no dropout on
-the attention probabilities, so on the flex path ``attention_dropout`` is not applied (a warning says so
-once); residual and FFN dropout are unaffected.
+``attend`` computes masked attention. ``reference``: an explicit boolean mask from the layout's predicate
+and a dense softmax (ground truth, any device, supports attention dropout). ``flex``: torch's FlexAttention
+with the layout's BlockMask (compiled on CUDA, eager elsewhere). Both read the same ``AttentionLayout``, so
+they cannot disagree about who sees whom. FlexAttention has no dropout on the attention probabilities, so
+inside flex calls ``attention_dropout`` is not applied (a warning says so once); residual and FFN dropout
+are unaffected. On the flex path, the summary step of the default scheme (each summary reads exactly its
+own bar) is a segment softmax (``segment_summaries``) rather than an attention kernel: its few queries
+would otherwise each walk the whole sequence in one program.
 
 K/V projections are separate methods (``reg_kv``, ``sum_kv2``, ``CrossAttention.memory_kv``) so that
 cached decoding can reuse precomputed keys and values.
