@@ -93,13 +93,26 @@ def _kv2(attn: nn.Module, s2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     return attn.key2(s2), attn.value2(s2)
 
 
-def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-    """q (B,H,Q,dh), k/v (B,H,K,dh), allowed (B,1|H,Q,K) -> (B,H,Q,dh); fully masked rows give 0."""
-    scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))
+def _attend(
+    q: torch.Tensor, parts: list[tuple[torch.Tensor, torch.Tensor]], allowed: torch.Tensor
+) -> torch.Tensor:
+    """q (B,H,Q,dh) over key/value parts [(k_i, v_i) (B,H,K_i,dh)], allowed (B,1|H,Q,sum K_i) -> (B,H,Q,dh).
+
+    The parts are never concatenated and K is used as stored (``K @ q^T``), so a step reads each cache
+    once instead of copying it; fully masked rows give 0.
+    """
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    scores = torch.cat([torch.matmul(k, q.transpose(-1, -2)).transpose(-1, -2) for k, _ in parts], dim=-1) * scale
     any_row = allowed.any(dim=-1, keepdim=True)
     scores = scores.masked_fill(~allowed, float("-inf")).masked_fill(~any_row, 0.0)
     probs = torch.softmax(scores.float(), dim=-1).to(q.dtype) * any_row
-    return torch.matmul(probs, v)
+    out, start = None, 0
+    for _, v in parts:
+        part = torch.matmul(probs[..., start : start + v.shape[2]], v)
+        out = part if out is None else out + part
+        start += v.shape[2]
+    assert out is not None
+    return out
 
 
 class _LayerCache:
@@ -332,17 +345,16 @@ class IncrementalDecoder:
             q, k_new, v_new = (_heads(x, self.heads) for x in _project(attn, r_hat, summary=False))
             cache.k.index_copy_(2, t, k_new)
             cache.v.index_copy_(2, t, v_new)
-            keys = torch.cat([cache.k2, cache.k[:, :, :length]], dim=2)
-            vals = torch.cat([cache.v2, cache.v[:, :, :length]], dim=2)
+            parts = [(cache.k2, cache.v2), (cache.k[:, :, :length], cache.v[:, :, :length])]
             mask = self._regular_mask(i, q_bar, sbar, svalid, length)
-            r = layer._post(layer.attn_norm, r + attn.out_proj(_merge(_attend(q, keys, vals, mask))))
+            r = layer._post(layer.attn_norm, r + attn.out_proj(_merge(_attend(q, parts, mask))))
             if layer.cross is not None and layer.cross_norm is not None:
                 key = id(self.xc[i]) * 31 + id(self.xs[i])
                 if key not in cross_masks:
                     cross_masks[key] = self._cross_mask(i, q_bar, active)
                 x = layer._pre(layer.cross_norm, r)
                 cq = _heads(layer.cross.q_proj(x), self.heads)
-                c = layer.cross.out_proj(_merge(_attend(cq, cache.cross_k, cache.cross_v, cross_masks[key])))
+                c = layer.cross.out_proj(_merge(_attend(cq, [(cache.cross_k, cache.cross_v)], cross_masks[key])))
                 r = layer._post(layer.cross_norm, r + c)
             r = layer._post(layer.ffn_norm, r + layer.ffn(layer._pre(layer.ffn_norm, r)))
         if dec.final_norm is not None:
@@ -383,9 +395,8 @@ class IncrementalDecoder:
         kb = self.pos_bar[idx, :t]
         reg_ok = self.pos_valid[idx, :t] & (kb >= 1) & (kb <= jb) & self.s2c[i](kb - jb)
         allowed = torch.cat([prev_ok, self_ok, reg_ok], dim=1)[:, None, None, :]
-        keys = torch.cat([cache.ks[idx], k_self, cache.k[idx, :, :t]], dim=2)
-        vals = torch.cat([cache.vs[idx], v_self, cache.v[idx, :, :t]], dim=2)
-        s2 = _merge(_attend(q, keys, vals, allowed))  # (n, ns, d)
+        parts = [(cache.ks[idx], cache.vs[idx]), (k_self, v_self), (cache.k[idx, :, :t], cache.v[idx, :, :t])]
+        s2 = _merge(_attend(q, parts, allowed))  # (n, ns, d)
         k2, v2 = (_heads(x, h) for x in _kv2(attn, s2))  # (n, H, ns, dh)
         slot = ((bar - 1) * ns)[:, None] + torch.arange(ns, device=s.device)  # (n, ns)
         for m in range(ns):
