@@ -99,6 +99,8 @@ def segment_summaries(
     summary query tiles the whole sequence to walk through serially.
     """
     b, h, s_len, dh = q_s.shape
+    if s_len == 0:  # no complete bar yet: no summary
+        return q_s.new_zeros(q_s.shape)
     r_len = k.shape[2] - s_len
     k_s, k_r, v_s, v_r = k[:, :, :s_len], k[:, :, s_len:], v[:, :, :s_len], v[:, :, s_len:]
     has = (token_slot >= 0)[:, None, :]  # (B, 1, R)

@@ -77,13 +77,16 @@ def test_summary_count_option(num_summary: int):
     assert out.shape == (*batch.target.shape, 40) and out.isfinite().all()
 
 
-def test_no_complete_bar_and_empty_batch_rows():
+@pytest.mark.parametrize("impl", ["reference", "flex"])
+def test_no_complete_bar_and_empty_batch_rows(impl: str):
     """A prefix shorter than one bar has no summary at all (S = 0)."""
     torch.manual_seed(0)
-    model = build_model(small_config("language_modeling")).eval()
+    model = build_model(small_config("translation", attention_impl=impl)).eval()
     gen = torch.Generator().manual_seed(0)
-    batch = make_batch([bar_sequence(gen, [5], truncated_last=True), bar_sequence(gen, [2], truncated_last=True)])
+    targets = [bar_sequence(gen, [5], truncated_last=True), bar_sequence(gen, [2], truncated_last=True)]
+    batch = make_batch(targets, [bar_sequence(gen, [3], truncated_last=True)] * 2)
     assert int(batch.prev_output.num_complete_bars.max()) == 0
+    assert int(batch.source.num_complete_bars.max()) == 0
     with torch.no_grad():
         assert model(batch).isfinite().all()
 
