@@ -47,6 +47,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _score_names(scores: list[Path]) -> dict[Path, str]:
+    """Output base names: the score's stem, or -- when stems collide, as with (n)ASAP's ``xml_score`` --
+    its folders below the common ancestor joined by ``__`` (``Bach__Prelude__bwv_854``, the naming
+    ``imf evaluate`` expects for renderings)."""
+    unique = list(dict.fromkeys(p.resolve() for p in scores))
+    stems = [p.stem for p in unique]
+    if len(set(stems)) == len(stems):
+        return {p: p.stem for p in unique}
+    root = Path(os.path.commonpath([str(p.parent) for p in unique]))
+    names = {}
+    for p in unique:
+        parts = p.parent.relative_to(root).parts
+        names[p] = "__".join(parts) if parts else p.stem
+    if len(set(names.values())) != len(names):  # same folder twice: keep the stems too
+        names = {p: "__".join((*p.parent.relative_to(root).parts, p.stem)) for p in unique}
+    return names
+
+
 def _names(renderings: list, single: bool, output: Path) -> list[Path]:
     if single:
         if output.is_dir():
@@ -54,17 +72,9 @@ def _names(renderings: list, single: bool, output: Path) -> list[Path]:
         return [output]
     if output.suffix.lower() in (".mid", ".midi"):
         raise UserError(f"-o {output}: several outputs need a folder, not a MIDI file name")
-    names, seen = [], set()
-    for r in renderings:
-        stem = r.score.stem
-        base = stem if len({x.sample for x in renderings}) == 1 else f"{stem}.sample{r.sample + 1}"
-        name = base
-        k = 2
-        while name in seen:  # two scores with the same stem in different folders
-            name, k = f"{base}-{k}", k + 1
-        seen.add(name)
-        names.append(output / f"{name}.mid")
-    return names
+    base = _score_names([r.score for r in renderings])
+    several = len({r.sample for r in renderings}) > 1
+    return [output / f"{base[r.score.resolve()]}{f'.sample{r.sample + 1}' if several else ''}.mid" for r in renderings]
 
 
 def _side_path(option: Path | None, single: bool, midi: Path, suffix: str) -> Path | None:

@@ -88,3 +88,15 @@ def test_vocab_mismatch(scores, tmp_path, capsys):
 def test_language_model_checkpoint_is_refused(scores, tmp_path, capsys):
     lm = make_checkpoint(tmp_path / "lm", task="language_modeling")
     _bad([str(scores / "a.mid"), "--checkpoint", str(lm)], tmp_path, capsys, "language_modeling checkpoint")
+
+
+def test_colliding_score_names_use_their_folders():
+    from pathlib import Path
+
+    from instruct_museformer.cli.render import _score_names
+
+    a = Path("/data/nasap/Bach/Prelude/bwv_854/xml_score.musicxml")
+    b = Path("/data/nasap/Beethoven/Piano_Sonatas/21-2/xml_score.musicxml")
+    assert _score_names([a, b]) == {a: "Bach__Prelude__bwv_854", b: "Beethoven__Piano_Sonatas__21-2"}
+    c, d = Path("/x/one.mid"), Path("/y/two.mid")
+    assert _score_names([c, d]) == {c: "one", d: "two"}
