@@ -100,3 +100,18 @@ def test_colliding_score_names_use_their_folders():
     assert _score_names([a, b]) == {a: "Bach__Prelude__bwv_854", b: "Beethoven__Piano_Sonatas__21-2"}
     c, d = Path("/x/one.mid"), Path("/y/two.mid")
     assert _score_names([c, d]) == {c: "one", d: "two"}
+
+
+def test_checkpoint_without_tokenizer_file_uses_its_config(ckpt, scores, tmp_path):
+    copy = tmp_path / "ck"
+    shutil.copytree(ckpt, copy)
+    (copy / "tokenizer.json").unlink()  # config.json still embeds the tokenizer configuration
+    out = tmp_path / "a.mid"
+    assert imf(["render", str(scores / "a.mid"), "-o", str(out), "--checkpoint", str(copy), "--device", "cpu"]) == 0
+    assert out.is_file()
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the message when CUDA is absent")
+def test_cuda_requested_without_gpu(ckpt, scores, tmp_path, capsys):
+    _bad([str(scores / "a.mid"), "--checkpoint", str(ckpt), "--device", "cuda"], tmp_path, capsys,
+         "CUDA is not available")
