@@ -105,6 +105,7 @@ def decode(
     min_len: int = 0,
     max_len: int | None = None,
     static: bool | None = None,
+    with_logprobs: bool = True,
 ) -> list[DecodeResult]:
     """Decode every request in one batch with the cached decoder; see :class:`DecodeRequest`.
 
@@ -159,8 +160,9 @@ def decode(
             out = nn.functional.pad(out, (0, out.shape[1]), value=PAD)
             lp = nn.functional.pad(lp, (0, lp.shape[1]), value=float("nan"))
         out[:, step] = nxt
-        chosen = torch.log_softmax(logits, dim=-1).gather(1, nxt[:, None])[:, 0]
-        lp[:, step] = torch.where(forced, torch.full_like(chosen, float("nan")), chosen)
+        if with_logprobs:  # fairseq-style scores (imf generate); four launches a step otherwise saved
+            chosen = torch.log_softmax(logits, dim=-1).gather(1, nxt[:, None])[:, 0]
+            lp[:, step] = torch.where(forced, torch.full_like(chosen, float("nan")), chosen)
         step += 1
         # stop: EOS; all target bars of a non-final window; the soft limit once a new bar is complete
         ended = state.done | (~final & (state.target_bars >= 0) & (state.bars_done >= state.target_bars))

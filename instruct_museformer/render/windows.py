@@ -117,7 +117,7 @@ def render_token_bars(
             ))
             plans.append((i, start, first))
             stats.max_encoder_tokens = max(stats.max_encoder_tokens, len(source))
-        results = decode(model, requests, beat_table, grammar, opts, generator)
+        results = decode(model, requests, beat_table, grammar, opts, generator, with_logprobs=logprobs is not None)
         stats.rounds += 1
         for (i, start, first), result in zip(plans, results, strict=True):
             stats.windows += 1
