@@ -286,3 +286,28 @@ def restore_rng(tensors: dict[str, torch.Tensor], py: dict[str, Any]) -> None:
     if "python" in py:
         version, internal, gauss = py["python"]
         random.setstate((version, tuple(internal), gauss))
+
+
+INFERENCE_FILES = ("config.json", "tokenizer.json")
+
+
+def export_inference_checkpoint(source: Path, destination: Path, dtype: torch.dtype = torch.float16) -> Path:
+    """Copy a checkpoint for rendering only: weights in ``dtype`` (half the size), no optimizer state.
+
+    Loading casts the weights back into the model's float32 parameters, so the exported copy renders
+    with the same code path as a training checkpoint.
+    """
+    directory = resolve_checkpoint(Path(source))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
+    tmp.chmod(0o755)  # a shipped model must be readable by everyone, unlike mkdtemp's default
+    try:
+        weights = load_file(str(directory / "model.safetensors"))
+        save_file({k: v.to(dtype) if v.is_floating_point() else v for k, v in weights.items()},
+                  str(tmp / "model.safetensors"))
+        for name in (*INFERENCE_FILES, *(p.name for p in directory.glob("dict.*.txt"))):
+            if (directory / name).is_file():
+                shutil.copy2(directory / name, tmp / name)
+        _publish(tmp, destination)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return destination
