@@ -16,7 +16,7 @@ from ..data.batch import BarTokens
 from .attention import resolve_impl
 from .config import MuseformerConfig
 from .encoder import EncoderOut, layer_schemes, make_embeddings, make_layers
-from .masks import AttentionLayout, bar_layout, cross_layout, pad_bar_tokens, regular_layout, summary_layout
+from .masks import AttentionLayout, bar_layout, build_block_masks, cross_layout, pad_bar_tokens, self_attention_layouts
 from .scheme import parse_scheme
 
 
@@ -56,14 +56,9 @@ class MuseformerDecoder(nn.Module):
         sc = self.schemes
         cache: dict[tuple, AttentionLayout] = {}
         for i, layer in enumerate(self.layers):
-            kx = ("sx", sc["sum2con"][i], sc["sum2sum"][i])
-            kr = ("rx", sc["con2con"][i], sc["con2sum"][i])
-            if kx not in cache:
-                cache[kx] = summary_layout(side, sc["sum2con"][i], sc["sum2sum"][i])
-            if kr not in cache:
-                cache[kr] = regular_layout(
-                    side, sc["con2con"][i], sc["con2sum"][i], cfg.con2con_causal, cfg.pref2pref_mode
-                )
+            sx, rx = self_attention_layouts(
+                cache, side, sc, i, causal=cfg.con2con_causal, pref2pref=cfg.pref2pref_mode
+            )
             extra: tuple = ()
             if layer.cross is not None:
                 if encoder_out is None:
@@ -72,14 +67,12 @@ class MuseformerDecoder(nn.Module):
                 if kc not in cache:
                     cache[kc] = cross_layout(side, encoder_out.side, sc["cross_con2con"][i], sc["cross_con2sum"][i])
                 extra = (layer.cross.memory_kv(encoder_out.memory), cache[kc])
-            if impl == "flex":  # BlockMasks are built once, outside the layers (and any compiled region)
-                for layout in (cache[kx], cache[kr], *extra[1:]):
-                    if layout.segments is None:  # summaries reading their own bar need no BlockMask
-                        layout.block_mask(cfg.block_size)
+            if impl == "flex":
+                build_block_masks((sx, rx, *extra[1:]), cfg.block_size)
             if cfg.gradient_checkpointing and self.training:
-                x = checkpoint(layer, x, num_sum, cache[kx], cache[kr], *extra, use_reentrant=False)
+                x = checkpoint(layer, x, num_sum, sx, rx, *extra, use_reentrant=False)
             else:
-                x = layer(x, num_sum, cache[kx], cache[kr], *extra)
+                x = layer(x, num_sum, sx, rx, *extra)
         r = x[:, num_sum:]  # summary outputs are dropped after the last layer
         if self.final_norm is not None:
             r = self.final_norm(r)

@@ -19,7 +19,7 @@ from .attention import resolve_impl
 from .config import MuseformerConfig
 from .embeddings import BarEmbeddings
 from .layers import MuseformerLayer
-from .masks import AttentionLayout, BarLayout, bar_layout, pad_bar_tokens, regular_layout, summary_layout
+from .masks import AttentionLayout, BarLayout, bar_layout, build_block_masks, pad_bar_tokens, self_attention_layouts
 from .scheme import OffsetSet, parse_scheme
 
 
@@ -105,19 +105,12 @@ class MuseformerEncoder(nn.Module):
         cache: dict[tuple, AttentionLayout] = {}
         sc = self.schemes
         for i, layer in enumerate(self.layers):
-            kx = ("sx", sc["sum2con"][i], sc["sum2sum"][i])
-            kr = ("rx", sc["con2con"][i], sc["con2sum"][i])
-            if kx not in cache:
-                cache[kx] = summary_layout(side, sc["sum2con"][i], sc["sum2sum"][i])
-            if kr not in cache:
-                cache[kr] = regular_layout(side, sc["con2con"][i], sc["con2sum"][i], causal=False)
-            if impl == "flex":  # BlockMasks are built once, outside the layers (and any compiled region)
-                for layout in (cache[kx], cache[kr]):
-                    if layout.segments is None:  # summaries reading their own bar need no BlockMask
-                        layout.block_mask(cfg.block_size)
+            sx, rx = self_attention_layouts(cache, side, sc, i, causal=False)
+            if impl == "flex":
+                build_block_masks((sx, rx), cfg.block_size)
             if cfg.gradient_checkpointing and self.training:
-                x = checkpoint(layer, x, num_sum, cache[kx], cache[kr], use_reentrant=False)
+                x = checkpoint(layer, x, num_sum, sx, rx, use_reentrant=False)
             else:
-                x = layer(x, num_sum, cache[kx], cache[kr])
+                x = layer(x, num_sum, sx, rx)
         memory = self.final_norm(x)  # (B, S+R, d) = [summaries ; regular states]
         return EncoderOut(memory, side)

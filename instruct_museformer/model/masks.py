@@ -347,6 +347,37 @@ def summary_layout(side: BarLayout, sum2con: OffsetSet, sum2sum: OffsetSet) -> A
     )
 
 
+def self_attention_layouts(
+    cache: dict[tuple, AttentionLayout],
+    side: BarLayout,
+    schemes: dict[str, list[OffsetSet]],
+    layer: int,
+    *,
+    causal: bool,
+    pref2pref: str = "lt",
+) -> tuple[AttentionLayout, AttentionLayout]:
+    """(sx, rx) layouts of one layer; layers that repeat a scheme share the layouts built in ``cache``."""
+    sum_key = ("sx", schemes["sum2con"][layer], schemes["sum2sum"][layer])
+    reg_key = ("rx", schemes["con2con"][layer], schemes["con2sum"][layer])
+    if sum_key not in cache:
+        cache[sum_key] = summary_layout(side, schemes["sum2con"][layer], schemes["sum2sum"][layer])
+    if reg_key not in cache:
+        cache[reg_key] = regular_layout(
+            side, schemes["con2con"][layer], schemes["con2sum"][layer], causal, pref2pref
+        )
+    return cache[sum_key], cache[reg_key]
+
+
+def build_block_masks(layouts: tuple[AttentionLayout, ...], block_size: int) -> None:
+    """Build the flex BlockMasks once, outside the layers (and any compiled region).
+
+    Summaries reading exactly their own bar (``segments``) go through a segment softmax and need none.
+    """
+    for layout in layouts:
+        if layout.segments is None:
+            layout.block_mask(block_size)
+
+
 def cross_layout(
     target: BarLayout, source: BarLayout, cross_con2con: OffsetSet, cross_con2sum: OffsetSet
 ) -> AttentionLayout:
