@@ -1,20 +1,37 @@
-# One device call (docs/model.md): bf16 throughput of the seed's configuration, then the default model,
-# its validation/test loss, and a float16 inference copy under $OUT/default_model.
+# The default model on the device (docs/model.md), in two back-to-back calls of the device tool, since one
+# call may run 10 minutes: the save dir (checkpoints/, git-ignored) survives while the machine stays warm.
+#   PHASE=1: train TRAIN_SECONDS.   PHASE=2: resume for TRAIN_SECONDS, then validate the last interval
+#   checkpoints on 'valid', pick the best, measure it on 'test', export it (float16).
+# $OUT gets logs.tgz and default_model.tgz.part-* (the device tool returns files of at most 16 MiB).
 source scripts/device_env.sh
 DATA=.cache/data-bin/instruct_museformer
-timeout -k 10 70 python3 -m instruct_museformer train "$DATA" --arch museformer_lm_v2s1 --task museformer_language_modeling \
-  --tokens-per-sample 100000 --truncate-train 15360 --batch-size 1 --bf16 --lr 5e-4 --warmup-updates 16000 \
-  --log-interval 20 --num-workers 8 --beat-mask-ts True --no-save --disable-validation --log-format simple \
-  > $OUT/seed_bf16.log 2>&1
-grep train_inner $OUT/seed_bf16.log | tail -2
-nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 500 > $OUT/mem_default.csv & smi=$!
-bash scripts/train_default_model.sh "$DATA" checkpoints/default ${TRAIN_SECONDS:-390} > $OUT/train_default.log 2>&1
-kill $smi; echo "default training peak MiB $(sort -n $OUT/mem_default.csv | tail -1)"
-grep train_inner $OUT/train_default.log | tail -3
-timeout -k 10 60 python3 -m instruct_museformer validate "$DATA" --path checkpoints/default/checkpoint_last \
-  --valid-subset valid,test --truncate-test 8192 --truncate-valid 8192 --max-tokens 65536 > $OUT/validate.log 2>&1
-tail -4 $OUT/validate.log
+SAVE=checkpoints/default
+LOG=/tmp/logs; mkdir -p $LOG
+finish() { tar -C /tmp -czf $OUT/logs_phase$PHASE.tgz logs; }
+trap finish EXIT
+nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 1000 > $LOG/mem_phase$PHASE.csv & smi=$!
+bash scripts/train_default_model.sh "$DATA" "$SAVE" "${TRAIN_SECONDS:?}" > $LOG/train_phase$PHASE.log 2>&1
+kill $smi; echo "phase $PHASE peak MiB $(sort -n $LOG/mem_phase$PHASE.csv | tail -1)"
+grep -E "num. model params" $LOG/train_phase$PHASE.log; grep train_inner $LOG/train_phase$PHASE.log | tail -2
+ls $SAVE | tr '\n' ' '; echo
+[ "$PHASE" = 2 ] || exit 0
+V=(--truncate-valid 8192 --truncate-test 8192 --max-tokens 65536 --attention-impl flex --bf16)
+best=""; best_loss=999
+for ck in $(ls -d $SAVE/checkpoint_*_* | sort -t_ -k3 -n | tail -${VALIDATE_LAST:-3}); do
+  log=$LOG/validate_$(basename $ck).log
+  timeout -k 5 ${VALIDATE_SECONDS:-60} python3 -m instruct_museformer validate "$DATA" --path "$ck" --valid-subset valid \
+    "${V[@]}" > $log 2>&1
+  loss=$(grep -oP "valid on 'valid' subset \| loss \K[\d.]+" $log)
+  echo "$(basename $ck) valid loss ${loss:-failed}"
+  if [ -n "$loss" ] && python3 -c "import sys; sys.exit(0 if $loss < $best_loss else 1)"; then best=$ck; best_loss=$loss; fi
+done
+best=${best:-$SAVE/checkpoint_last}
+echo "best: $best ($best_loss bits)"
+timeout -k 5 ${VALIDATE_SECONDS:-60} python3 -m instruct_museformer validate "$DATA" --path "$best" \
+  --valid-subset valid,test "${V[@]}" > $LOG/validate_best.log 2>&1; grep -E "subset" $LOG/validate_best.log
 python3 -c "
 from pathlib import Path; from instruct_museformer.train.checkpoint import export_inference_checkpoint
-export_inference_checkpoint(Path('checkpoints/default/checkpoint_last'), Path('$OUT/default_model'))"
-ls -la $OUT/default_model; cp checkpoints/default/checkpoint_last/trainer_state.json $OUT/
+export_inference_checkpoint(Path('$best'), Path('/tmp/default_model'))"
+cp $best/trainer_state.json $LOG/ 2>/dev/null
+ls -la /tmp/default_model
+tar -C /tmp -cf - default_model | split -b 15M - $OUT/default_model.tar.part-

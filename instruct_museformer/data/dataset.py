@@ -16,6 +16,12 @@ summary) and the case is counted in ``stats.partial_first_bar``. Every kept sequ
 of the stored one, which is why a sample is described by two prefix lengths computed once, vectorised,
 when the split is loaded.
 
+Chunking (``chunk=True``, ``imf train --chunk-train``; our extension): instead of keeping only the
+first L tokens of a long piece, cut it into consecutive bar-aligned chunks of at most L tokens on both
+sides, each a sample of its own whose bars restart at 1 -- the layout of a rendering window. The whole
+piece is then trained on; only the last chunk keeps the EOS(s). A single bar longer than L is cut
+inside (its first L tokens).
+
 Language modelling (``task="lm"``, Museformer's setting): ``{split}.bin/.idx`` (or fairseq's
 ``{split}.{src}-None.{src}`` from ``--only-source -s``); each song, with its EOS, is the target, and
 truncation keeps its first L tokens (complete bars plus a partial last bar, EOS only if it all fits).
@@ -132,8 +138,40 @@ def _truncate_pair(
     return src_keep, tgt_keep, partial
 
 
+def _chunk_bounds(
+    s_ends: np.ndarray, t_ends: np.ndarray, s_size: int, t_size: int, limit: int
+) -> list[tuple[int, int, int, int]]:
+    """Bar-aligned chunks ``(src_lo, src_hi, tgt_lo, tgt_hi)`` of one pair, each side at most ``limit`` tokens.
+
+    ``s_ends``/``t_ends``: prefix length after each bar (same count on both sides); sizes include the EOS.
+    """
+    chunks: list[tuple[int, int, int, int]] = []
+    bars = len(t_ends)
+    if bars == 0:
+        return [(0, min(s_size, limit), 0, max(1, min(t_size, limit)))]
+    s0 = t0 = 0
+    k0 = 0
+    while k0 < bars:
+        k = k0
+        while k < bars and s_ends[k] - s0 <= limit and t_ends[k] - t0 <= limit:
+            k += 1
+        if k == k0:  # this bar alone is too long: keep its first `limit` tokens
+            chunks.append((s0, min(s0 + limit, int(s_ends[k0])), t0, min(t0 + limit, int(t_ends[k0]))))
+            s0, t0, k0 = int(s_ends[k0]), int(t_ends[k0]), k0 + 1
+            continue
+        s1, t1 = int(s_ends[k - 1]), int(t_ends[k - 1])
+        if k == bars:  # the last chunk: the trailing EOS when it fits, the source's on its own if need be
+            if s_size - s0 <= limit:
+                s1 = s_size
+                if t_size - t0 <= limit:
+                    t1 = t_size
+        chunks.append((s0, s1, t0, t1))
+        s0, t0, k0 = s1, t1, k
+    return chunks
+
+
 class PairDataset:
-    """A split of a data-bin, truncated; ``sizes[i]`` = max(len(source), len(target)) of sample i."""
+    """A split of a data-bin, truncated or chunked; ``sizes[i]`` = max(len(source), len(target)) of sample i."""
 
     def __init__(
         self,
@@ -141,10 +179,13 @@ class PairDataset:
         source: MMapIndexedDataset | None = None,
         *,
         truncate: int | None = None,
+        chunk: bool = False,
         name: str = "dataset",
     ):
         if truncate is not None and truncate < 1:
             raise UserError(f"{name}: truncation length {truncate} must be at least 1")
+        if chunk and truncate is None:
+            raise UserError(f"{name}: chunking needs a chunk length (--truncate-train)")
         self.name = name
         self.target_data = target
         self.source_data = source
@@ -179,7 +220,10 @@ class PairDataset:
             src_keep, tgt_keep, partial = _truncate_pair(source.sizes, target.sizes, src_bars, tgt_bars, truncate)
         self.source_lengths = src_keep
         self.target_lengths = tgt_keep
-        self.sizes = tgt_keep.copy() if src_keep is None else np.maximum(src_keep, tgt_keep)
+        # sample i = piece piece_of[i], tokens [lo, hi) of each side (prefixes unless chunked)
+        self.piece_of = np.arange(len(target), dtype=np.int64)
+        self.target_start = np.zeros(len(target), dtype=np.int64)
+        self.source_start = None if src_keep is None else np.zeros(len(target), dtype=np.int64)
         truncated = tgt_keep < target.sizes
         total = int(target.sizes.astype(np.int64).sum())
         kept = int(tgt_keep.sum())
@@ -188,18 +232,47 @@ class PairDataset:
             total += int(source.sizes.astype(np.int64).sum())
             kept += int(src_keep.sum())
         self.stats = TruncationStats(len(target), int(truncated.sum()), int(partial.sum()), kept, total)
+        if chunk:
+            self._chunk(target, source, truncate)
+        self.sizes = self.target_lengths - self.target_start
+        if self.source_lengths is not None:
+            self.sizes = np.maximum(self.sizes, self.source_lengths - self.source_start)
+
+    def _chunk(self, target: MMapIndexedDataset, source: MMapIndexedDataset | None, limit: int) -> None:
+        t_pos, t_start = _bar_ends(target)
+        s_pos, s_start = (t_pos, t_start) if source is None else _bar_ends(source)
+        s_sizes = target.sizes if source is None else source.sizes
+        rows = []
+        for i in range(len(target)):
+            t_ends = t_pos[t_start[i] : t_start[i + 1]] + 1
+            s_ends = s_pos[s_start[i] : s_start[i + 1]] + 1
+            rows += [(i, *c) for c in _chunk_bounds(s_ends, t_ends, int(s_sizes[i]), int(target.sizes[i]), limit)]
+        table = np.array(rows, dtype=np.int64).reshape(-1, 5)
+        self.piece_of = table[:, 0]
+        self.target_start, self.target_lengths = table[:, 3], table[:, 4]
+        if source is not None:
+            self.source_start, self.source_lengths = table[:, 1], table[:, 2]
+        kept = int((table[:, 4] - table[:, 3]).sum())
+        if source is not None:
+            kept += int((table[:, 2] - table[:, 1]).sum())
+        total = int(target.sizes.astype(np.int64).sum())
+        if source is not None:
+            total += int(source.sizes.astype(np.int64).sum())
+        self.stats = TruncationStats(len(table), 0, 0, kept, total)
 
     def __len__(self) -> int:
-        return len(self.target_data)
+        return len(self.piece_of)
 
     def __getitem__(self, index: int) -> Sample:
         if not 0 <= index < len(self):
             raise IndexError(f"sample {index} out of range for {len(self)} samples")
-        target = torch.from_numpy(self.target_data.tokens(index)[: self.target_lengths[index]].astype(np.int64))
+        piece = int(self.piece_of[index])
+        lo, hi = self.target_start[index], self.target_lengths[index]
+        target = torch.from_numpy(self.target_data.tokens(piece)[lo:hi].astype(np.int64))
         source = None
         if self.source_data is not None:
-            kept = self.source_lengths[index]
-            source = torch.from_numpy(self.source_data.tokens(index)[:kept].astype(np.int64))
+            lo, hi = self.source_start[index], self.source_lengths[index]
+            source = torch.from_numpy(self.source_data.tokens(piece)[lo:hi].astype(np.int64))
         return Sample(index, source, target)
 
     def num_tokens(self, index: int) -> int:
@@ -218,8 +291,10 @@ def load_dataset(
     source_lang: str = "score",
     target_lang: str = "perf",
     truncate: int | None = None,
+    chunk: bool = False,
 ) -> PairDataset:
-    """Open ``split`` of ``data_bin`` for ``task`` ('translation', or 'lm' alias 'language_modeling'), truncated."""
+    """Open ``split`` of ``data_bin`` for ``task`` ('translation', or 'lm' alias 'language_modeling'), truncated
+    (or chunked: see the module docstring)."""
     data_bin = Path(data_bin)
     name = f"{data_bin}/{split}"
     if task == "translation":
@@ -231,13 +306,13 @@ def load_dataset(
             if dataset_exists(src_prefix) and dataset_exists(tgt_prefix):
                 source = MMapIndexedDataset(src_prefix)
                 target = MMapIndexedDataset(tgt_prefix)
-                return PairDataset(target, source, truncate=truncate, name=name)
+                return PairDataset(target, source, truncate=truncate, chunk=chunk, name=name)
         raise UserError(f"split '{split}' not found: tried {' and '.join(tried)}{_split_hint(split)}")
     if task in ("lm", "language_modeling"):
         candidates = [data_bin / split, data_bin / f"{split}.{source_lang}-None.{source_lang}"]
         for prefix in candidates:
             if dataset_exists(prefix):
-                return PairDataset(MMapIndexedDataset(prefix), None, truncate=truncate, name=name)
+                return PairDataset(MMapIndexedDataset(prefix), None, truncate=truncate, chunk=chunk, name=name)
         tried = " and ".join(f"{p}.bin/.idx" for p in candidates)
         raise UserError(f"split '{split}' not found: tried {tried}{_split_hint(split)}")
     raise UserError(f"task {task!r}: expected one of {', '.join(TASKS)}")

@@ -43,7 +43,7 @@ class DataSource(Protocol):
     data_bin: Path | None
     langs: tuple[str, ...]
 
-    def load(self, split: str, truncate: int | None) -> SplitData: ...
+    def load(self, split: str, truncate: int | None, chunk: bool = False) -> SplitData: ...
 
     def batch_indices(
         self, sizes: np.ndarray, *, batch_size: int | None, max_tokens: int | None, seed: int, epoch: int,
@@ -125,11 +125,11 @@ class DataBinSource:
         self.vocab_size = sizes[0]
         self.beat_table = data_api.load_beat_table(data_bin, beat_mask_ts=beat_mask_ts)
 
-    def load(self, split: str, truncate: int | None) -> SplitData:
+    def load(self, split: str, truncate: int | None, chunk: bool = False) -> SplitData:
         kind = "translation" if self.task == "translation" else "lm"
         dataset = self._api.load_dataset(
             self.data_bin, split, task=kind, source_lang=self.source_lang, target_lang=self.target_lang,
-            truncate=truncate,
+            truncate=truncate, chunk=chunk,
         )
         return SplitData(split, dataset, _Collater(self._api.collate, self.beat_table))
 

@@ -154,6 +154,11 @@ def _add_common_data_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-invalid-size-inputs-valid-test", action="store_true")
     for split in ("train", "valid", "test"):
         parser.add_argument(f"--truncate-{split}", type=_optional(int), default=None, metavar="N")
+    parser.add_argument(
+        "--chunk-train", action="store_true",
+        help="cut long training pieces into consecutive bar-aligned chunks of at most --truncate-train tokens "
+        "(all of each piece is trained on) instead of keeping only their first chunk",
+    )
     parser.add_argument("--beat-mask-ts", type=parse_bool, nargs="?", const=True, default=False, metavar="BOOL")
     parser.add_argument("--take-bos-as-bar", type=parse_bool, nargs="?", const=True, default=False, metavar="BOOL")
     parser.add_argument("--log-format", default=None, choices=("none", "simple", "tqdm", "json"))
@@ -225,6 +230,10 @@ def build_validate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--valid-subset", default="valid", help="comma-separated splits")
     parser.add_argument("--batch-size-valid", type=int, default=None)
     parser.add_argument("--max-tokens-valid", type=int, default=None)
+    parser.add_argument(
+        "--attention-impl", choices=("auto", "flex", "reference"), default=None,
+        help="attention backend for this run (default: the checkpoint's); both give the same loss",
+    )
     return parser
 
 

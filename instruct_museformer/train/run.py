@@ -296,7 +296,7 @@ def _train_loop(args: argparse.Namespace, hooks: Hooks, info: DistInfo) -> int:
 
     progress = ProgressLogger(args.log_format, args.tensorboard_logdir, enabled=info.rank == 0,
                               no_progress_bar=args.no_progress_bar)
-    train_split = source.load(args.train_subset, args.truncate_train)
+    train_split = source.load(args.train_subset, args.truncate_train, chunk=args.chunk_train)
     valid_names = [] if args.disable_validation else [s for s in args.valid_subset.split(",") if s]
     # loaded now, as fairseq does, so that a missing split fails before hours of training
     valid_splits: dict[str, SplitData] = {name: source.load(name, _truncation(args, name)) for name in valid_names}
@@ -483,6 +483,15 @@ def _inherit_data_flags(args: argparse.Namespace, saved: dict[str, Any]) -> None
         logger.info(f"from the checkpoint's training flags: {', '.join(inherited)}")
 
 
+def _set_attention_impl(model: torch.nn.Module, impl: str) -> None:
+    """Switch every attention module (and the configs they read at forward time) to ``impl``."""
+    for module in model.modules():
+        if hasattr(module, "impl"):
+            module.impl = impl
+        if hasattr(module, "cfg"):
+            module.cfg.attention_impl = impl
+
+
 def validate(args: argparse.Namespace) -> int:
     """fairseq-validate: loss (base 2) and ppl of ``--path`` on each ``--valid-subset``."""
     info = _init_distributed(args)
@@ -491,6 +500,8 @@ def validate(args: argparse.Namespace) -> int:
         if args.user_dir:
             logger.info(f"--user-dir {args.user_dir}: not needed (Museformer is built in); ignored")
         model, cfg, metadata = load_checkpoint_model(Path(args.path))
+        if args.attention_impl is not None:
+            _set_attention_impl(model, args.attention_impl)
         _inherit_data_flags(args, metadata.get("args") or {})
         found = detect_task(Path(args.data), args.source_lang, args.target_lang)
         if found != cfg.task:

@@ -174,3 +174,52 @@ def test_barless_pieces_truncate_without_empty_targets(tmp_path):
     assert ds.stats.partial_first_bar == 2
     batch = collate([ds[0], ds[1]], _table())
     assert batch.prev_output.tokens.tolist() == [[EOS, 0, 0], [EOS, 9, 10]]
+
+
+def test_chunking_covers_whole_pieces_in_paired_bar_windows(tmp_path):
+    rng = random.Random(99)
+    pairs = []
+    for _ in range(120):
+        n = rng.randint(1, 12)
+        lengths = [[rng.randint(1, 12) for _ in range(n)] for _ in range(2)]
+        pairs.append(tuple(_bars(rng, ls) for ls in lengths))
+    _write_pairs(tmp_path, "train", pairs)
+    for limit in (3, 10, 25, 1000):
+        ds = load_dataset(tmp_path, "train", truncate=limit, chunk=True)
+        chunks: dict[int, list] = {}
+        for i in range(len(ds)):
+            sample = ds[i]
+            assert sample.id == i
+            src, tgt = sample.source.tolist(), sample.target.tolist()
+            assert 1 <= len(tgt) <= limit and len(src) <= limit
+            assert ds.sizes[i] == max(len(src), len(tgt))
+            chunks.setdefault(int(ds.piece_of[i]), []).append((src, tgt))
+        assert sorted(chunks) == list(range(len(pairs)))
+        for piece, (score, perf) in enumerate(pairs):
+            parts = chunks[piece]
+            s_bars = [b for b in _split_bars(score)]
+            p_bars = [b for b in _split_bars(perf)]
+            too_long = any(max(len(a), len(b)) > limit for a, b in zip(s_bars, p_bars, strict=True))
+            if not too_long:  # every bar whole: the chunks concatenate to the piece, bars paired per chunk
+                assert sum((s for s, _ in parts), []) == (score + [EOS])[: sum(len(s) for s, _ in parts)]
+                assert sum((t for _, t in parts), []) == (perf + [EOS])[: sum(len(t) for _, t in parts)]
+                assert sum(s.count(BAR) for s, _ in parts) == len(s_bars)
+                for s, t in parts:
+                    assert s.count(BAR) == t.count(BAR) >= 1
+                    assert t[-1] in (BAR, EOS)
+            # only the last chunk may hold the EOS, and it does when the whole tail fits
+            assert all(EOS not in t for _, t in parts[:-1])
+        if limit == 1000:
+            assert len(ds) == len(pairs) and all(ds[i].target.tolist()[-1] == EOS for i in range(len(ds)))
+    with pytest.raises(UserError, match="chunk"):
+        load_dataset(tmp_path, "train", chunk=True)
+
+
+def _split_bars(seq: list[int]) -> list[list[int]]:
+    bars, current = [], []
+    for t in seq:
+        current.append(t)
+        if t == BAR:
+            bars.append(current)
+            current = []
+    return bars

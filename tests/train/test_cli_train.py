@@ -50,6 +50,11 @@ def test_seed_command_trains_saves_logs_and_validates(data_bin: Path, tmp_path: 
     line = re.search(r"valid on 'valid' subset \| loss ([\d.]+) \| ppl ([\d.]+)", out)
     assert line and float(line.group(1)) == pytest.approx(float(valid[-1][0]), abs=1e-3)
     assert re.search(r"valid on 'test' subset \| loss [\d.]+ \| ppl [\d.]+", out)
+    # the backend switch (flex on a GPU) gives the same loss; on the CPU flex runs eagerly
+    assert main(["validate", str(data_bin), "--path", str(ck / "checkpoint_last"), "--batch-size", "1",
+                 "--truncate-valid", "48", "--attention-impl", "flex", "--cpu"]) == 0
+    again = re.search(r"valid on 'valid' subset \| loss ([\d.]+)", capsys.readouterr().out)
+    assert again and float(again.group(1)) == pytest.approx(float(line.group(1)), abs=1e-3)
 
 
 def test_cli_errors_are_one_line(data_bin: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
