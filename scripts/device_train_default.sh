@@ -5,7 +5,7 @@
 # $OUT gets logs.tgz and default_model.tgz.part-* (the device tool returns files of at most 16 MiB).
 source scripts/device_env.sh
 DATA=.cache/data-bin/instruct_museformer
-SAVE=checkpoints/default
+SAVE=${SAVE:-checkpoints/default}
 LOG=/tmp/logs; mkdir -p $LOG
 finish() { tar -C /tmp -czf $OUT/logs_phase$PHASE.tgz logs; }
 trap finish EXIT
