@@ -1,7 +1,8 @@
-# The default model on the device (docs/model.md), in two back-to-back calls of the device tool, since one
-# call may run 10 minutes: the save dir (checkpoints/, git-ignored) survives while the machine stays warm.
-#   PHASE=1: train TRAIN_SECONDS.   PHASE=2: resume for TRAIN_SECONDS, then validate the last interval
-#   checkpoints on 'valid', pick the best, measure it on 'test', export it (float16).
+# The default model on the device (docs/model.md), in back-to-back calls of the device tool, since one call
+# may run 10 minutes: the save dir (checkpoints/, git-ignored) survives while the machine stays warm.
+#   TRAIN_SECONDS > 0: train (resuming from the save dir) that long.
+#   SELECT=1: validate the last interval checkpoints on 'valid', pick the best, measure it on 'test',
+#   export it (float16).
 # $OUT gets logs.tgz and default_model.tgz.part-* (the device tool returns files of at most 16 MiB).
 source scripts/device_env.sh
 DATA=.cache/data-bin/instruct_museformer
@@ -9,13 +10,15 @@ SAVE=${SAVE:-checkpoints/default}
 LOG=/tmp/logs; mkdir -p $LOG
 finish() { tar -C /tmp -czf $OUT/logs_phase$PHASE.tgz logs; }
 trap finish EXIT
-nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 1000 > $LOG/mem_phase$PHASE.csv & smi=$!
-bash scripts/train_default_model.sh "$DATA" "$SAVE" "${TRAIN_SECONDS:?}" > $LOG/train_phase$PHASE.log 2>&1
-kill $smi; echo "phase $PHASE peak MiB $(sort -n $LOG/mem_phase$PHASE.csv | tail -1)"
-grep -E "num. model params" $LOG/train_phase$PHASE.log; grep train_inner $LOG/train_phase$PHASE.log | tail -2
-ls $SAVE | tr '\n' ' '; echo
-[ "$PHASE" = 2 ] || exit 0
-V=(--truncate-valid 8192 --truncate-test 8192 --max-tokens 65536 --attention-impl flex --bf16)
+if [ "${TRAIN_SECONDS:-0}" -gt 0 ]; then
+  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 1000 > $LOG/mem_phase$PHASE.csv & smi=$!
+  bash scripts/train_default_model.sh "$DATA" "$SAVE" "$TRAIN_SECONDS" > $LOG/train_phase$PHASE.log 2>&1
+  kill $smi; echo "phase $PHASE peak MiB $(sort -n $LOG/mem_phase$PHASE.csv | tail -1)"
+  grep -E "num. model params" $LOG/train_phase$PHASE.log; grep train_inner $LOG/train_phase$PHASE.log | tail -2
+  ls $SAVE | tr '\n' ' '; echo
+fi
+[ "${SELECT:-0}" = 1 ] || exit 0
+V=(--truncate-valid 8192 --truncate-test 8192 --max-tokens 32768 --attention-impl reference)
 best=""; best_loss=999
 for ck in $(ls -d $SAVE/checkpoint_*_* | sort -t_ -k3 -n | tail -${VALIDATE_LAST:-3}); do
   log=$LOG/validate_$(basename $ck).log
