@@ -54,6 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-samples", type=int, default=None, help="translation: only the first N samples")
     p.add_argument("--window-tokens", type=int, default=None, help="tokens per window (default: training length)")
     p.add_argument("--context-bars", type=int, default=8)
+    p.add_argument("--score-constrained", action="store_true",
+                   help="translation: hypothesis bar k plays exactly source bar k's notes, as imf render does "
+                   "(default: off, the model chooses the notes, as fairseq-generate samples)")
+    p.add_argument("--note-tolerance", type=int, default=24, metavar="POSITIONS",
+                   help="with --score-constrained: how far (positions, 48 per beat) an onset may move (default 24)")
     p.add_argument("--results-path", type=Path, default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--cpu", action="store_true", help="same as --device cpu")
@@ -142,7 +147,8 @@ def main(argv: list[str]) -> int:
             logprobs: list[list[float]] = []
             outs = render_token_bars(renderer.model, sources, renderer.beat_table, renderer.grammar, opts, generator,
                                      window_tokens=renderer.window_tokens, context_bars=args.context_bars,
-                                     logprobs=logprobs)
+                                     logprobs=logprobs, constrain_notes=args.score_constrained,
+                                     note_tolerance=args.note_tolerance)
             for sample, out, lp in zip(samples, outs, logprobs, strict=True):
                 i = int(sample.id)
                 emit([f"S-{i}\t{' '.join(str(t) for t in sample.source.tolist() if t != 2)}",

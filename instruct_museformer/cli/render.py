@@ -38,6 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window-tokens", type=int, default=None,
                    help="decoder/encoder tokens per window (default: the checkpoint's training length)")
     p.add_argument("--context-bars", type=int, default=8, help="rendered bars carried into the next window")
+    p.add_argument("--free-notes", action="store_true",
+                   help="let the model choose the notes (default: performance bar k plays exactly score bar k's "
+                   "notes, onsets within --note-tolerance of the score's)")
+    p.add_argument("--note-tolerance", type=int, default=24, metavar="POSITIONS",
+                   help="how far (in positions, 48 per beat) a note's onset may move from its score position "
+                   "(default: 24, half a beat)")
     p.add_argument("--wav", type=Path, default=None, metavar="FILE",
                    help="also synthesise a WAV with FluidSynth (a folder when there are several outputs)")
     p.add_argument("--plot", type=Path, default=None, metavar="FILE.png",
@@ -109,6 +115,8 @@ def main(argv: list[str]) -> int:
         raise UserError(f"--window-tokens {args.window_tokens}: must be at least 16")
     if args.context_bars < 0:
         raise UserError(f"--context-bars {args.context_bars}: must be >= 0")
+    if args.note_tolerance < 0:
+        raise UserError(f"--note-tolerance {args.note_tolerance}: must be >= 0")
     if args.wav is not None and (missing := fluidsynth_available()):
         raise UserError(f"--wav {args.wav}: {missing}")
     scores = collect_scores(args.scores)
@@ -117,7 +125,8 @@ def main(argv: list[str]) -> int:
     opts = SamplingOptions(args.sampling_topk, args.sampling_topp, args.temperature)
     stats = WindowStats()
     start = time.perf_counter()
-    renderings = render_files(renderer, scores, opts, args.num_samples, args.seed, args.context_bars, stats)
+    renderings = render_files(renderer, scores, opts, args.num_samples, args.seed, args.context_bars, stats,
+                              free_notes=args.free_notes, note_tolerance=args.note_tolerance)
     elapsed = time.perf_counter() - start
     names = _names(renderings, single, args.output)
     if not single:

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..data.batch import collate_bar_tokens
 from ..tokens.specials import BAR, EOS, PAD
-from .grammar import GrammarState, TokenGrammar
+from .grammar import DEFAULT_NOTE_TOLERANCE, GrammarState, TokenGrammar
 from .incremental import IncrementalDecoder
 
 
@@ -49,6 +49,8 @@ class DecodeRequest:
     bar_budget:  tokens per bar before the bar is made to close
     stop_at:     soft length limit (tokens after the BOS): stop there once a new bar is complete
     final:       the window ends the piece: emit EOS after the last bar (else stop without it)
+    notes:       per bar (prefix bars included), the score notes (position, Pitch id) it must play exactly;
+                 None: the model chooses the notes
     """
 
     source: list[int] | None
@@ -58,6 +60,7 @@ class DecodeRequest:
     bar_budget: int = 1024
     stop_at: int | None = None
     final: bool = True
+    notes: list[list[tuple[int, int]]] | None = None
 
 
 @dataclass
@@ -106,6 +109,7 @@ def decode(
     max_len: int | None = None,
     static: bool | None = None,
     with_logprobs: bool = True,
+    note_tolerance: int = DEFAULT_NOTE_TOLERANCE,
 ) -> list[DecodeResult]:
     """Decode every request in one batch with the cached decoder; see :class:`DecodeRequest`.
 
@@ -125,7 +129,8 @@ def decode(
     if max_len is not None:
         capacity = max(capacity, max_len + 2)
     if any(r.stop_at for r in requests):  # a window stops once its bar closes: the budget bounds the overshoot
-        capacity = max(capacity, max((r.stop_at or 0) + r.bar_budget + 16 for r in requests))
+        # (over budget, a bar with score notes still open may take up to ~7 tokens per open note to close)
+        capacity = max(capacity, max((r.stop_at or 0) + (2 if r.notes else 1) * r.bar_budget + 16 for r in requests))
     if static is None:
         static = dev.type == "cuda" and bounded
     max_bars = max((r.target_bars for r in requests), default=-1)
@@ -133,7 +138,8 @@ def decode(
     cache = IncrementalDecoder(decoder, b, beat_table, encoder_out, capacity=capacity, static=static,
                                max_bars=max_bars, cuda_graph=static and dev.type == "cuda")
     state = GrammarState.start(grammar, [r.target_bars for r in requests], [r.timesigs for r in requests],
-                               [r.bar_budget for r in requests], min_len=min_len, max_len=max_len)
+                               [r.bar_budget for r in requests], min_len=min_len, max_len=max_len,
+                               notes=[r.notes for r in requests], note_tolerance=note_tolerance)
     prefix_len = torch.tensor([len(r.prefix) for r in requests], device=dev)
     longest = int(prefix_len.max()) if b else 0
     prefix = torch.full((b, max(longest, 1)), PAD, dtype=torch.long, device=dev)

@@ -13,7 +13,14 @@ Rules enforced at every step (vectorised over the batch, no host round trip per 
 * Bar may close the bar after a TimeSig, Tempo, pedal or Duration (never inside a note);
 * rendering: after as many Bars as the score has bars, EOS and nothing else; EOS nowhere else.
   Language modelling: EOS after a Bar once ``min_len`` tokens exist; EOS forced at ``max_len``;
-* a bar longer than its token budget may only finish its current note/position and close.
+* a bar longer than its token budget may only finish its current note/position and close;
+* score-constrained rendering (``notes``): performance bar k plays exactly score bar k's notes -- a Pitch
+  only for a not yet played note of the bar whose score position is at most ``note_tolerance`` positions
+  ahead, no Position past an unplayed note's position + tolerance (no note is skipped), Bar only once
+  every note is played; over budget, only what finishes the notes is allowed.
+
+Every step is a fixed-shape tensor function (no boolean indexing, state updated in place), so that the
+whole decoding step can be replayed as one CUDA graph.
 
 Token types come from the vocabulary strings (``Vocab.tokens``); ids beyond the tokenizer's vocabulary
 (a dictionary padded by ``--padding-factor``) and the specials other than EOS are never allowed.
@@ -44,6 +51,8 @@ _FOLLOW = {
     T_DURATION: (T_PITCH, T_POSITION, T_BAR),
 }
 MAX_PEDALS_PER_POSITION = 2
+DEFAULT_NOTE_TOLERANCE = 24  # half a beat (48 positions per beat)
+_FAR = 1 << 30  # beyond any position
 
 
 class TokenGrammar:
@@ -71,6 +80,8 @@ class TokenGrammar:
                     n, d = (int(x) for x in value.split("/"))
                     self.bar_positions[i] = n * positions_per_beat
                     self.timesig_of[(n, d)] = i
+        self.host_types = self.types.tolist()  # host copies: reading score tokens needs no device round trip
+        self.host_position = self.position.tolist()
         if int(self.types[EOS]) != T_EOS:
             raise ValueError("the vocabulary's EOS is not at the EOS id")
         self.max_positions = int(self.bar_positions.max()) if self.timesig_of else 0
@@ -92,12 +103,33 @@ class TokenGrammar:
         return self
 
 
+Note = tuple[int, int]  # (score position, Pitch token id)
+
+
+def score_bar_notes(bars: Sequence[Sequence[int]], grammar: TokenGrammar) -> list[list[Note]]:
+    """Per score bar, its notes as sorted, de-duplicated (position, Pitch id) pairs: what a rendering must play."""
+    types, position = grammar.host_types, grammar.host_position
+    out = []
+    for bar in bars:
+        pos, notes = 0, set()
+        for t in bar:
+            kind = types[t] if 0 <= t < len(types) else T_OTHER
+            if kind == T_POSITION:
+                pos = position[t]
+            elif kind == T_PITCH:
+                notes.add((pos, int(t)))
+        out.append(sorted(notes))
+    return out
+
+
 @dataclass
 class GrammarState:
-    """Where each sequence of a batch stands in the grammar; all fields are (B,) tensors except ``timesigs``.
+    """Where each sequence of a batch stands in the grammar; (B,) tensors unless said otherwise.
 
     target_bars: bars to produce (-1 = unbounded, language modelling); timesigs (B, bars): the TimeSig id
     each bar must start with (-1 = any); bar_budget: tokens per bar before it is made to close.
+    Score notes (B, bars, N) -- position, Pitch id, validity -- for the ``constrained`` sequences, and
+    ``played`` (B, N): which notes of the current bar were played. All tensors are updated in place.
     """
 
     grammar: TokenGrammar
@@ -112,6 +144,13 @@ class GrammarState:
     target_bars: torch.Tensor
     timesigs: torch.Tensor
     bar_budget: torch.Tensor
+    note_pos: torch.Tensor
+    note_pitch: torch.Tensor
+    note_valid: torch.Tensor
+    constrained: torch.Tensor
+    played: torch.Tensor
+    has_notes: bool = False
+    note_tolerance: int = DEFAULT_NOTE_TOLERANCE
     min_len: int = 0
     max_len: int | None = None
 
@@ -124,7 +163,10 @@ class GrammarState:
         bar_budget: Sequence[int] | int = 1024,
         min_len: int = 0,
         max_len: int | None = None,
+        notes: Sequence[Sequence[Sequence[Note]] | None] | None = None,
+        note_tolerance: int = DEFAULT_NOTE_TOLERANCE,
     ) -> GrammarState:
+        """``notes``: per sequence, per bar, the score notes that bar must play (None: free choice of notes)."""
         dev = grammar.types.device
         b = len(target_bars)
         zeros = torch.zeros(b, dtype=torch.long, device=dev)
@@ -134,6 +176,18 @@ class GrammarState:
             if row:
                 ts[i, : len(row)] = torch.tensor(list(row), dtype=torch.long)
         budget = [bar_budget] * b if isinstance(bar_budget, int) else list(bar_budget)
+        rows = list(notes) if notes is not None else [None] * b
+        n_bars = max((len(r) for r in rows if r is not None), default=0)
+        n_notes = max((len(bar) for r in rows if r is not None for bar in r), default=0)
+        pos = torch.zeros(b, max(n_bars, 1), max(n_notes, 1), dtype=torch.long)
+        pitch = torch.zeros_like(pos)
+        valid = torch.zeros_like(pos, dtype=torch.bool)
+        for i, r in enumerate(rows):
+            for k, bar in enumerate(r or []):
+                if bar:
+                    pos[i, k, : len(bar)] = torch.tensor([p for p, _ in bar])
+                    pitch[i, k, : len(bar)] = torch.tensor([t for _, t in bar])
+                    valid[i, k, : len(bar)] = True
         return cls(
             grammar,
             last_type=torch.full((b,), T_BAR, dtype=torch.long, device=dev),
@@ -147,9 +201,25 @@ class GrammarState:
             target_bars=torch.tensor(list(target_bars), dtype=torch.long, device=dev),
             timesigs=ts,
             bar_budget=torch.tensor(budget, dtype=torch.long, device=dev),
+            note_pos=pos.to(dev),
+            note_pitch=pitch.to(dev),
+            note_valid=valid.to(dev),
+            constrained=torch.tensor([r is not None for r in rows], dtype=torch.bool, device=dev),
+            played=torch.zeros(b, pos.shape[2], dtype=torch.bool, device=dev),
+            has_notes=any(r is not None for r in rows),
+            note_tolerance=note_tolerance,
             min_len=min_len,
             max_len=max_len,
         )
+
+    def _bar_notes(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, N) positions, Pitch ids and validity of the current bar's score notes (none when unconstrained)."""
+        n_bars, n = self.note_pos.shape[1:]
+        idx = self.bars_done.clamp(max=n_bars - 1)[:, None, None].expand(-1, 1, n)
+        pos = self.note_pos.gather(1, idx)[:, 0]
+        pitch = self.note_pitch.gather(1, idx)[:, 0]
+        valid = self.note_valid.gather(1, idx)[:, 0] & (self.constrained & (self.bars_done < n_bars))[:, None]
+        return pos, pitch, valid
 
     def allowed(self) -> torch.Tensor:
         """(B, V) bool: the tokens each sequence may emit next (exactly PAD once it is done)."""
@@ -157,7 +227,8 @@ class GrammarState:
         types = g.types[None, :]
         mask = g.follow[self.last_type].clone()
         is_pos = types == T_POSITION
-        pos_ok = (g.position[None, :] > self.last_pos[:, None]) & (g.position[None, :] < self.limit[:, None])
+        position = g.position[None, :]
+        pos_ok = (position > self.last_pos[:, None]) & (position < self.limit[:, None])
         mask &= ~is_pos | pos_ok
         mask &= ~(types == T_PEDAL) | (self.pedals[:, None] < MAX_PEDALS_PER_POSITION)
         # the bar's TimeSig, when the score prescribes one
@@ -167,22 +238,55 @@ class GrammarState:
         ids = torch.arange(g.vocab_size, device=mask.device)[None, :]
         mask &= ~(types == T_TIMESIG) | (required[:, None] < 0) | (ids == required[:, None])
         # over budget: finish the current note/position, then close the bar
-        over = (self.bar_tokens >= self.bar_budget)[:, None]
         after_position = (self.last_type == T_POSITION)[:, None]
         restricted = is_pos | (((types == T_PITCH) | (types == T_PEDAL) | (types == T_TEMPO)) & ~after_position)
+        if self.has_notes:
+            mask, restricted = self._note_rules(mask, restricted, is_pos, position, after_position)
+        over = (self.bar_tokens >= self.bar_budget)[:, None]
         mask &= ~(over & restricted)
         at_bar_start = self.last_type == T_BAR
         bounded = self.target_bars >= 0
         finished = bounded & (self.bars_done >= self.target_bars)
-        mask[finished] = False  # no new bar after the last one
-        mask[:, EOS] = (bounded & finished & at_bar_start) | (~bounded & at_bar_start & (self.length >= self.min_len))
+        mask &= ~finished[:, None]  # no new bar after the last one
+        eos = (bounded & finished & at_bar_start) | (~bounded & at_bar_start & (self.length >= self.min_len))
         if self.max_len is not None:
             forced = ~bounded & (self.length >= self.max_len)
-            mask[forced] = False
-            mask[forced, EOS] = True
-        mask[self.done] = False
+            mask &= ~forced[:, None]
+            eos = eos | forced
+        mask[:, EOS] = eos
+        mask &= ~self.done[:, None]
         mask[:, PAD] = self.done
         return mask
+
+    def _note_rules(
+        self, mask: torch.Tensor, restricted: torch.Tensor, is_pos: torch.Tensor, position: torch.Tensor,
+        after_position: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The score-note constraint on ``mask``, and what over budget still allows while notes are open.
+
+        Never empty: with notes open, either one is playable now (a Pitch), or the earliest one's own
+        position is a legal Position (> the last, <= every open note's position + tolerance, in the bar).
+        """
+        g, tol = self.grammar, self.note_tolerance
+        types = g.types[None, :]
+        pos, pitch, valid = self._bar_notes()
+        pos = torch.minimum(pos, self.limit[:, None] - 1)  # a note past the bar's end plays at its last position
+        open_ = valid & ~self.played
+        has_open = open_.any(dim=-1)
+        deadline = torch.where(open_, pos + tol, _FAR).amin(dim=-1)
+        earliest = torch.where(open_, pos - tol, _FAR).amin(dim=-1)
+        playable = open_ & (pos - tol <= self.last_pos[:, None])
+        counts = torch.zeros(mask.shape, dtype=torch.int32, device=mask.device)
+        counts.scatter_add_(1, pitch, playable.int())
+        row = self.constrained[:, None]
+        mask &= ~(row & (types == T_PITCH)) | (counts > 0)
+        mask &= ~(row & is_pos) | (position <= deadline[:, None])
+        mask &= ~(has_open[:, None] & (types == T_BAR))
+        # over budget with notes open: Positions only where a note becomes playable, no new Tempo/pedal
+        # except right after a Position (it must be followed by something), Pitches as the rules allow
+        finishing = (is_pos & (position < earliest[:, None])) | (
+            ((types == T_PEDAL) | (types == T_TEMPO)) & ~after_position)
+        return mask, torch.where(has_open[:, None], finishing, restricted)
 
     def advance(self, tokens: torch.Tensor, active: torch.Tensor | None = None) -> None:
         """Take one emitted (or forced) token per sequence; inactive/done sequences do not move."""
@@ -193,16 +297,21 @@ class GrammarState:
         is_bar, is_pos = kind == T_BAR, kind == T_POSITION
         is_ts = kind == T_TIMESIG
 
-        def upd(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
-            return torch.where(move, new, old)
+        def upd(old: torch.Tensor, new: torch.Tensor) -> None:
+            old.copy_(torch.where(move, new, old))
 
-        self.last_pos = upd(self.last_pos, torch.where(is_pos, g.position[tokens],
-                                                       torch.where(is_bar | is_ts, -1, self.last_pos)))
-        self.limit = upd(self.limit, torch.where(is_ts, g.bar_positions[tokens],
-                                                 torch.where(is_bar, g.max_positions, self.limit)))
-        self.pedals = upd(self.pedals, torch.where(is_pos | is_bar, 0, self.pedals + (kind == T_PEDAL).long()))
-        self.bars_done = upd(self.bars_done, self.bars_done + is_bar.long())
-        self.bar_tokens = upd(self.bar_tokens, torch.where(is_bar, 0, self.bar_tokens + 1))
-        self.length = upd(self.length, self.length + 1)
-        self.last_type = upd(self.last_type, kind)
-        self.done = self.done | (move & (kind == T_EOS))
+        if self.has_notes:  # mark the matching open note with the earliest score position as played
+            pos, pitch, valid = self._bar_notes()
+            match = valid & ~self.played & (pitch == tokens[:, None]) & (move & (kind == T_PITCH))[:, None]
+            first = torch.where(match, pos, _FAR).argmin(dim=-1)
+            slots = torch.arange(match.shape[1], device=match.device)[None, :]
+            hit = (slots == first[:, None]) & match.any(dim=-1)[:, None]
+            self.played.copy_((self.played | hit) & ~(move & is_bar)[:, None])
+        upd(self.last_pos, torch.where(is_pos, g.position[tokens], torch.where(is_bar | is_ts, -1, self.last_pos)))
+        upd(self.limit, torch.where(is_ts, g.bar_positions[tokens], torch.where(is_bar, g.max_positions, self.limit)))
+        upd(self.pedals, torch.where(is_pos | is_bar, 0, self.pedals + (kind == T_PEDAL).long()))
+        upd(self.bars_done, self.bars_done + is_bar.long())
+        upd(self.bar_tokens, torch.where(is_bar, 0, self.bar_tokens + 1))
+        upd(self.length, self.length + 1)
+        upd(self.last_type, kind)
+        self.done.copy_(self.done | (move & (kind == T_EOS)))

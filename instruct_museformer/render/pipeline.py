@@ -23,7 +23,7 @@ from torch import nn
 from ..errors import UserError
 from ..model.config import MuseformerConfig
 from .decode import SamplingOptions
-from .grammar import TokenGrammar
+from .grammar import DEFAULT_NOTE_TOLERANCE, TokenGrammar
 from .windows import ScoreMatch, WindowStats, render_token_bars, score_match
 
 SCORE_SUFFIXES = (".musicxml", ".mxl", ".xml", ".mei", ".krn", ".kern", ".mid", ".midi")
@@ -161,8 +161,14 @@ def render_files(
     seed: int = 1,
     context_bars: int = 8,
     stats: WindowStats | None = None,
+    free_notes: bool = False,
+    note_tolerance: int = DEFAULT_NOTE_TOLERANCE,
 ) -> list[Rendering]:
-    """Render every score ``num_samples`` times in one batch (windows as needed)."""
+    """Render every score ``num_samples`` times in one batch (windows as needed).
+
+    Performance bar k plays exactly score bar k's notes, each within ``note_tolerance`` positions (48 per
+    beat) of its score onset, unless ``free_notes`` lets the model choose the notes.
+    """
     if num_samples < 1:
         raise UserError(f"--num-samples {num_samples}: must be at least 1")
     opts.check()
@@ -172,6 +178,7 @@ def render_files(
     outputs = render_token_bars(
         renderer.model, [token_lists[i] for i, _ in jobs], renderer.beat_table, renderer.grammar, opts,
         generator, window_tokens=renderer.window_tokens, context_bars=context_bars, stats=stats,
+        constrain_notes=not free_notes, note_tolerance=note_tolerance,
     )
     return [
         Rendering(scores[i], k, token_lists[i], out, score_match(token_lists[i], out, renderer.grammar))

@@ -21,7 +21,7 @@ from torch import nn
 
 from ..tokens.specials import BAR, EOS
 from .decode import DecodeRequest, SamplingOptions, decode
-from .grammar import T_PITCH, T_TIMESIG, TokenGrammar
+from .grammar import DEFAULT_NOTE_TOLERANCE, T_PITCH, T_TIMESIG, TokenGrammar, score_bar_notes
 
 
 def split_bars(tokens: Sequence[int]) -> list[list[int]]:
@@ -71,13 +71,18 @@ def render_token_bars(
     bar_budget_factor: float = 4.0,
     stats: WindowStats | None = None,
     logprobs: list[list[float]] | None = None,
+    constrain_notes: bool = True,
+    note_tolerance: int = DEFAULT_NOTE_TOLERANCE,
 ) -> list[list[int]]:
     """Score token sequences -> performance token sequences (each ending with EOS), bar k for bar k.
 
+    ``constrain_notes``: performance bar k plays exactly score bar k's notes (pitches, onsets within
+    ``note_tolerance`` positions of the score's); off, the model chooses the notes.
     ``logprobs``, when given a list, receives each output's per-token model log-probabilities (nats).
     """
     stats = stats if stats is not None else WindowStats()
     score_bars = [split_bars(s) for s in scores]
+    bar_notes = [score_bar_notes(bars, grammar) for bars in score_bars] if constrain_notes else None
     perf_bars: list[list[list[int]]] = [[] for _ in scores]
     perf_lp: list[list[float]] = [[] for _ in scores]
     eos_lp: list[float] = [float("nan")] * len(scores)
@@ -105,7 +110,10 @@ def render_token_bars(
             final = target_end == len(bars)
             source = [t for b in bars[start:end] for t in b] + ([EOS] if end == len(bars) else [])
             prefix = [t for b in done[start:first] for t in b]
+            notes = bar_notes[i][start:target_end] if bar_notes is not None else None
             budget = [int(bar_budget_factor * len(b)) + 64 for b in bars[start:target_end]]
+            if notes is not None:  # the budget never cuts a bar short of its notes
+                budget += [4 * len(n) + 64 for n in notes]
             requests.append(DecodeRequest(
                 source=source,
                 prefix=prefix,
@@ -114,10 +122,12 @@ def render_token_bars(
                 bar_budget=max(budget),
                 stop_at=window_tokens,
                 final=final,
+                notes=notes,
             ))
             plans.append((i, start, first))
             stats.max_encoder_tokens = max(stats.max_encoder_tokens, len(source))
-        results = decode(model, requests, beat_table, grammar, opts, generator, with_logprobs=logprobs is not None)
+        results = decode(model, requests, beat_table, grammar, opts, generator, with_logprobs=logprobs is not None,
+                         note_tolerance=note_tolerance)
         stats.rounds += 1
         for (i, start, first), result in zip(plans, results, strict=True):
             stats.windows += 1

@@ -70,3 +70,21 @@ def test_generate_refuses_beam_and_wrong_task(data_bin, tmp_path, capsys):
     assert "only --beam 1" in capsys.readouterr().err
     assert imf(["generate", str(data_bin), "--path", str(ckpt), "--task", "museformer_language_modeling"]) == 2
     assert "translation checkpoint" in capsys.readouterr().err
+
+
+def test_generate_score_constrained(data_bin, tmp_path, capsys):
+    """--score-constrained: every hypothesis bar plays the source bar's pitches."""
+    from collections import Counter
+
+    from instruct_museformer.render.windows import split_bars
+
+    ckpt = make_checkpoint(tmp_path / "ck3")
+    assert imf(["generate", str(data_bin), "--path", str(ckpt), "--cpu", "--score-constrained"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    src = {line.split("\t")[0][2:]: [int(t) for t in line.split("\t")[1].split()] for line in out if line[0] == "S"}
+    hyp = {line.split("\t")[0][2:]: [int(t) for t in line.split("\t")[2].split()] for line in out if line[0] == "H"}
+    pitches = build_tokenizer().vocab
+    is_pitch = {i for t, i in pitches.items() if t.startswith("Pitch_")}
+    for i, s in src.items():
+        for s_bar, h_bar in zip(split_bars(s), split_bars(hyp[i]), strict=True):
+            assert Counter(t for t in h_bar if t in is_pitch) == Counter(t for t in s_bar if t in is_pitch)
