@@ -17,16 +17,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="imf render",
         description="Render scores (MusicXML, MEI, kern or score MIDI) as expressive piano performances with a "
-        "trained checkpoint: sampled bar by bar with an exact key/value cache, constrained to well-formed "
-        "tokens, with exactly the score's bars (performance bar k plays score bar k). Long scores render in "
-        "bar-aligned windows.",
+        "trained checkpoint (by default the one shipped in the package): sampled bar by bar with an exact "
+        "key/value cache, constrained to well-formed tokens, with exactly the score's bars (performance bar k "
+        "plays score bar k). Long scores render in bar-aligned windows.",
         allow_abbrev=False,
     )
     p.add_argument("scores", nargs="+", type=Path, metavar="SCORE", help="score files or folders of scores")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="OUT",
                    help="output MIDI file (one score, one sample) or folder (several)")
-    p.add_argument("--checkpoint", "--path", dest="checkpoint", type=Path, required=True, metavar="CKPT",
-                   help="checkpoint directory (or file) from imf train")
+    p.add_argument("--checkpoint", "--path", dest="checkpoint", type=Path, default=None, metavar="CKPT",
+                   help="checkpoint directory (or file) from imf train (default: the model shipped in the package, "
+                   "instruct_museformer/assets/default_model)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--sampling-topk", type=int, default=8, help="sample among the k most likely tokens (0: all)")
     p.add_argument("--sampling-topp", type=float, default=None, help="nucleus sampling mass (default: off)")

@@ -1,8 +1,9 @@
 """Score files -> expressive performance MIDI (and WAV, plot): what ``imf render`` runs.
 
 A checkpoint directory from ``imf train`` is self-contained (config, weights, tokenizer), so rendering
-needs nothing else. Every score is tokenized before any decoding starts, so a bad file fails early and
-no output is written; every output goes to a temporary file in its folder and is renamed at the end.
+needs nothing else; without one, the model shipped in the package is used (``render.default_model``).
+Every score is tokenized before any decoding starts, so a bad file fails early and no output is written;
+every output goes to a temporary file in its folder and is renamed at the end.
 """
 
 from __future__ import annotations
@@ -72,14 +73,19 @@ def _checkpoint_tokenizer(directory: Path, metadata: dict[str, Any]) -> Any:
 
 
 def load_renderer(
-    checkpoint: Path | str, device: str = "auto", window_tokens: int | None = None, task: str = "translation"
+    checkpoint: Path | str | None = None,
+    device: str = "auto",
+    window_tokens: int | None = None,
+    task: str = "translation",
 ) -> Renderer:
-    """Load a checkpoint (file or directory) for decoding; UserError when it does not fit ``task``."""
+    """Load a checkpoint (file or directory; None: the model shipped in the package) for decoding;
+    UserError when it is missing or does not fit ``task``."""
     from ..data.batch import BEAT_INHERIT
     from ..tokens.tokenizer import beat_table
     from ..train.checkpoint import load_checkpoint_model, resolve_checkpoint
+    from .default_model import default_model_dir
 
-    checkpoint = Path(checkpoint)
+    checkpoint = default_model_dir() if checkpoint is None else Path(checkpoint)
     if not checkpoint.exists():
         raise UserError(f"{checkpoint}: checkpoint not found")
     directory = resolve_checkpoint(checkpoint)
