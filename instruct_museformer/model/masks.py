@@ -138,7 +138,19 @@ class AttentionLayout:
     _block: dict[int, object] = field(default_factory=dict, repr=False)
 
     def mask_mod(self) -> MaskMod:
-        """The predicate, in FlexAttention's ``mask_mod(b, h, q_idx, kv_idx)`` form."""
+        """The predicate, in FlexAttention's ``mask_mod(b, h, q_idx, kv_idx)`` form, as cheap as it can be.
+
+        Inside partial tiles the kernel evaluates it for every (query, key) pair, so a per-pair gather from
+        the offset table would cost as much as the matrix products. When the offset sets change value only
+        within a window of 63 bar offsets (true of every scheme of the paper), each key row's offsets fit in
+        one int64 word and the per-pair work is a subtraction, a clamp and a bit test (``_bit_mask_mod``);
+        otherwise the table lookup is used.
+        """
+        words = self._bit_words()
+        return self._table_mask_mod() if words is None else _bit_mask_mod(self, *words)
+
+    def _table_mask_mod(self) -> MaskMod:
+        """The predicate through the offset table (ground truth of the dense reference path)."""
         # Flattened 1-D lookups (b * len + i): 2-D indexing inside mask_mod compiles to slower kernels.
         q_len, k_len = self.q_bar.shape[1], self.k_code.shape[1]
         q_bar, q_kind, k_code = self.q_bar.reshape(-1), self.q_kind.reshape(-1), self.k_code.reshape(-1)
@@ -159,27 +171,26 @@ class AttentionLayout:
 
         return allowed
 
+    def _bit_words(self) -> tuple[int, torch.Tensor] | None:
+        """(lo, words (4,) int64) such that row r allows bar distance d = query bar - key bar iff bit
+        ``clamp(d - lo + 1, 0, 63)`` of ``words[r]`` is set; None when some row changes value over a wider
+        window than 62 distances (then the table is needed)."""
+        n = self.num_bars
+        allow = self.off.view(4, 2 * n + 1).flip(1).cpu()  # [row, d + n], d = -offset
+        changes = (allow[:, 1:] != allow[:, :-1]).any(0).nonzero().flatten()  # d - n - 1 + 1 where it changes
+        lo = int(changes[0]) - n + 1 if len(changes) else 0
+        if len(changes) and int(changes[-1]) - int(changes[0]) > 62:
+            return None
+        d = (torch.arange(64) + lo - 1).clamp(-n, n)  # the distance each bit stands for
+        words = [sum(1 << i for i, on in enumerate(row.tolist()) if on) for row in allow[:, d + n]]
+        words = [w - (1 << 64) if w >= 1 << 63 else w for w in words]  # as int64 (bit 63 = sign)
+        return lo, torch.tensor(words, dtype=torch.int64, device=self.off.device)
+
     @property
     def table(self) -> torch.Tensor:
         """(n+2, 2(n+2)) bool: may query class i read key class j (the predicate on class representatives)."""
         if self._table is None:
-            n = self.num_bars
-            dev = self.off.device
-            width = 2 * n + 1
-            classes = torch.arange(n + 2, device=dev, dtype=torch.int32)
-            real = (classes >= 1) & (classes <= n)
-            zero = torch.zeros_like(classes)
-            # query representatives: class 0 = prefix, 1..n = content of that bar, n+1 = padding
-            q_bar = torch.where(real, classes, zero)
-            q_kind = torch.where(real, KIND_CONTENT, torch.where(classes == 0, KIND_PREF, KIND_PAD)).int()
-            # key representatives: summary region (class 0 never occurs there), then regular region
-            none = zero + ROW_NONE * width + n
-            k_sum = torch.where(real, ROW_SUM * width + classes + n, none)
-            k_reg = torch.where(
-                real, ROW_REG * width + classes + n, torch.where(classes == 0, ROW_PREF * width + n, none)
-            )
-            k_code = torch.cat([k_sum, k_reg])
-            self._table = _core(self.off, q_bar[:, None], q_kind[:, None], k_code[None, :], ROW_PREF * width)
+            self._table = _class_table(self.off, self.num_bars)
         return self._table
 
     def dense(self) -> torch.Tensor:
@@ -195,8 +206,8 @@ class AttentionLayout:
             self._dense = self.mask_mod()(b, h, q, kv)
         return self._dense
 
-    def tile_kinds(self, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(partial, full) tile flags, each (B, Q/bs, K/bs) bool, from the table alone (no dense grid).
+    def tile_kinds(self, block_size: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(partial, full) tile flags, each (B, Q/bq, K/bk) bool, from the table alone (no dense grid).
 
         A tile's queries cover a range of classes [q_lo, q_hi] and its keys [k_lo, k_hi]; the count of
         allowed class pairs in that rectangle (prefix sums over the table) is 0 -> empty, the full area ->
@@ -204,45 +215,25 @@ class AttentionLayout:
         Both tests are sound whatever classes are actually present; they are tight because classes grow
         monotonically along each region of the sequence.
         """
-        batch, q_len = self.q_class.shape
-        k_len = self.k_class.shape[1]
-        if q_len % block_size or k_len % block_size:
-            raise ValueError(f"lengths {q_len}, {k_len} are not multiples of the block size {block_size}")
-        nq, nk = q_len // block_size, k_len // block_size
-        qc = self.q_class.view(batch, nq, block_size)
-        kc = self.k_class.view(batch, nk, block_size)
-        rows, cols = self.table.shape
-        prefix = torch.zeros(rows + 1, cols + 1, dtype=torch.long, device=self.table.device)
-        prefix[1:, 1:] = self.table.long().cumsum(0).cumsum(1)
-        flat, width = prefix.reshape(-1), cols + 1
-        r1, r2 = qc.amin(-1)[:, :, None], qc.amax(-1)[:, :, None] + 1  # (B, nq, 1)
-        c1, c2 = kc.amin(-1)[:, None, :], kc.amax(-1)[:, None, :] + 1  # (B, 1, nk)
-        count = (
-            flat.take(r2 * width + c2)
-            - flat.take(r1 * width + c2)
-            - flat.take(r2 * width + c1)
-            + flat.take(r1 * width + c1)
-        )
-        any_allowed = count > 0
-        all_allowed = count == (r2 - r1) * (c2 - c1)
-        if self.k_pos is not None:
-            kp = self.k_pos.view(nk, block_size)
-            q_first = torch.arange(nq, device=kp.device)[:, None] * block_size  # (nq, 1)
-            q_last = q_first + block_size - 1
-            any_allowed = any_allowed & (kp.amin(-1)[None, :] <= q_last)
-            all_allowed = all_allowed & (kp.amax(-1)[None, :] <= q_first)
-        full = any_allowed & all_allowed
-        return any_allowed & ~full, full
+        return _tile_kinds(self.q_class, self.k_class, self.table, self.k_pos, block_size)
 
-    def block_mask(self, block_size: int) -> object:
-        """The FlexAttention BlockMask (heads broadcast), built once and shared by every layer using it."""
+    def block_mask(self, block_size: int | tuple[int, int]) -> object:
+        """The FlexAttention BlockMask (heads broadcast), built once and shared by every layer using it.
+
+        The tile structure is worked out on the CPU (a few dozen small ops on (B, Q/bs, K/bs) arrays, which
+        as CUDA launches cost more host time than the GPU work of a short step) and copied over once.
+        """
         if block_size not in self._block:
             from torch.nn.attention.flex_attention import BlockMask
 
-            partial, full = self.tile_kinds(block_size)
+            cpu = torch.device("cpu")
+            k_pos = None if self.k_pos is None else self.k_pos.to(cpu)
+            q_class, k_class = self.q_class.to(cpu), self.k_class.to(cpu)
+            table = _class_table(self.off.to(cpu), self.num_bars)
+            partial, full = _tile_kinds(q_class, k_class, table, k_pos, block_size)
             num, idx = _ordered(partial)
             full_num, full_idx = _ordered(full)
-            self._block[block_size] = BlockMask.from_kv_blocks(
+            block = BlockMask.from_kv_blocks(
                 num,
                 idx,
                 full_num,
@@ -251,7 +242,103 @@ class AttentionLayout:
                 mask_mod=self.mask_mod(),
                 seq_lengths=(self.q_class.shape[1], self.k_class.shape[1]),
             )
+            self._block[block_size] = block.to(self.q_class.device)
         return self._block[block_size]
+
+
+def _class_table(off: torch.Tensor, n: int) -> torch.Tensor:
+    """``AttentionLayout.table`` from the offset table, on its device."""
+    dev = off.device
+    width = 2 * n + 1
+    classes = torch.arange(n + 2, device=dev, dtype=torch.int32)
+    real = (classes >= 1) & (classes <= n)
+    zero = torch.zeros_like(classes)
+    # query representatives: class 0 = prefix, 1..n = content of that bar, n+1 = padding
+    q_bar = torch.where(real, classes, zero)
+    q_kind = torch.where(real, KIND_CONTENT, torch.where(classes == 0, KIND_PREF, KIND_PAD)).int()
+    # key representatives: summary region (class 0 never occurs there), then regular region
+    none = zero + ROW_NONE * width + n
+    k_sum = torch.where(real, ROW_SUM * width + classes + n, none)
+    k_reg = torch.where(real, ROW_REG * width + classes + n, torch.where(classes == 0, ROW_PREF * width + n, none))
+    k_code = torch.cat([k_sum, k_reg])
+    return _core(off, q_bar[:, None], q_kind[:, None], k_code[None, :], ROW_PREF * width)
+
+
+def _tile_kinds(
+    q_class: torch.Tensor,
+    k_class: torch.Tensor,
+    table: torch.Tensor,
+    k_pos: torch.Tensor | None,
+    block_size: int | tuple[int, int],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``AttentionLayout.tile_kinds`` on whatever device its inputs are on."""
+    bq, bk = (block_size, block_size) if isinstance(block_size, int) else block_size
+    batch, q_len = q_class.shape
+    k_len = k_class.shape[1]
+    if q_len % bq or k_len % bk:
+        raise ValueError(f"lengths {q_len}, {k_len} are not multiples of the block size {block_size}")
+    nq, nk = q_len // bq, k_len // bk
+    qc = q_class.view(batch, nq, bq)
+    kc = k_class.view(batch, nk, bk)
+    rows, cols = table.shape
+    prefix = torch.zeros(rows + 1, cols + 1, dtype=torch.long, device=table.device)
+    prefix[1:, 1:] = table.long().cumsum(0).cumsum(1)
+    flat, width = prefix.reshape(-1), cols + 1
+    r1, r2 = qc.amin(-1)[:, :, None], qc.amax(-1)[:, :, None] + 1  # (B, nq, 1)
+    c1, c2 = kc.amin(-1)[:, None, :], kc.amax(-1)[:, None, :] + 1  # (B, 1, nk)
+    count = (
+        flat.take(r2 * width + c2)
+        - flat.take(r1 * width + c2)
+        - flat.take(r2 * width + c1)
+        + flat.take(r1 * width + c1)
+    )
+    any_allowed = count > 0
+    all_allowed = count == (r2 - r1) * (c2 - c1)
+    if k_pos is not None:
+        kp = k_pos.view(nk, bk)
+        q_first = torch.arange(nq, device=kp.device)[:, None] * bq  # (nq, 1)
+        q_last = q_first + bq - 1
+        any_allowed = any_allowed & (kp.amin(-1)[None, :] <= q_last)
+        all_allowed = all_allowed & (kp.amax(-1)[None, :] <= q_first)
+    full = any_allowed & all_allowed
+    return any_allowed & ~full, full
+
+
+def _bit_mask_mod(layout: AttentionLayout, lo: int, words: torch.Tensor) -> MaskMod:
+    """``AttentionLayout.mask_mod`` with the offset table folded into one int64 word per key.
+
+    Per query: ``qv = bar - lo + 1``; per key: its bar and its row's word. A pair is allowed iff bit
+    ``clamp(qv - key bar, 0, 63)`` of the key's word is set (and causality holds). The query kinds need a
+    test of their own only when some row allows future bars: otherwise a prefix query (bar 0) finds no
+    summary or content key (bars >= 1) in its past, and padding queries get ``qv`` so low that every
+    distance clamps to bit 0, "a future bar", which no row allows.
+    """
+    n, width = layout.num_bars, 2 * layout.num_bars + 1
+    q_len, k_len = layout.q_bar.shape[1], layout.k_code.shape[1]
+    row, k_bar = layout.k_code.div(width, rounding_mode="floor"), layout.k_code % width - n
+    k_word = words[row.long()].reshape(-1)
+    rows_needed = bool(layout.off.view(4, width)[:, n + 1 :].any())  # some row allows a future bar
+    q_kind = layout.q_kind
+    q_val = layout.q_bar - lo + 1
+    if not rows_needed:
+        q_val = torch.where(q_kind == KIND_PAD, torch.full_like(q_val, -(1 << 20)), q_val)
+    q_val, k_bar, k_pos = q_val.reshape(-1).int(), k_bar.reshape(-1).int(), layout.k_pos
+    # which key rows a query may read at all: content all, prefix the prefix keys, padding none
+    rows_of_kind = torch.tensor([0, 1 << ROW_PREF, (1 << ROW_SUM) | (1 << ROW_REG) | (1 << ROW_PREF)])
+    q_rows = rows_of_kind.to(q_kind.device)[q_kind.long()].reshape(-1).int()
+    k_rows = (1 << row).reshape(-1).int()
+
+    def allowed(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+        qi, ki = b * q_len + q, b * k_len + kv
+        bit = (k_word[ki] >> (q_val[qi] - k_bar[ki]).clamp(0, 63)) & 1
+        ok = bit != 0
+        if rows_needed:
+            ok = ok & ((q_rows[qi] & k_rows[ki]) != 0)
+        if k_pos is not None:
+            ok = ok & (k_pos[kv] <= q)
+        return ok
+
+    return allowed
 
 
 def _ordered(selected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
