@@ -96,34 +96,113 @@ def segment_summaries(
     q_s (B, H, S, dh); k, v (B, H, S+R, dh) = [summary keys ; regular keys]; token_slot (B, R) = the summary
     slot that reads each regular token (-1: none); slot_valid (B, S). Same function as ``attend`` with the
     summary layout's mask (the tests compare them), but an attention kernel would give each of the few
-    summary query tiles the whole sequence to walk through serially.
+    summary query tiles the whole sequence to walk through serially. Without attention dropout it runs as
+    ``_SegmentSoftmax``, which recomputes its per-token products in backward instead of keeping them.
     """
-    b, h, s_len, dh = q_s.shape
-    if s_len == 0:  # no complete bar yet: no summary
+    if q_s.shape[2] == 0:  # no complete bar yet: no summary
         return q_s.new_zeros(q_s.shape)
+    if dropout_p == 0.0:
+        return _SegmentSoftmax.apply(q_s, k, v, token_slot, slot_valid)
+    b, h, s_len, dh = q_s.shape
     r_len = k.shape[2] - s_len
-    k_s, k_r, v_s, v_r = k[:, :, :s_len], k[:, :, s_len:], v[:, :, :s_len], v[:, :, s_len:]
+    v_s, v_r = v[:, :, :s_len], v[:, :, s_len:]
     has = (token_slot >= 0)[:, None, :]  # (B, 1, R)
     idx = token_slot.clamp(min=0)[:, None, :].expand(b, h, r_len)  # (B, H, R)
-    scale = 1.0 / math.sqrt(dh)
-    acc = torch.promote_types(q_s.dtype, torch.float32)  # scores and weights in float32 (or float64)
-    q_tok = torch.gather(q_s, 2, idx[..., None].expand(b, h, r_len, dh))  # (B, H, R, dh)
-    s_tok = (q_tok.to(acc) * k_r.to(acc)).sum(-1) * scale  # (B, H, R)
-    s_self = (q_s.to(acc) * k_s.to(acc)).sum(-1) * scale  # (B, H, S): a summary also reads itself
-    s_tok = s_tok.masked_fill(~has, float("-inf"))
+    s_tok, s_self, _ = _segment_scores(q_s, k, idx, has)
     with torch.no_grad():  # per-segment max, only to keep exp() in range (softmax does not depend on it)
         peak = s_self.clone().scatter_reduce_(2, idx, s_tok, reduce="amax", include_self=True)
     e_tok = torch.exp(s_tok - torch.gather(peak, 2, idx))  # (B, H, R); 0 where no slot reads the token
     e_self = torch.exp(s_self - peak)
     denom = e_self + torch.zeros_like(e_self).scatter_add(2, idx, e_tok)  # (B, H, S)
     p_tok, p_self = e_tok / torch.gather(denom, 2, idx), e_self / denom
-    if dropout_p > 0.0:
-        p_tok = nn.functional.dropout(p_tok, p=dropout_p, training=True)
-        p_self = nn.functional.dropout(p_self, p=dropout_p, training=True)
-    weighted = p_tok[..., None] * v_r.to(acc)  # (B, H, R, dh), summed per bar in float32
-    out = torch.zeros(b, h, s_len, dh, dtype=acc, device=q_s.device)
-    out = out.scatter_add(2, idx[..., None].expand(b, h, r_len, dh), weighted) + p_self[..., None] * v_s.to(acc)
+    p_tok = nn.functional.dropout(p_tok, p=dropout_p, training=True)
+    p_self = nn.functional.dropout(p_self, p=dropout_p, training=True)
+    out = _segment_sum(p_tok, p_self, v_s, v_r, idx)
     return (out * slot_valid[:, None, :, None]).to(v.dtype)  # unused slots read nothing: 0
+
+
+def _segment_scores(
+    q_s: torch.Tensor, k: torch.Tensor, idx: torch.Tensor, has: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Scores in float32 (or float64): per regular token against its slot's query (B, H, R; -inf where no
+    slot reads it) and of each summary against itself (B, H, S); also the gathered queries (B, H, R, dh)."""
+    b, h, s_len, dh = q_s.shape
+    acc = torch.promote_types(q_s.dtype, torch.float32)
+    scale = 1.0 / math.sqrt(dh)
+    q_tok = torch.gather(q_s, 2, idx[..., None].expand(*idx.shape, dh)).to(acc)  # (B, H, R, dh)
+    s_tok = (q_tok * k[:, :, s_len:].to(acc)).sum(-1) * scale
+    s_self = (q_s.to(acc) * k[:, :, :s_len].to(acc)).sum(-1) * scale  # a summary also reads itself
+    return s_tok.masked_fill(~has, float("-inf")), s_self, q_tok
+
+
+def _segment_sum(
+    p_tok: torch.Tensor, p_self: torch.Tensor, v_s: torch.Tensor, v_r: torch.Tensor, idx: torch.Tensor
+) -> torch.Tensor:
+    """Per slot: sum of p_tok * v_r over its tokens + p_self * v_s, in the weights' dtype (B, H, S, dh)."""
+    b, h, s_len, dh = v_s.shape
+    acc = p_tok.dtype
+    out = torch.zeros(b, h, s_len, dh, dtype=acc, device=v_s.device)
+    out = out.scatter_add(2, idx[..., None].expand(*idx.shape, dh), p_tok[..., None] * v_r.to(acc))
+    return out + p_self[..., None] * v_s.to(acc)
+
+
+class _SegmentSoftmax(torch.autograd.Function):
+    """``segment_summaries`` (no dropout) that saves its inputs and a per-slot log-sum-exp only.
+
+    The autograd version keeps several (B, H, R, dh) float32 products for backward (~1.5 GiB at 65,536
+    tokens over 4 layers, more than the whole dense model's activations grow); as in flash attention,
+    backward recomputes them from q, k, v and the log-sum-exp instead.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        q_s: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        token_slot: torch.Tensor,
+        slot_valid: torch.Tensor,
+    ) -> torch.Tensor:
+        b, h, s_len, _ = q_s.shape
+        r_len = k.shape[2] - s_len
+        has = (token_slot >= 0)[:, None, :]
+        idx = token_slot.clamp(min=0)[:, None, :].expand(b, h, r_len)
+        s_tok, s_self, _ = _segment_scores(q_s, k, idx, has)
+        peak = s_self.clone().scatter_reduce_(2, idx, s_tok, reduce="amax", include_self=True)
+        e_tok = torch.exp(s_tok - torch.gather(peak, 2, idx))
+        e_self = torch.exp(s_self - peak)
+        denom = e_self + torch.zeros_like(e_self).scatter_add(2, idx, e_tok)
+        lse = peak + denom.log()  # (B, H, S)
+        out = _segment_sum(e_tok / torch.gather(denom, 2, idx), e_self / denom, v[:, :, :s_len], v[:, :, s_len:], idx)
+        ctx.save_for_backward(q_s, k, v, token_slot, slot_valid, lse, out)
+        return (out * slot_valid[:, None, :, None]).to(v.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        q_s, k, v, token_slot, slot_valid, lse, out = ctx.saved_tensors
+        b, h, s_len, dh = q_s.shape
+        r_len = k.shape[2] - s_len
+        scale = 1.0 / math.sqrt(dh)
+        has = (token_slot >= 0)[:, None, :]
+        idx = token_slot.clamp(min=0)[:, None, :].expand(b, h, r_len)
+        idx4 = idx[..., None].expand(b, h, r_len, dh)
+        s_tok, s_self, q_tok = _segment_scores(q_s, k, idx, has)
+        p_tok = torch.exp(s_tok - torch.gather(lse, 2, idx))  # (B, H, R), 0 where no slot reads the token
+        p_self = torch.exp(s_self - lse)
+        del s_tok, s_self
+        g = grad.to(out.dtype) * slot_valid[:, None, :, None]  # (B, H, S, dh)
+        delta = (g * out).sum(-1)  # (B, H, S): sum over keys of p * dp
+        g_tok = torch.gather(g, 2, idx4)  # (B, H, R, dh)
+        k_s, k_r = k[:, :, :s_len].to(out.dtype), k[:, :, s_len:].to(out.dtype)
+        v_s, v_r = v[:, :, :s_len].to(out.dtype), v[:, :, s_len:].to(out.dtype)
+        ds_tok = p_tok * ((g_tok * v_r).sum(-1) - torch.gather(delta, 2, idx)) * scale  # d score, scaled
+        ds_self = p_self * ((g * v_s).sum(-1) - delta) * scale
+        dv = torch.cat([p_self[..., None] * g, p_tok[..., None] * g_tok], dim=2)
+        del g_tok, v_r
+        dk = torch.cat([ds_self[..., None] * q_s.to(out.dtype), ds_tok[..., None] * q_tok], dim=2)
+        del q_tok
+        dq = torch.zeros_like(g).scatter_add(2, idx4, ds_tok[..., None] * k_r) + ds_self[..., None] * k_s
+        return dq.to(q_s.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None
 
 
 def _heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
