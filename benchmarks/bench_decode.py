@@ -1,9 +1,10 @@
 """Cached decoding speed of the default-size model (width 512, 4 layers, random weights): tokens/s.
 
-Measures the whole sampling loop of ``imf render`` / ``imf generate`` (KV-cached step, grammar mask,
-top-k sampling, per-bar summary passes) for batch 1 and batch 8, generating ``--length`` tokens per
-sequence from a ~1,000-token score (the grammar runs in its unbounded mode with EOS forced at the length,
-so every run produces exactly that many tokens), and prints a short table::
+Measures the whole sampling loop of ``imf render`` / ``imf generate`` (KV-cached step, grammar mask with
+the score-note constraint of ``imf render``, top-k sampling, per-bar summary passes) for batch 1 and
+batch 8, generating ``--length`` tokens per sequence from a ~1,000-token score (the grammar runs in its
+unbounded mode with EOS forced at the length, so every run produces exactly that many tokens; bar k must
+play the notes of the score's bar k mod 40), and prints a short table::
 
     python benchmarks/bench_decode.py                      # CPU (here: 2 cores)
     python benchmarks/bench_decode.py --device cuda --length 10000
@@ -18,7 +19,8 @@ import torch
 
 from instruct_museformer.model import MuseformerConfig, build_model
 from instruct_museformer.render.decode import DecodeRequest, SamplingOptions, decode
-from instruct_museformer.render.grammar import TokenGrammar
+from instruct_museformer.render.grammar import TokenGrammar, score_bar_notes
+from instruct_museformer.render.windows import split_bars
 from instruct_museformer.tokens.tokenizer import Vocab, beat_table, build_tokenizer
 
 
@@ -36,10 +38,13 @@ def synthetic_score(vocab: Vocab, bars: int) -> list[int]:
 
 
 def run(
-    model, grammar, table, source, batch: int, length: int, device: torch.device, seed: int
+    model, grammar, table, source, batch: int, length: int, device: torch.device, seed: int, notes: bool = True
 ) -> tuple[float, float]:
     """(wall seconds, process CPU seconds) to sample ``length`` tokens for ``batch`` sequences."""
-    requests = [DecodeRequest(source=source) for _ in range(batch)]
+    bar_notes = score_bar_notes(split_bars(source), grammar) if notes else None
+    if bar_notes is not None:  # enough bars for any length (a bar takes at least 4 tokens a note)
+        bar_notes = bar_notes * (length // (4 * max(1, min(len(n) for n in bar_notes))) // len(bar_notes) + 2)
+    requests = [DecodeRequest(source=source, notes=bar_notes) for _ in range(batch)]
     gen = torch.Generator(device=device).manual_seed(seed)
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -81,6 +86,7 @@ def main() -> None:
     parser.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--free-notes", action="store_true", help="no score-note constraint (imf render --free-notes)")
     parser.add_argument("--check", action="store_true",
                         help="first compare cached logits with the full forward (exactness on this device)")
     args = parser.parse_args()
@@ -104,12 +110,13 @@ def main() -> None:
     params = sum(p.numel() for p in model.parameters())
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"cached decoding, default model ({params / 1e6:.1f} M parameters, width {cfg.attention_embed_dim}, "
-          f"{cfg.num_layers}+{cfg.num_layers} layers), score {len(source)} tokens, top-k 8, on {name}")
+          f"{cfg.num_layers}+{cfg.num_layers} layers), score {len(source)} tokens, top-k 8, "
+          f"{'free notes' if args.free_notes else 'score notes'}, on {name}, torch {torch.__version__}")
     print("(cpu s = CPU time of this process; well below seconds x threads means the machine was busy)")
     print(f"{'batch':>5} {'tokens/seq':>10} {'seconds':>8} {'cpu s':>7} {'tok/s/seq':>10} {'tok/s total':>11} "
           f"{'ms/step':>8}")
     for batch in (int(b) for b in args.batches.split(",")):
-        elapsed, cpu = run(model, grammar, table, source, batch, length, device, args.seed)
+        elapsed, cpu = run(model, grammar, table, source, batch, length, device, args.seed, not args.free_notes)
         per_seq = length / elapsed
         print(f"{batch:>5} {length:>10} {elapsed:>8.1f} {cpu:>7.1f} {per_seq:>10.0f} {per_seq * batch:>11.0f} "
               f"{1000 * elapsed / length:>8.2f}", flush=True)

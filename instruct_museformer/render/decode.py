@@ -5,6 +5,14 @@ over the renormalised distribution, temperature, PAD never chosen; on top of the
 (:mod:`.grammar`) removes every token the detokenizer could not place, so that a rendering always has
 the score's bars. A request may carry a *prefix* (performance bars already rendered, the context of a
 window): it is fed through the cache token by token (teacher forcing) before sampling starts.
+
+One decoding step -- cached model step, grammar mask, top-k/top-p/temperature sampling, grammar advance,
+output write, stop conditions -- is a fixed-shape function of device tensors updated in place
+(:class:`_Loop`). On CUDA with static caches it is captured once as a CUDA graph and replayed; the host
+only checks for termination every ``SYNC_EVERY`` steps. Sampling is Gumbel-max (argmax of the filtered
+logits plus Gumbel noise, the same distribution as multinomial sampling), the noise drawn from the
+caller's generator ``NOISE_CHUNK`` steps at a time outside the graph, so a seed gives the same tokens
+with and without the graph. On CPU the same step runs eagerly (no graph) and the host checks every step.
 """
 
 from __future__ import annotations
@@ -71,10 +79,13 @@ class DecodeResult:
     logprobs: list[float] = field(default_factory=list)  # model log-prob (nats) of each token; NaN if forced
 
 
-def sample_next(
-    logits: torch.Tensor, allowed: torch.Tensor, opts: SamplingOptions, generator: torch.Generator | None
-) -> torch.Tensor:
-    """(B, V) logits and allowed mask -> (B,) sampled ids (top-k, top-p, temperature over allowed ids)."""
+SYNC_EVERY = 32  # CUDA: steps between the host's termination checks (each one is a synchronisation)
+NOISE_CHUNK = 32  # steps of sampling noise drawn at once
+CPU_SYNC_EVERY = 1  # CPU: a check costs nothing there, and steps past the end would (no graph)
+
+
+def filtered_logits(logits: torch.Tensor, allowed: torch.Tensor, opts: SamplingOptions) -> torch.Tensor:
+    """(B, V) float32 logits / temperature, -inf outside the allowed ids and the top-k / top-p set."""
     x = logits.float().masked_fill(~allowed, float("-inf")) / opts.temperature
     if opts.topk and opts.topk < x.shape[-1]:
         kth = torch.topk(x, opts.topk, dim=-1).values[:, -1:]
@@ -86,15 +97,141 @@ def sample_next(
         drop_sorted = before >= opts.topp  # the first token is always kept
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         x = x.masked_fill(drop, float("-inf"))
-    probs = torch.softmax(x, dim=-1)
-    empty = ~torch.isfinite(x).any(dim=-1)
-    probs = torch.where(empty[:, None], torch.zeros_like(probs), probs)
-    probs[:, PAD] = torch.where(empty, 1.0, probs[:, PAD])
-    if generator is not None and generator.device != probs.device:
-        probs_s = probs.to(generator.device)
-    else:
-        probs_s = probs
-    return torch.multinomial(probs_s, 1, generator=generator)[:, 0].to(logits.device)
+    return x
+
+
+def gumbel_noise(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """Standard Gumbel noise (-log of Exp(1)) from ``generator`` (on its own device), moved to ``device``."""
+    where = generator.device if generator is not None else device
+    e = torch.empty(shape, device=where).exponential_(generator=generator)
+    return (-torch.log(e.clamp_min(1e-30))).to(device)
+
+
+def pick(x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """Gumbel-max: (B,) argmax of filtered logits + noise, a sample of softmax(x); PAD for an empty row."""
+    ids = torch.argmax(x + noise, dim=-1)
+    return torch.where(torch.isfinite(x).any(dim=-1), ids, torch.full_like(ids, PAD))
+
+
+def sample_next(
+    logits: torch.Tensor, allowed: torch.Tensor, opts: SamplingOptions, generator: torch.Generator | None
+) -> torch.Tensor:
+    """(B, V) logits and allowed mask -> (B,) sampled ids (top-k, top-p, temperature over allowed ids)."""
+    x = filtered_logits(logits, allowed, opts)
+    return pick(x, gumbel_noise(tuple(x.shape), generator, x.device))
+
+
+class _Loop:
+    """The decoding state of one batch as fixed-shape device tensors, and the step that advances it in place.
+
+    ``step`` has no host synchronisation when the cache is static, so it can be captured as one CUDA graph.
+    """
+
+    def __init__(
+        self,
+        cache: IncrementalDecoder,
+        state: GrammarState,
+        requests: Sequence[DecodeRequest],
+        opts: SamplingOptions,
+        generator: torch.Generator | None,
+        capacity: int,
+        with_logprobs: bool,
+    ) -> None:
+        dev = cache.device
+        b = len(requests)
+        self.cache, self.state, self.opts, self.generator = cache, state, opts, generator
+        self.static, self.with_logprobs = cache.static, with_logprobs
+        self.device, self.capacity = dev, capacity
+        self.prefix_len = torch.tensor([len(r.prefix) for r in requests], device=dev)
+        longest = max((len(r.prefix) for r in requests), default=0)
+        self.prefix = torch.full((b, max(longest, 1)), PAD, dtype=torch.long, device=dev)
+        for i, r in enumerate(requests):
+            if r.prefix:
+                self.prefix[i, : len(r.prefix)] = torch.tensor(r.prefix, dtype=torch.long)
+        self.final = torch.tensor([r.final for r in requests], device=dev)
+        self.stop_at = torch.tensor([r.stop_at if r.stop_at is not None else 2**62 for r in requests], device=dev)
+        self.prefix_bars = torch.tensor([sum(1 for t in r.prefix if t == BAR) for r in requests], device=dev)
+        self.out = torch.full((b, capacity), PAD, dtype=torch.long, device=dev)
+        self.lp = torch.full((b, capacity if with_logprobs else 1), float("nan"), device=dev)
+        self.running = torch.ones(b, dtype=torch.bool, device=dev)
+        self.finished = torch.zeros(b, dtype=torch.bool, device=dev)
+        self.tokens = torch.full((b,), EOS, dtype=torch.long, device=dev)
+        self.t = torch.zeros((), dtype=torch.long, device=dev)  # steps taken (device copy of the host's count)
+        self.noise = torch.zeros(NOISE_CHUNK, b, state.grammar.vocab_size, device=dev)
+        self.noise_at = torch.zeros((), dtype=torch.long, device=dev)
+
+    def step(self) -> None:
+        """One token per running sequence: model, grammar mask, sampling (or the forced prefix), bookkeeping."""
+        st, running, t = self.state, self.running, self.t
+        logits = self.cache.static_step(self.tokens, running) if self.static else self.cache.step(self.tokens, running)
+        forced = t < self.prefix_len
+        x = filtered_logits(logits, st.allowed(), self.opts)
+        sampled = pick(x, self.noise.index_select(0, self.noise_at.view(1))[0])
+        col = t.clamp(max=self.prefix.shape[1] - 1).view(1, 1).expand(len(sampled), 1)
+        nxt = torch.where(forced, self.prefix.gather(1, col)[:, 0], sampled)
+        nxt = torch.where(running, nxt, torch.full_like(nxt, PAD))
+        st.advance(nxt, running)
+        at = t.clamp(max=self.out.shape[1] - 1).view(1)
+        self.out.index_copy_(1, at, nxt[:, None])
+        if self.with_logprobs:  # fairseq-style scores (imf generate); a few launches a step otherwise saved
+            chosen = torch.log_softmax(logits, dim=-1).gather(1, nxt[:, None])
+            self.lp.index_copy_(1, at, torch.where(forced[:, None], torch.full_like(chosen, float("nan")), chosen))
+        t.add_(1)
+        self.noise_at.copy_((self.noise_at + 1) % NOISE_CHUNK)
+        # stop: EOS; all target bars of a non-final window; the soft limit once a new bar is complete
+        ended = st.done | (~self.final & (st.target_bars >= 0) & (st.bars_done >= st.target_bars))
+        soft = (st.length >= self.stop_at) & (st.bars_done > self.prefix_bars) & ~forced
+        stop = ended | soft
+        if self.static:  # the cache is full
+            stop = stop | (t >= self.capacity - 1)
+        self.finished.copy_(self.finished | (running & ended))
+        running.copy_(running & ~stop)
+        self.tokens.copy_(nxt)
+
+    def run(self) -> int:
+        """Step until every sequence stopped; returns the steps taken (a few no-op steps past the end on CUDA)."""
+        use_graph = self.static and self.device.type == "cuda"
+        sync_every = SYNC_EVERY if self.device.type == "cuda" else CPU_SYNC_EVERY
+        graph: torch.cuda.CUDAGraph | None = None
+        steps = 0
+        while True:
+            if steps % NOISE_CHUNK == 0:
+                self.noise.copy_(gumbel_noise(tuple(self.noise.shape), self.generator, self.device))
+            if not self.static and steps >= self.out.shape[1]:  # growing caches: grow the outputs too
+                self.out = nn.functional.pad(self.out, (0, self.out.shape[1]), value=PAD)
+                if self.with_logprobs:
+                    self.lp = nn.functional.pad(self.lp, (0, self.lp.shape[1]), value=float("nan"))
+            if graph is not None:
+                graph.replay()
+            elif use_graph and steps >= 2:  # two eager steps first (they warm up kernels and allocators)
+                graph = self._capture()
+                use_graph = graph is not None
+                (graph.replay() if graph is not None else self.step())
+            elif use_graph:
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    self.step()
+                torch.cuda.current_stream().wait_stream(side)
+            else:
+                self.step()
+            steps += 1
+            if steps % sync_every == 0 and not bool(self.running.any()):
+                return steps
+
+    def _capture(self) -> torch.cuda.CUDAGraph | None:
+        """Record :meth:`step` as a CUDA graph (capturing runs nothing); None, with a warning, if that fails."""
+        import warnings
+
+        try:
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self.step()
+            return graph
+        except Exception as error:  # capture is an optimisation: keep decoding eagerly
+            warnings.warn(f"CUDA graph capture of the decoding step failed ({type(error).__name__}: {error}); "
+                          "decoding eagerly", stacklevel=3)
+            return None
 
 
 @torch.no_grad()
@@ -114,7 +251,7 @@ def decode(
     """Decode every request in one batch with the cached decoder; see :class:`DecodeRequest`.
 
     ``static`` (default: on CUDA, when every sequence's length is bounded by ``stop_at`` or ``max_len``):
-    fixed-size caches and the regular step replayed as a CUDA graph (one launch instead of hundreds).
+    fixed-size caches, and on CUDA the whole step replayed as one CUDA graph.
     """
     p = next(model.parameters())
     dev = p.device
@@ -123,7 +260,6 @@ def decode(
     if getattr(model, "encoder", None) is not None:
         sources = [torch.tensor(r.source if r.source is not None else [EOS], dtype=torch.long) for r in requests]
         encoder_out = model.encoder(collate_bar_tokens(sources, beat_table.cpu()).to(dev))
-    decoder = model.decoder
     capacity = max((len(r.prefix) + 64 for r in requests), default=64)
     bounded = max_len is not None or all(r.stop_at is not None for r in requests)
     if max_len is not None:
@@ -135,52 +271,18 @@ def decode(
         static = dev.type == "cuda" and bounded
     max_bars = max((r.target_bars for r in requests), default=-1)
     max_bars = max_bars + 1 if max_bars >= 0 and all(r.target_bars >= 0 for r in requests) else capacity // 2 + 1
-    cache = IncrementalDecoder(decoder, b, beat_table, encoder_out, capacity=capacity, static=static,
-                               max_bars=max_bars, cuda_graph=static and dev.type == "cuda")
+    cache = IncrementalDecoder(model.decoder, b, beat_table, encoder_out, capacity=capacity, static=static,
+                               max_bars=max_bars)
     state = GrammarState.start(grammar, [r.target_bars for r in requests], [r.timesigs for r in requests],
                                [r.bar_budget for r in requests], min_len=min_len, max_len=max_len,
                                notes=[r.notes for r in requests], note_tolerance=note_tolerance)
-    prefix_len = torch.tensor([len(r.prefix) for r in requests], device=dev)
-    longest = int(prefix_len.max()) if b else 0
-    prefix = torch.full((b, max(longest, 1)), PAD, dtype=torch.long, device=dev)
-    for i, r in enumerate(requests):
-        if r.prefix:
-            prefix[i, : len(r.prefix)] = torch.tensor(r.prefix, dtype=torch.long)
-    final = torch.tensor([r.final for r in requests], device=dev)
-    stop_at = torch.tensor([r.stop_at if r.stop_at is not None else 2**62 for r in requests], device=dev)
-    prefix_bars = torch.tensor([sum(1 for t in r.prefix if t == BAR) for r in requests], device=dev)
-    out = torch.full((b, capacity), PAD, dtype=torch.long, device=dev)
-    lp = torch.full((b, capacity), float("nan"), device=dev)
-    running = torch.ones(b, dtype=torch.bool, device=dev)
-    finished = torch.zeros(b, dtype=torch.bool, device=dev)
-    tokens = torch.full((b,), EOS, dtype=torch.long, device=dev)
-    step = 0
-    while bool(running.any()):
-        logits = cache.step(tokens, running)
-        forced = step < prefix_len
-        sampled = sample_next(logits, state.allowed(), opts, generator)
-        nxt = torch.where(forced, prefix[:, min(step, prefix.shape[1] - 1)], sampled)
-        nxt = torch.where(running, nxt, torch.full_like(nxt, PAD))
-        state.advance(nxt, running)
-        if step >= out.shape[1]:
-            out = nn.functional.pad(out, (0, out.shape[1]), value=PAD)
-            lp = nn.functional.pad(lp, (0, lp.shape[1]), value=float("nan"))
-        out[:, step] = nxt
-        if with_logprobs:  # fairseq-style scores (imf generate); four launches a step otherwise saved
-            chosen = torch.log_softmax(logits, dim=-1).gather(1, nxt[:, None])[:, 0]
-            lp[:, step] = torch.where(forced, torch.full_like(chosen, float("nan")), chosen)
-        step += 1
-        # stop: EOS; all target bars of a non-final window; the soft limit once a new bar is complete
-        ended = state.done | (~final & (state.target_bars >= 0) & (state.bars_done >= state.target_bars))
-        soft = (state.length >= stop_at) & (state.bars_done > prefix_bars) & ~forced
-        full = torch.zeros_like(running) if not static else torch.full_like(running, step >= capacity - 1)
-        finished |= running & ended
-        running &= ~(ended | soft | full)
-        tokens = nxt
+    loop = _Loop(cache, state, requests, opts, generator, capacity, with_logprobs)
+    steps = loop.run()
+    out = loop.out[:, :steps].tolist()
+    lp = loop.lp[:, :steps].tolist() if with_logprobs else []
     results = []
     for i in range(b):
-        seq = out[i, :step].tolist()
-        seq = seq[: seq.index(PAD)] if PAD in seq else seq
-        scores = lp[i, : len(seq)].tolist()
-        results.append(DecodeResult(seq, sum(1 for t in seq if t == BAR), bool(finished[i]), scores))
+        seq = out[i][: out[i].index(PAD)] if PAD in out[i] else out[i]
+        scores = lp[i][: len(seq)] if with_logprobs else [float("nan")] * len(seq)
+        results.append(DecodeResult(seq, sum(1 for t in seq if t == BAR), bool(loop.finished[i]), scores))
     return results

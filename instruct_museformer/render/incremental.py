@@ -278,18 +278,20 @@ class IncrementalDecoder:
         if self.static:
             if self.length >= self.pos_bar.shape[1]:
                 raise RuntimeError(f"static KV cache full ({self.pos_bar.shape[1]} positions)")
-        else:
-            self._ensure_capacity()
+            if self.use_graph and self._graph is None:
+                self._capture()
+            if self._graph is not None:
+                self._in_tokens.copy_(tokens)
+                self._in_active.copy_(active)
+                self._graph.replay()
+                logits = self._out_logits.clone()
+            else:
+                logits = self.static_step(tokens, active)
+            self.length += 1
+            return logits
+        self._ensure_capacity()
         closes = active & (tokens == BAR)
-        if self.use_graph and self._graph is None:
-            self._capture()
-        if self._graph is not None:
-            self._in_tokens.copy_(tokens)
-            self._in_active.copy_(active)
-            self._graph.replay()
-            logits = self._out_logits.clone()
-        else:
-            logits = self._regular(tokens, active)
+        logits = self._regular(tokens, active)
         if self.ns > 0:
             close_idx = closes.nonzero().flatten()
             if close_idx.numel():
@@ -299,27 +301,45 @@ class IncrementalDecoder:
         self.length += 1
         return logits
 
+    def static_step(self, tokens: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+        """One whole step on the fixed-size caches with no host synchronisation (CUDA-graph safe).
+
+        The summary pass runs for every sequence and is kept only where the fed token closes a bar: which
+        ones do is only known on the device. Past the capacity, writes go to the last position (decoding
+        stops its sequences before that; later steps only feed inactive padding).
+        """
+        logits = self._regular(tokens, active)
+        closes = active & (tokens == BAR)
+        if self.ns > 0:
+            self._summaries_static(closes)
+        self.bars_closed.add_(closes.long())
+        self._t.copy_((self._t + 1).clamp(max=self.pos_bar.shape[1] - 1))
+        return logits
+
     def _capture(self) -> None:
-        """Record the regular step as a CUDA graph (static shapes); fall back to eager if that fails."""
+        """Record the static step as a CUDA graph; fall back to eager if that fails."""
         b, dev = self.batch, self.device
         self._in_tokens = torch.zeros(b, dtype=torch.long, device=dev)
         self._in_active = torch.zeros(b, dtype=torch.bool, device=dev)
+        t = self._t.clone()
         try:
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
-                for _ in range(2):  # inactive padding inputs leave the state as it was
-                    self._regular(self._in_tokens, self._in_active)
+                for _ in range(2):  # inactive padding inputs write nothing that a later step reads
+                    self.static_step(self._in_tokens, self._in_active)
             torch.cuda.current_stream().wait_stream(side)
+            self._t.copy_(t)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
-                self._out_logits = self._regular(self._in_tokens, self._in_active)
+                self._out_logits = self.static_step(self._in_tokens, self._in_active)
             self._graph = graph
         except Exception as error:  # capture is an optimisation: keep decoding without it
             warnings.warn(f"CUDA graph capture failed ({type(error).__name__}: {error}); decoding eagerly",
                           stacklevel=3)
             self.use_graph = False
             self._graph = None
+        self._t.copy_(t)
 
     def _regular(self, tokens: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
         """The new regular token through every layer: writes its K/V, returns logits (B, V) float32.
@@ -406,3 +426,34 @@ class IncrementalDecoder:
             cache.vs[idx, :, slot[:, m]] = v_self[:, :, m]
         s = layer._post(layer.attn_norm, s + attn.out_proj(s2))
         return layer._post(layer.ffn_norm, s + layer.ffn(layer._pre(layer.ffn_norm, s)))
+
+    def _summaries_static(self, closes: torch.Tensor) -> None:
+        """:meth:`_summaries` for every sequence on the fixed-size caches; slots change only where ``closes``."""
+        b = self.batch
+        bar = self.bars_closed + 1
+        ids = torch.arange(1, self.ns + 1, device=self.device).expand(b, self.ns)
+        s = self.dec.embed.summaries(ids, bar[:, None].expand(-1, self.ns))  # (B, ns, d)
+        sbar, _ = self._summary_bars()
+        rows = torch.arange(b, device=self.device)
+        slot = (((bar - 1) * self.ns)[:, None] + torch.arange(self.ns, device=self.device)).clamp(
+            max=self.caches[0].k2.shape[2] - 1)  # (B, ns); a row past the last slot does not close a bar
+        keep = closes[:, None, None]
+        for i in range(len(self.dec.layers)):
+            layer, cache = self.dec.layers[i], self.caches[i]
+            attn, h, ns = layer.attn, self.heads, self.ns
+            s_hat = layer._pre(layer.attn_norm, s)
+            q, k_self, v_self = (_heads(x, h) for x in _project(attn, s_hat, summary=True))
+            jb = bar[:, None]
+            prev_ok = (sbar[None, :] < jb) & self.s2s[i](sbar[None, :] - jb)
+            self_ok = self.s2s[i](torch.zeros_like(jb)).expand(-1, ns)
+            kb = self.pos_bar
+            reg_ok = self.pos_valid & (kb >= 1) & (kb <= jb) & self.s2c[i](kb - jb)
+            allowed = torch.cat([prev_ok, self_ok, reg_ok], dim=1)[:, None, None, :]
+            parts = [(cache.ks, cache.vs), (k_self, v_self), (cache.k, cache.v)]
+            s2 = _merge(_attend(q, parts, allowed))  # (B, ns, d)
+            k2, v2 = (_heads(x, h) for x in _kv2(attn, s2))  # (B, H, ns, dh)
+            for m in range(ns):
+                for store, new in ((cache.k2, k2), (cache.v2, v2), (cache.ks, k_self), (cache.vs, v_self)):
+                    store[rows, :, slot[:, m]] = torch.where(keep, new[:, :, m], store[rows, :, slot[:, m]])
+            s = layer._post(layer.attn_norm, s + attn.out_proj(s2))
+            s = layer._post(layer.ffn_norm, s + layer.ffn(layer._pre(layer.ffn_norm, s)))

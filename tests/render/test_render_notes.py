@@ -135,3 +135,28 @@ def test_cli_default_plays_the_score_and_free_notes_flag(tmp_path):
     assert row["fraction_present"] == 1.0 and row["extra_notes"] == 0
     assert imf(["render", str(tmp_path / "s.mid"), "-o", str(tmp_path / "f.mid"), "--checkpoint", str(ckpt),
                 "--device", "cpu", "--free-notes", "--note-tolerance", "0"]) == 0
+
+
+def test_graph_step_semantics_on_cpu(setup, monkeypatch):
+    """The CUDA path's loop on CPU: static caches, host checks every 32 steps (no-op steps past the end,
+    writes clamped at the capacity) give the same tokens as the growing caches checked every step."""
+    from instruct_museformer.render import decode as decode_module
+    from instruct_museformer.render.decode import DecodeRequest, decode
+
+    _, model, grammar, table, scores = setup
+    bars = split_bars(scores["mozart"])[:5]
+    source = [t for b in bars for t in b] + [EOS]
+    notes = score_bar_notes(bars, grammar)
+    requests = [DecodeRequest(source=source, target_bars=5, timesigs=[b[0] for b in bars], bar_budget=200,
+                              stop_at=120, notes=notes if k != 1 else None, final=k != 2) for k in range(3)]
+    growing = decode(model, requests, table, grammar, SamplingOptions(), torch.Generator().manual_seed(2),
+                     static=False)
+    monkeypatch.setattr(decode_module, "CPU_SYNC_EVERY", 32)
+    static = decode(model, requests, table, grammar, SamplingOptions(), torch.Generator().manual_seed(2),
+                    static=True)
+    assert [r.tokens for r in static] == [r.tokens for r in growing]
+    assert [r.finished for r in static] == [r.finished for r in growing]
+    assert [r.logprobs for r in static][0][-3:] == pytest.approx([r.logprobs for r in growing][0][-3:], abs=1e-4)
+    for r in static[:1]:
+        assert all(Counter(t for _, t in _bar_events(b, grammar)) == Counter(t for _, t in n)
+                   for b, n in zip(split_bars(r.tokens), notes, strict=False))
