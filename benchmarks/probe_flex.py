@@ -6,8 +6,9 @@ see what the kernels cost apart from the rest of the model:
     python benchmarks/probe_flex.py [--lengths 15360 65536] [--budget-s 120] [--out DIR]
 
 Variants: ``table`` (offset-table lookup per pair), ``bits`` (one int64 word per key, the default),
-``nomask`` (every visited tile treated as full: a lower bound for this tile count), and ``bits`` with
-other block shapes (kernel options to match). Writes ``probe.json`` under --out (default $OUT or .).
+``nomask`` (every visited tile treated as full: a lower bound for this tile count), ``bits`` compiled
+for dynamic shapes (as the model's shared compiled call ends up), and ``bits`` with other block shapes
+(kernel options to match). Writes ``probe.json`` under --out (default $OUT or .).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from instruct_museformer.model.scheme import parse_scheme  # noqa: E402
 
 VARIANTS: dict[str, tuple[str, tuple[int, int], dict[str, Any]]] = {
     "bits": ("bits", (128, 128), {}),
+    "bits_dynamic": ("bits", (128, 128), {}),
     "table": ("table", (128, 128), {}),
     "nomask": ("nomask", (128, 128), {}),
     "bits_q128_kv64": (
@@ -130,7 +132,7 @@ def probe_length(length: int, names: list[str], deadline: float, c2c: Any, c2s: 
             bm = block_mask_for(layout, mask, block)
             torch.cuda.synchronize()
             row["block_mask_ms"] = (time.perf_counter() - t0) * 1000
-            fn = torch.compile(flex_attention, dynamic=False)
+            fn = torch.compile(flex_attention, dynamic=name.endswith("_dynamic"))
             kwargs = {"block_mask": bm, "kernel_options": opts or None}
             t0 = time.perf_counter()
             fn(q, k, v, **kwargs).backward(t["g"])
