@@ -293,7 +293,9 @@ class V2S1Attention(nn.Module):
         s2 = self.summarize(q[:, :, :num_sum], k, v, sx)
         k_s2, v_s2 = self.sum_kv2(s2)
         r2 = self.update(q[:, :, num_sum:], k_s2, v_s2, k[:, :, num_sum:], v[:, :, num_sum:], rx)
-        return self.out_proj(_merge(torch.cat([s2, r2], dim=2)))
+        # out-proj per stream: the attention output laid out (B, R, H, dh) merges heads without a copy, and
+        # out_proj then keeps for backward the same tensor the attention kernel keeps (not a second copy)
+        return torch.cat([self.out_proj(_merge(s2)), self.out_proj(_merge(r2))], dim=1)
 
 
 class CrossAttention(nn.Module):
