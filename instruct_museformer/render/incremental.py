@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -115,6 +116,55 @@ def _attend(
     return out
 
 
+def _allowed_columns(allowed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n, K) bool -> the allowed columns of each row, in order, as (n, m) indices and (n, m) validity.
+
+    m is the largest count; a shorter row is padded with (masked) indices of disallowed columns. One host
+    synchronisation (the count), so this is for the eager path only.
+    """
+    counts = allowed.sum(dim=1)
+    m = int(counts.max()) if allowed.shape[0] else 0
+    cols = torch.argsort((~allowed).to(torch.uint8), dim=1, stable=True)[:, :m]
+    return cols, torch.arange(m, device=allowed.device)[None, :] < counts[:, None]
+
+
+def _take(x: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """x (B, H, K, dh), cols (B, m) -> x[b, :, cols[b]] (B, H, m, dh), a contiguous copy."""
+    b, h, _, dh = x.shape
+    return torch.gather(x, 2, cols[:, None, :, None].expand(b, h, cols.shape[1], dh))
+
+
+def _bias(allowed: torch.Tensor, heads: int, dtype: torch.dtype, room: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, K) allowed keys -> additive mask (B, H, 1, K + room) (0 / -inf; the room -inf) and (B,) rows
+    that read something. A row that reads nothing gets 0 everywhere (finite: no NaN; its output is zeroed)."""
+    b, k = allowed.shape
+    rows = allowed.any(dim=1)
+    bias = torch.full((b, heads, 1, k + room), float("-inf"), dtype=dtype, device=allowed.device)
+    bias[:, :, 0, :k] = torch.where(allowed | ~rows[:, None], 0.0, float("-inf")).to(dtype)[:, None, :]
+    return bias, rows
+
+
+def _keep(rows: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
+    """(B,) rows that read something -> None when all do, else a (B, 1, 1, 1) 0/1 factor for the output."""
+    return None if bool(rows.all()) else rows.to(dtype)[:, None, None, None]
+
+
+def _attend_one(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, keep: torch.Tensor | None
+) -> torch.Tensor:
+    """q (B,H,1,dh) over k, v (B,H,K,dh) with an additive mask bias (B,H,1,K) -> (B,H,1,dh), in 3 kernels.
+
+    ``keep`` (B,1,1,1), when given, zeroes rows that read nothing (their bias is 0, not -inf).
+    """
+    b, h, n, dh = q.shape
+    length = k.shape[2]
+    scores = torch.baddbmm(bias.reshape(b * h, n, length), q.reshape(b * h, n, dh),
+                           k.reshape(b * h, length, dh).transpose(1, 2), alpha=1.0 / math.sqrt(dh))
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    out = torch.bmm(probs, v.reshape(b * h, length, dh)).view(b, h, n, dh)
+    return out if keep is None else out * keep
+
+
 class _LayerCache:
     """Per-layer caches: regular K/V, summary key2/value2 and summary K/V (for sum2sum), cross K/V."""
 
@@ -141,12 +191,62 @@ class _LayerCache:
         self.ks, self.vs = nn.functional.pad(self.ks, pad), nn.functional.pad(self.vs, pad)
 
 
+@dataclass
+class _BarContext:
+    """What the regular queries read while no sequence changes bar (growing caches only).
+
+    Valid while every sequence keeps its query bar, closed-bar count and activity (``key``): until then the
+    keys a regular query may read are the allowed summary slots and earlier tokens, gathered once at the
+    front of ``k``/``v``, and the tokens fed since (all in the query's own bar, all read or none), appended
+    one column a step at ``fill``. ``bias`` is the additive mask (0 / -inf), one tensor per distinct scheme,
+    shared by the layers that use it; ``tail`` is its value for an appended column. Cross-attention reads
+    the allowed source keys, gathered once. Per layer lists; None where a layer has no cross-attention.
+    """
+
+    key: torch.Tensor  # (3, B): query bar, closed bars, active
+    fill: int
+    k: list[torch.Tensor] = field(default_factory=list)  # (B, H, capacity, dh)
+    v: list[torch.Tensor] = field(default_factory=list)
+    bias: list[torch.Tensor] = field(default_factory=list)  # (B, H, 1, capacity)
+    tail: list[torch.Tensor] = field(default_factory=list)  # (B, H, 1, 1)
+    keep: list[torch.Tensor | None] = field(default_factory=list)  # (B, 1, 1, 1); None: every row reads
+    cross_k: list[torch.Tensor | None] = field(default_factory=list)
+    cross_v: list[torch.Tensor | None] = field(default_factory=list)
+    cross_bias: list[torch.Tensor | None] = field(default_factory=list)
+    cross_keep: list[torch.Tensor | None] = field(default_factory=list)
+
+    def append_column(self) -> int:
+        """Make room for one more key column (doubling); returns its index. The new column's bias is set."""
+        col = self.fill
+        if col >= self.k[0].shape[2]:
+            extra = self.k[0].shape[2]
+            self.k = [nn.functional.pad(x, (0, 0, 0, extra)) for x in self.k]
+            self.v = [nn.functional.pad(x, (0, 0, 0, extra)) for x in self.v]
+            grown: dict[int, torch.Tensor] = {}
+            for j, b in enumerate(self.bias):
+                if id(b) not in grown:
+                    grown[id(b)] = nn.functional.pad(b, (0, extra), value=float("-inf"))
+                self.bias[j] = grown[id(b)]
+        done: set[int] = set()
+        for b, tail in zip(self.bias, self.tail, strict=True):
+            if id(b) not in done:
+                b.narrow(3, col, 1).copy_(tail)
+                done.add(id(b))
+        self.fill += 1
+        return col
+
+
 class IncrementalDecoder:
     """Feeds one token per sequence per step and returns next-token logits equal to the full forward's.
 
     ``step(tokens, active)``: tokens (B,) long, the decoder input at position ``self.length`` (the first
     call gets the EOS-as-BOS); ``active`` (B,) bool marks sequences that really have a token here (others
     get padding: never attended, their logits are meaningless). Returns float32 logits (B, V).
+
+    With growing (non-static) caches, attention reads only the keys the scheme allows: the allowed summary
+    slots, earlier bars' tokens and source keys are gathered once per bar (:class:`_BarContext`), so a step
+    costs what the scheme reads (a few bars) rather than the whole cache and source window. Masked keys
+    weigh exactly 0 in the full softmax, so this changes only the summation order.
     """
 
     def __init__(
@@ -178,6 +278,8 @@ class IncrementalDecoder:
         # static: fixed-size caches (no growth, attention over the whole capacity, masked), so that the
         # regular step has constant shapes and can be replayed as a CUDA graph
         self.static = static or cuda_graph
+        self.sparse = not self.static
+        self._ctx: _BarContext | None = None
         self.use_graph = cuda_graph and self.device.type == "cuda"
         self._graph: torch.cuda.CUDAGraph | None = None
         self._t = torch.zeros(1, dtype=torch.long, device=dev)
@@ -225,19 +327,29 @@ class IncrementalDecoder:
         sbar = torch.arange(slots, device=self.device) // max(self.ns, 1) + 1
         return sbar, sbar[None, :] <= self.bars_closed[:, None]
 
+    def _summary_ok(self, i: int, q_bar: torch.Tensor, sbar: torch.Tensor, svalid: torch.Tensor) -> torch.Tensor:
+        """(B, slots) summary slots the regular queries of bars ``q_bar`` (B,) read at layer i."""
+        qb = q_bar[:, None]
+        return svalid & (qb >= 1) & self.c2s[i](sbar[None, :] - qb)
+
+    def _regular_rule(self, i: int, qb: torch.Tensor, kb: torch.Tensor) -> torch.Tensor:
+        """Whether a regular query of bar ``qb`` reads a regular key of bar ``kb`` at layer i (broadcast)."""
+        content = qb >= 1
+        reg_ok = (content & (kb >= 1) & self.c2c[i](kb - qb)) | (content & (kb == 0))
+        if self.pref2pref:
+            reg_ok = reg_ok | (~content & (kb == 0))
+        return reg_ok
+
+    def _regular_ok(self, i: int, q_bar: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+        """(B, hi - lo) regular positions ``lo .. hi-1`` the regular queries of bars ``q_bar`` read at layer i."""
+        return self._regular_rule(i, q_bar[:, None], self.pos_bar[:, lo:hi]) & self.pos_valid[:, lo:hi]
+
     def _regular_mask(
         self, i: int, q_bar: torch.Tensor, sbar: torch.Tensor, svalid: torch.Tensor, t: int
     ) -> torch.Tensor:
         """(B, 1, 1, slots + t) allowed keys of the new regular token at layer i (keys beyond it: invalid)."""
-        qb = q_bar[:, None]
-        kb = self.pos_bar[:, :t]
-        content = qb >= 1
-        sum_ok = svalid & content & self.c2s[i](sbar[None, :] - qb)
-        reg_ok = (content & (kb >= 1) & self.c2c[i](kb - qb)) | (content & (kb == 0))
-        if self.pref2pref:
-            reg_ok = reg_ok | (~content & (kb == 0))
-        reg_ok = reg_ok & self.pos_valid[:, :t]
-        return torch.cat([sum_ok, reg_ok], dim=1)[:, None, None, :]
+        sum_ok = self._summary_ok(i, q_bar, sbar, svalid)
+        return torch.cat([sum_ok, self._regular_ok(i, q_bar, 0, t)], dim=1)[:, None, None, :]
 
     def _cross_mask(self, i: int, q_bar: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
         qb = q_bar[:, None]
@@ -246,6 +358,60 @@ class IncrementalDecoder:
         near = content & (self.src_bar >= 1) & self.xc[i](self.src_bar - qb)
         reg_ok = self.src_valid & ((self.src_bar == 0) | near)
         return (torch.cat([sum_ok, reg_ok], dim=1) & active[:, None])[:, None, None, :]
+
+    def _bar_context(self, q_bar: torch.Tensor, active: torch.Tensor) -> _BarContext:
+        """The current :class:`_BarContext`, rebuilt when a sequence changes bar, closes one or stops."""
+        key = torch.stack([q_bar, self.bars_closed, active.long()])
+        if self._ctx is not None and torch.equal(self._ctx.key, key):
+            return self._ctx
+        t, h, b = self.length, self.heads, self.batch
+        sbar, svalid = self._summary_bars()
+        picks: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        for i in range(len(self.caches)):  # the keys each distinct scheme reads, gathered at the front
+            pick = (id(self.c2c[i]), id(self.c2s[i]))
+            if pick not in picks:
+                s_cols, s_valid = _allowed_columns(self._summary_ok(i, q_bar, sbar, svalid))
+                r_cols, r_valid = _allowed_columns(self._regular_ok(i, q_bar, 0, t))
+                # a token fed from now on is in the query's own bar: read iff the scheme reads that bar
+                own = self._regular_rule(i, q_bar[:, None], q_bar[:, None])[:, 0] & active
+                picks[pick] = (s_cols, r_cols, torch.cat([s_valid, r_valid], dim=1), own)
+        width = max(s_cols.shape[1] + r_cols.shape[1] for s_cols, r_cols, _, _ in picks.values())
+        ctx = _BarContext(key, width)
+        masks: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
+        for pick, (_, _, allowed, own) in picks.items():
+            allowed = torch.cat([allowed, allowed.new_zeros(b, width - allowed.shape[1])], dim=1)
+            bias, rows = _bias(allowed, h, self.dtype, room=64)
+            reads = rows | own
+            bias[~reads] = 0.0  # a row that reads nothing, not even its own bar: finite, zeroed after
+            tail = torch.where(own | ~reads, 0.0, float("-inf")).to(self.dtype)[:, None, None, None]
+            masks[pick] = (bias, tail.expand(-1, h, 1, 1), _keep(reads, self.dtype))
+        cross: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
+        for i, (layer, cache) in enumerate(zip(self.dec.layers, self.caches, strict=True)):
+            pick = (id(self.c2c[i]), id(self.c2s[i]))
+            s_cols, r_cols, _, _ = picks[pick]
+            bias, tail, keep = masks[pick]
+            pad = (0, 0, 0, bias.shape[3] - s_cols.shape[1] - r_cols.shape[1])
+            ctx.k.append(nn.functional.pad(torch.cat([_take(cache.k2, s_cols), _take(cache.k, r_cols)], dim=2), pad))
+            ctx.v.append(nn.functional.pad(torch.cat([_take(cache.v2, s_cols), _take(cache.v, r_cols)], dim=2), pad))
+            ctx.bias.append(bias)
+            ctx.tail.append(tail)
+            ctx.keep.append(keep)
+            if layer.cross is None or cache.cross_k is None or cache.cross_v is None:
+                for part in (ctx.cross_k, ctx.cross_v, ctx.cross_bias, ctx.cross_keep):
+                    part.append(None)
+                continue
+            pick = (id(self.xc[i]), id(self.xs[i]))
+            if pick not in cross:
+                x_cols, x_valid = _allowed_columns(self._cross_mask(i, q_bar, active)[:, 0, 0])
+                x_bias, x_rows = _bias(x_valid, h, self.dtype)
+                cross[pick] = (x_cols, x_bias, _keep(x_rows, self.dtype))
+            x_cols, x_bias, x_keep = cross[pick]
+            ctx.cross_k.append(_take(cache.cross_k, x_cols))
+            ctx.cross_v.append(_take(cache.cross_v, x_cols))
+            ctx.cross_bias.append(x_bias)
+            ctx.cross_keep.append(x_keep)
+        self._ctx = ctx
+        return ctx
 
     # -- growth -----------------------------------------------------------------------------------------
 
@@ -291,7 +457,7 @@ class IncrementalDecoder:
             return logits
         self._ensure_capacity()
         closes = active & (tokens == BAR)
-        logits = self._regular(tokens, active)
+        logits = self._regular_gathered(tokens, active)
         if self.ns > 0:
             close_idx = closes.nonzero().flatten()
             if close_idx.numel():
@@ -381,6 +547,42 @@ class IncrementalDecoder:
             r = dec.final_norm(r)
         return dec.output(r[:, 0]).float()
 
+    def _regular_gathered(self, tokens: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+        """:meth:`_regular` on growing caches, reading only the keys the scheme allows (:class:`_BarContext`)."""
+        dec, t = self.dec, self.length
+        special = tokens < NUM_SPECIALS
+        q_bar = torch.where(special | ~active, torch.zeros_like(tokens), self.bars_closed + 1)
+        values = self.beat_table[tokens]
+        self.running_beat.copy_(torch.where(active & (values > 0), values, self.running_beat))
+        beat = torch.where((values == 0) | ~active, torch.zeros_like(values), self.running_beat)
+        self.pos_bar[:, t] = q_bar
+        self.pos_valid[:, t] = active
+        r = dec.embed.regular(tokens[:, None], q_bar[:, None], beat[:, None])  # (B, 1, d)
+        ctx = self._bar_context(q_bar, active)
+        col = ctx.append_column()
+        n = col + 1
+        for i, (layer, cache) in enumerate(zip(dec.layers, self.caches, strict=True)):
+            attn = layer.attn
+            r_hat = layer._pre(layer.attn_norm, r)
+            q, k_new, v_new = (_heads(x, self.heads) for x in _project(attn, r_hat, summary=False))
+            cache.k.narrow(2, t, 1).copy_(k_new)
+            cache.v.narrow(2, t, 1).copy_(v_new)
+            ctx.k[i].narrow(2, col, 1).copy_(k_new)
+            ctx.v[i].narrow(2, col, 1).copy_(v_new)
+            a = _attend_one(q, ctx.k[i][:, :, :n], ctx.v[i][:, :, :n], ctx.bias[i][..., :n], ctx.keep[i])
+            r = layer._post(layer.attn_norm, r + attn.out_proj(_merge(a)))
+            if layer.cross is not None and layer.cross_norm is not None:
+                cross_k, cross_v, cross_bias = ctx.cross_k[i], ctx.cross_v[i], ctx.cross_bias[i]
+                assert cross_k is not None and cross_v is not None and cross_bias is not None
+                x = layer._pre(layer.cross_norm, r)
+                cq = _heads(layer.cross.q_proj(x), self.heads)
+                c = _attend_one(cq, cross_k, cross_v, cross_bias, ctx.cross_keep[i])
+                r = layer._post(layer.cross_norm, r + layer.cross.out_proj(_merge(c)))
+            r = layer._post(layer.ffn_norm, r + layer.ffn(layer._pre(layer.ffn_norm, r)))
+        if dec.final_norm is not None:
+            r = dec.final_norm(r)
+        return dec.output(r[:, 0]).float()
+
     def _summaries(self, idx: torch.Tensor) -> None:
         """The summary stream of the bars closed by this step's Bar tokens (elements ``idx``), all layers.
 
@@ -414,8 +616,14 @@ class IncrementalDecoder:
         self_ok = self.s2s[i](torch.zeros_like(jb)).expand(-1, ns)
         kb = self.pos_bar[idx, :t]
         reg_ok = self.pos_valid[idx, :t] & (kb >= 1) & (kb <= jb) & self.s2c[i](kb - jb)
+        if self.sparse:  # only the allowed tokens (the default scheme: the bar's own), not the whole cache
+            cols, reg_ok = _allowed_columns(reg_ok)
+            rows = idx[:, None]
+            reg_k, reg_v = cache.k[rows, :, cols].transpose(1, 2), cache.v[rows, :, cols].transpose(1, 2)
+        else:
+            reg_k, reg_v = cache.k[idx, :, :t], cache.v[idx, :, :t]
         allowed = torch.cat([prev_ok, self_ok, reg_ok], dim=1)[:, None, None, :]
-        parts = [(cache.ks[idx], cache.vs[idx]), (k_self, v_self), (cache.k[idx, :, :t], cache.v[idx, :, :t])]
+        parts = [(cache.ks[idx], cache.vs[idx]), (k_self, v_self), (reg_k, reg_v)]
         s2 = _merge(_attend(q, parts, allowed))  # (n, ns, d)
         k2, v2 = (_heads(x, h) for x in _kv2(attn, s2))  # (n, H, ns, dh)
         slot = ((bar - 1) * ns)[:, None] + torch.arange(ns, device=s.device)  # (n, ns)
@@ -438,17 +646,21 @@ class IncrementalDecoder:
         slot = (((bar - 1) * self.ns)[:, None] + torch.arange(self.ns, device=self.device)).clamp(
             max=self.caches[0].k2.shape[2] - 1)  # (B, ns); a row past the last slot does not close a bar
         keep = closes[:, None, None]
+        jb = bar[:, None]
+        masks: dict[tuple[int, int], torch.Tensor] = {}  # layers with the same offset sets share a mask
         for i in range(len(self.dec.layers)):
             layer, cache = self.dec.layers[i], self.caches[i]
             attn, h, ns = layer.attn, self.heads, self.ns
             s_hat = layer._pre(layer.attn_norm, s)
             q, k_self, v_self = (_heads(x, h) for x in _project(attn, s_hat, summary=True))
-            jb = bar[:, None]
-            prev_ok = (sbar[None, :] < jb) & self.s2s[i](sbar[None, :] - jb)
-            self_ok = self.s2s[i](torch.zeros_like(jb)).expand(-1, ns)
-            kb = self.pos_bar
-            reg_ok = self.pos_valid & (kb >= 1) & (kb <= jb) & self.s2c[i](kb - jb)
-            allowed = torch.cat([prev_ok, self_ok, reg_ok], dim=1)[:, None, None, :]
+            key = (id(self.s2s[i]), id(self.s2c[i]))
+            if key not in masks:
+                prev_ok = (sbar[None, :] < jb) & self.s2s[i](sbar[None, :] - jb)
+                self_ok = self.s2s[i](torch.zeros_like(jb)).expand(-1, ns)
+                kb = self.pos_bar
+                reg_ok = self.pos_valid & (kb >= 1) & (kb <= jb) & self.s2c[i](kb - jb)
+                masks[key] = torch.cat([prev_ok, self_ok, reg_ok], dim=1)[:, None, None, :]
+            allowed = masks[key]
             parts = [(cache.ks, cache.vs), (k_self, v_self), (cache.k, cache.v)]
             s2 = _merge(_attend(q, parts, allowed))  # (B, ns, d)
             k2, v2 = (_heads(x, h) for x in _kv2(attn, s2))  # (B, H, ns, dh)
