@@ -26,7 +26,7 @@ from torch import nn
 from ..data.batch import collate_bar_tokens
 from ..tokens.specials import BAR, EOS, PAD
 from .grammar import DEFAULT_NOTE_TOLERANCE, GrammarState, TokenGrammar
-from .incremental import IncrementalDecoder
+from .incremental import IncrementalDecoder, step_threads
 
 
 @dataclass
@@ -277,7 +277,8 @@ def decode(
                                [r.bar_budget for r in requests], min_len=min_len, max_len=max_len,
                                notes=[r.notes for r in requests], note_tolerance=note_tolerance)
     loop = _Loop(cache, state, requests, opts, generator, capacity, with_logprobs)
-    steps = loop.run()
+    with step_threads(dev):  # CPU: one thread by default (small kernels; a busy machine's pool spins)
+        steps = loop.run()
     out = loop.out[:, :steps].tolist()
     lp = loop.lp[:, :steps].tolist() if with_logprobs else []
     results = []

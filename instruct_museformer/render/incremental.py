@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -33,6 +35,36 @@ from ..model.decoder import MuseformerDecoder
 from ..model.encoder import EncoderOut
 from ..model.scheme import OffsetSet
 from ..tokens.specials import BAR, NUM_SPECIALS
+
+# torch intra-op threads for the token-by-token loop on CPU (None: leave torch's setting). A batch-1 step is
+# hundreds of small kernels: a second thread barely helps on an idle machine (~7%), and where the cores are
+# shared its pool spin-waits, so that one thread is 2-3x faster (docs/benchmarks.md, CPU decoding).
+_STEP_THREADS: int | None = 1
+
+
+def set_step_threads(threads: int | None) -> None:
+    """Threads of the decoding loop on CPU (``imf render --threads``); None keeps torch's setting."""
+    global _STEP_THREADS
+    _STEP_THREADS = threads
+
+
+def get_step_threads() -> int | None:
+    """Threads of the decoding loop on CPU (None: torch's setting)."""
+    return _STEP_THREADS
+
+
+@contextmanager
+def step_threads(device: torch.device) -> Iterator[None]:
+    """Run the decoding loop with the step thread count on CPU (the encoder keeps torch's setting)."""
+    old = torch.get_num_threads()
+    if device.type != "cpu" or _STEP_THREADS is None or _STEP_THREADS == old:
+        yield
+        return
+    torch.set_num_threads(_STEP_THREADS)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 class OffsetTable:
