@@ -8,6 +8,10 @@ play the notes of the score's bar k mod 40), and prints a short table::
 
     python benchmarks/bench_decode.py                      # CPU (here: 2 cores)
     python benchmarks/bench_decode.py --device cuda --length 10000
+    python benchmarks/bench_decode.py --checkpoint CKPT --length 10000 --batches 1 --threads 1   # a trained model
+
+``--threads N`` sets torch's threads for the whole run, the decoding loop included (by default that loop
+runs on one CPU thread, as in ``imf render``).
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import torch
 from instruct_museformer.model import MuseformerConfig, build_model
 from instruct_museformer.render.decode import DecodeRequest, SamplingOptions, decode
 from instruct_museformer.render.grammar import TokenGrammar, score_bar_notes
+from instruct_museformer.render.incremental import get_step_threads, set_step_threads
+from instruct_museformer.render.pipeline import load_renderer
 from instruct_museformer.render.windows import split_bars
 from instruct_museformer.tokens.tokenizer import Vocab, beat_table, build_tokenizer
 
@@ -84,7 +90,10 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--length", type=int, default=None, help="tokens per sequence (default: 1000 CPU, 10000 GPU)")
     parser.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU), decoding included")
+    parser.add_argument("--checkpoint", default=None,
+                        help="checkpoint directory: its model (shape, weights) instead of the random default-size one")
+    parser.add_argument("--score-bars", type=int, default=40, help="bars of the synthetic score (~26 tokens each)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--free-notes", action="store_true", help="no score-note constraint (imf render --free-notes)")
     parser.add_argument("--check", action="store_true",
@@ -93,24 +102,32 @@ def main() -> None:
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
+        set_step_threads(args.threads)
     length = args.length or (10000 if device.type == "cuda" else 1000)
-    tokenizer = build_tokenizer()
-    vocab = Vocab(tokenizer)
     torch.manual_seed(args.seed)
-    cfg = MuseformerConfig(vocab_size=len(vocab.tokens), task="translation", attention_impl="reference")
-    model = build_model(cfg).to(device).eval()
-    grammar = TokenGrammar.for_tokenizer(tokenizer, cfg.vocab_size).to(device)
-    table = beat_table(tokenizer, False).to(device)
-    source = synthetic_score(vocab, 40)
+    if args.checkpoint:
+        renderer = load_renderer(args.checkpoint, args.device)
+        model, cfg, tokenizer = renderer.model, renderer.cfg, renderer.tokenizer
+        grammar, table = renderer.grammar, renderer.beat_table
+    else:
+        tokenizer = build_tokenizer()
+        cfg = MuseformerConfig(vocab_size=len(Vocab(tokenizer).tokens), task="translation", attention_impl="reference")
+        model = build_model(cfg).to(device).eval()
+        grammar = TokenGrammar.for_tokenizer(tokenizer, cfg.vocab_size).to(device)
+        table = beat_table(tokenizer, False).to(device)
+    source = synthetic_score(Vocab(tokenizer), args.score_bars)
     run(model, grammar, table, source, 1, 32, device, args.seed)  # warm-up
     if args.check:
         dynamic, static = check_exact(model, table, source, device)
         print(f"exactness vs full forward (300 steps, max relative error): growing caches {dynamic:.2e}, "
               f"static caches{' + CUDA graph' if device.type == 'cuda' else ''} {static:.2e}")
     params = sum(p.numel() for p in model.parameters())
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"cached decoding, default model ({params / 1e6:.1f} M parameters, width {cfg.attention_embed_dim}, "
-          f"{cfg.num_layers}+{cfg.num_layers} layers), score {len(source)} tokens, top-k 8, "
+    loop_threads = get_step_threads() or torch.get_num_threads()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (
+        f"CPU, {torch.get_num_threads()} threads ({loop_threads} in the decoding loop)")
+    what = args.checkpoint or "default-size model, random weights"
+    print(f"cached decoding, {what} ({params / 1e6:.1f} M parameters, width {cfg.attention_embed_dim}, "
+          f"{cfg.encoder_layers or cfg.num_layers}+{cfg.num_layers} layers), score {len(source)} tokens, top-k 8, "
           f"{'free notes' if args.free_notes else 'score notes'}, on {name}, torch {torch.__version__}")
     print("(cpu s = CPU time of this process; well below seconds x threads means the machine was busy)")
     print(f"{'batch':>5} {'tokens/seq':>10} {'seconds':>8} {'cpu s':>7} {'tok/s/seq':>10} {'tok/s total':>11} "
