@@ -557,6 +557,7 @@ class IncrementalDecoder:
         r = dec.embed.regular(tokens[:, None], q_bar[:, None], beat[:, None])  # (B, 1, d)
         sbar, svalid = self._summary_bars()
         cross_masks: dict[int, torch.Tensor] = {}
+        masks: dict[tuple[int, int], torch.Tensor] = {}  # layers with the same offset sets share a mask
         for i, (layer, cache) in enumerate(zip(dec.layers, self.caches, strict=True)):
             attn = layer.attn
             r_hat = layer._pre(layer.attn_norm, r)
@@ -564,7 +565,10 @@ class IncrementalDecoder:
             cache.k.index_copy_(2, t, k_new)
             cache.v.index_copy_(2, t, v_new)
             parts = [(cache.k2, cache.v2), (cache.k[:, :, :length], cache.v[:, :, :length])]
-            mask = self._regular_mask(i, q_bar, sbar, svalid, length)
+            pair = (id(self.c2c[i]), id(self.c2s[i]))
+            if pair not in masks:
+                masks[pair] = self._regular_mask(i, q_bar, sbar, svalid, length)
+            mask = masks[pair]
             r = layer._post(layer.attn_norm, r + attn.out_proj(_merge(_attend(q, parts, mask))))
             if layer.cross is not None and layer.cross_norm is not None:
                 key = id(self.xc[i]) * 31 + id(self.xs[i])
