@@ -26,7 +26,7 @@ from instruct_museformer.render.decode import DecodeRequest, SamplingOptions, de
 from instruct_museformer.render.grammar import TokenGrammar, score_bar_notes
 from instruct_museformer.render.incremental import get_step_threads, set_step_threads
 from instruct_museformer.render.pipeline import load_renderer
-from instruct_museformer.render.windows import split_bars
+from instruct_museformer.render.windows import WindowStats, render_token_bars, split_bars
 from instruct_museformer.tokens.tokenizer import Vocab, beat_table, build_tokenizer
 
 
@@ -63,6 +63,19 @@ def run(
     return elapsed, cpu
 
 
+def run_windows(
+    model, grammar, table, source: list[int], window_tokens: int, device: torch.device, seed: int, notes: bool = True
+) -> tuple[float, float, int, int]:
+    """``imf render``'s path for a whole score (bar-aligned windows, encoder per window, score-note constraint):
+    (wall seconds, process CPU seconds, performance tokens, windows)."""
+    stats = WindowStats()
+    gen = torch.Generator(device=device).manual_seed(seed)
+    start, cpu = time.perf_counter(), time.process_time()
+    out = render_token_bars(model, [source], table, grammar, SamplingOptions(topk=8), gen,
+                            window_tokens=window_tokens, stats=stats, constrain_notes=notes)
+    return time.perf_counter() - start, time.process_time() - cpu, len(out[0]), stats.windows
+
+
 def check_exact(model, table, source, device: torch.device, steps: int = 300) -> tuple[float, float]:
     """Max relative logit error of the cached step (growing caches; static caches + CUDA graph on GPU)
     against the model's full forward on the prefix, teacher-forcing the score's own tokens for ``steps``."""
@@ -94,6 +107,9 @@ def main() -> None:
     parser.add_argument("--checkpoint", default=None,
                         help="checkpoint directory: its model (shape, weights) instead of the random default-size one")
     parser.add_argument("--score-bars", type=int, default=40, help="bars of the synthetic score (~26 tokens each)")
+    parser.add_argument("--render", action="store_true",
+                        help="render the whole synthetic score as imf render does (windows of the checkpoint's "
+                        "training length, or 4096 tokens) instead of sampling --length tokens")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--free-notes", action="store_true", help="no score-note constraint (imf render --free-notes)")
     parser.add_argument("--check", action="store_true",
@@ -116,7 +132,7 @@ def main() -> None:
         grammar = TokenGrammar.for_tokenizer(tokenizer, cfg.vocab_size).to(device)
         table = beat_table(tokenizer, False).to(device)
     source = synthetic_score(Vocab(tokenizer), args.score_bars)
-    run(model, grammar, table, source, 1, 32, device, args.seed)  # warm-up
+    run(model, grammar, table, synthetic_score(Vocab(tokenizer), 4), 1, 32, device, args.seed)  # warm-up
     if args.check:
         dynamic, static = check_exact(model, table, source, device)
         print(f"exactness vs full forward (300 steps, max relative error): growing caches {dynamic:.2e}, "
@@ -129,6 +145,13 @@ def main() -> None:
     print(f"cached decoding, {what} ({params / 1e6:.1f} M parameters, width {cfg.attention_embed_dim}, "
           f"{cfg.encoder_layers or cfg.num_layers}+{cfg.num_layers} layers), score {len(source)} tokens, top-k 8, "
           f"{'free notes' if args.free_notes else 'score notes'}, on {name}, torch {torch.__version__}")
+    if args.render:
+        window = renderer.window_tokens if args.checkpoint else 4096
+        elapsed, cpu, tokens, windows = run_windows(model, grammar, table, source, window, device, args.seed,
+                                                       not args.free_notes)
+        print(f"rendered the {args.score_bars}-bar score in {windows} window(s) of <= {window} tokens: {tokens} tokens "
+              f"in {elapsed:.1f} s (cpu {cpu:.1f} s), {tokens / elapsed:.0f} tokens/s", flush=True)
+        return
     print("(cpu s = CPU time of this process; well below seconds x threads means the machine was busy)")
     print(f"{'batch':>5} {'tokens/seq':>10} {'seconds':>8} {'cpu s':>7} {'tok/s/seq':>10} {'tok/s total':>11} "
           f"{'ms/step':>8}")
