@@ -135,7 +135,7 @@ class AttentionLayout:
     segments: tuple[torch.Tensor, torch.Tensor] | None = None
     _dense: torch.Tensor | None = field(default=None, repr=False)
     _table: torch.Tensor | None = field(default=None, repr=False)
-    _block: dict[int, object] = field(default_factory=dict, repr=False)
+    _block: dict[int | tuple[int, int], object] = field(default_factory=dict, repr=False)
 
     def mask_mod(self) -> MaskMod:
         """The predicate, in FlexAttention's ``mask_mod(b, h, q_idx, kv_idx)`` form, as cheap as it can be.
@@ -220,30 +220,35 @@ class AttentionLayout:
     def block_mask(self, block_size: int | tuple[int, int]) -> object:
         """The FlexAttention BlockMask (heads broadcast), built once and shared by every layer using it.
 
-        The tile structure is worked out on the CPU (a few dozen small ops on (B, Q/bs, K/bs) arrays, which
-        as CUDA launches cost more host time than the GPU work of a short step) and copied over once.
+        The class table is built on the CPU (one copy over); the tile flags and both orderings (per query
+        tile for the forward, per key tile for the backward) are a few dozen batched ops on the device,
+        with no dense token grid and no host round trip.
         """
-        if block_size not in self._block:
+        key = block_size if isinstance(block_size, int) else tuple(block_size)
+        if key not in self._block:
             from torch.nn.attention.flex_attention import BlockMask
 
-            cpu = torch.device("cpu")
-            k_pos = None if self.k_pos is None else self.k_pos.to(cpu)
-            q_class, k_class = self.q_class.to(cpu), self.k_class.to(cpu)
-            table = _class_table(self.off.to(cpu), self.num_bars)
-            partial, full = _tile_kinds(q_class, k_class, table, k_pos, block_size)
+            dev = self.q_class.device
+            table = _class_table(self.off.to("cpu"), self.num_bars).to(dev, non_blocking=True)
+            partial, full = _tile_kinds(self.q_class, self.k_class, table, self.k_pos, block_size)
             num, idx = _ordered(partial)
             full_num, full_idx = _ordered(full)
-            block = BlockMask.from_kv_blocks(
-                num,
-                idx,
-                full_num,
-                full_idx,
-                BLOCK_SIZE=block_size,
-                mask_mod=self.mask_mod(),
+            q_num, q_idx = _ordered(partial.transpose(1, 2))
+            full_q_num, full_q_idx = _ordered(full.transpose(1, 2))
+            self._block[key] = BlockMask(
                 seq_lengths=(self.q_class.shape[1], self.k_class.shape[1]),
+                kv_num_blocks=num,
+                kv_indices=idx,
+                full_kv_num_blocks=full_num,
+                full_kv_indices=full_idx,
+                q_num_blocks=q_num,
+                q_indices=q_idx,
+                full_q_num_blocks=full_q_num,
+                full_q_indices=full_q_idx,
+                BLOCK_SIZE=(block_size, block_size) if isinstance(block_size, int) else tuple(block_size),
+                mask_mod=self.mask_mod(),
             )
-            self._block[block_size] = block.to(self.q_class.device)
-        return self._block[block_size]
+        return self._block[key]
 
 
 def _class_table(off: torch.Tensor, n: int) -> torch.Tensor:
@@ -342,7 +347,7 @@ def _bit_mask_mod(layout: AttentionLayout, lo: int, words: torch.Tensor) -> Mask
 
 
 def _ordered(selected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, nq, nk) tile flags -> (B, 1, nq) counts and (B, 1, nq, nk) indices, selected tiles first."""
+    """(B, nq, nk) tile flags -> (B, 1, nq) counts and (B, 1, nq, nk) indices, selected tiles first (in order)."""
     num = selected.sum(-1, dtype=torch.int32)
     order = torch.argsort((~selected).to(torch.int32), dim=-1, stable=True).to(torch.int32)
     return num[:, None].contiguous(), order[:, None].contiguous()
