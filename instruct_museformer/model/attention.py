@@ -114,7 +114,7 @@ def segment_summaries(
     v_s, v_r = v[:, :, :s_len], v[:, :, s_len:]
     has = (token_slot >= 0)[:, None, :]  # (B, 1, R)
     idx = token_slot.clamp(min=0)[:, None, :].expand(b, h, r_len)  # (B, H, R)
-    s_tok, s_self, _ = _segment_scores(q_s, k, idx, has)
+    s_tok, s_self, _ = _segment_scores(q_s, k[:, :, :s_len], k[:, :, s_len:], idx, has)
     with torch.no_grad():  # per-segment max, only to keep exp() in range (softmax does not depend on it)
         peak = s_self.clone().scatter_reduce_(2, idx, s_tok, reduce="amax", include_self=True)
     e_tok = torch.exp(s_tok - torch.gather(peak, 2, idx))  # (B, H, R); 0 where no slot reads the token
@@ -128,16 +128,16 @@ def segment_summaries(
 
 
 def _segment_scores(
-    q_s: torch.Tensor, k: torch.Tensor, idx: torch.Tensor, has: torch.Tensor
+    q_s: torch.Tensor, k_s: torch.Tensor, k_r: torch.Tensor, idx: torch.Tensor, has: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Scores in float32 (or float64): per regular token against its slot's query (B, H, R; -inf where no
     slot reads it) and of each summary against itself (B, H, S); also the gathered queries (B, H, R, dh)."""
-    b, h, s_len, dh = q_s.shape
+    dh = q_s.shape[-1]
     acc = torch.promote_types(q_s.dtype, torch.float32)
     scale = 1.0 / math.sqrt(dh)
     q_tok = torch.gather(q_s, 2, idx[..., None].expand(*idx.shape, dh)).to(acc)  # (B, H, R, dh)
-    s_tok = (q_tok * k[:, :, s_len:].to(acc)).sum(-1) * scale
-    s_self = (q_s.to(acc) * k[:, :, :s_len].to(acc)).sum(-1) * scale  # a summary also reads itself
+    s_tok = (q_tok * k_r.to(acc)).sum(-1) * scale
+    s_self = (q_s.to(acc) * k_s.to(acc)).sum(-1) * scale  # a summary also reads itself
     return s_tok.masked_fill(~has, float("-inf")), s_self, q_tok
 
 
@@ -153,26 +153,33 @@ def _segment_sum(
 
 
 def _segment_forward(
-    q_s: torch.Tensor, k: torch.Tensor, v: torch.Tensor, token_slot: torch.Tensor
+    q_s: torch.Tensor,
+    k_s: torch.Tensor,
+    k_r: torch.Tensor,
+    v_s: torch.Tensor,
+    v_r: torch.Tensor,
+    token_slot: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward of ``_SegmentSoftmax``: (output before the slot mask (B, H, S, dh), log-sum-exp (B, H, S))."""
-    b, h, s_len, _ = q_s.shape
-    r_len = k.shape[2] - s_len
+    b, h = q_s.shape[:2]
+    r_len = k_r.shape[2]
     has = (token_slot >= 0)[:, None, :]
     idx = token_slot.clamp(min=0)[:, None, :].expand(b, h, r_len)
-    s_tok, s_self, _ = _segment_scores(q_s, k, idx, has)
+    s_tok, s_self, _ = _segment_scores(q_s, k_s, k_r, idx, has)
     peak = s_self.clone().scatter_reduce_(2, idx, s_tok, reduce="amax", include_self=True)
     e_tok = torch.exp(s_tok - torch.gather(peak, 2, idx))
     e_self = torch.exp(s_self - peak)
     denom = e_self + torch.zeros_like(e_self).scatter_add(2, idx, e_tok)
-    out = _segment_sum(e_tok / torch.gather(denom, 2, idx), e_self / denom, v[:, :, :s_len], v[:, :, s_len:], idx)
+    out = _segment_sum(e_tok / torch.gather(denom, 2, idx), e_self / denom, v_s, v_r, idx)
     return out, peak + denom.log()
 
 
 def _segment_backward(
     q_s: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
+    k_s: torch.Tensor,
+    k_r: torch.Tensor,
+    v_s: torch.Tensor,
+    v_r: torch.Tensor,
     token_slot: torch.Tensor,
     slot_valid: torch.Tensor,
     lse: torch.Tensor,
@@ -181,25 +188,24 @@ def _segment_backward(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Backward of ``_SegmentSoftmax``: (dq_s, dk, dv), the per-token products recomputed."""
     b, h, s_len, dh = q_s.shape
-    r_len = k.shape[2] - s_len
+    r_len = k_r.shape[2]
     scale = 1.0 / math.sqrt(dh)
     has = (token_slot >= 0)[:, None, :]
     idx = token_slot.clamp(min=0)[:, None, :].expand(b, h, r_len)
     idx4 = idx[..., None].expand(b, h, r_len, dh)
-    s_tok, s_self, q_tok = _segment_scores(q_s, k, idx, has)
+    s_tok, s_self, q_tok = _segment_scores(q_s, k_s, k_r, idx, has)
     p_tok = torch.exp(s_tok - torch.gather(lse, 2, idx))  # (B, H, R), 0 where no slot reads the token
     p_self = torch.exp(s_self - lse)
     g = grad.to(out.dtype) * slot_valid[:, None, :, None]  # (B, H, S, dh)
     delta = (g * out).sum(-1)  # (B, H, S): sum over keys of p * dp
     g_tok = torch.gather(g, 2, idx4)  # (B, H, R, dh)
-    k_s, k_r = k[:, :, :s_len].to(out.dtype), k[:, :, s_len:].to(out.dtype)
-    v_s, v_r = v[:, :, :s_len].to(out.dtype), v[:, :, s_len:].to(out.dtype)
-    ds_tok = p_tok * ((g_tok * v_r).sum(-1) - torch.gather(delta, 2, idx)) * scale  # d score, scaled
-    ds_self = p_self * ((g * v_s).sum(-1) - delta) * scale
+    acc = out.dtype
+    ds_tok = p_tok * ((g_tok * v_r.to(acc)).sum(-1) - torch.gather(delta, 2, idx)) * scale  # d score, scaled
+    ds_self = p_self * ((g * v_s.to(acc)).sum(-1) - delta) * scale
     dv = torch.cat([p_self[..., None] * g, p_tok[..., None] * g_tok], dim=2)
-    dk = torch.cat([ds_self[..., None] * q_s.to(out.dtype), ds_tok[..., None] * q_tok], dim=2)
-    dq = torch.zeros_like(g).scatter_add(2, idx4, ds_tok[..., None] * k_r) + ds_self[..., None] * k_s
-    return dq.to(q_s.dtype), dk.to(k.dtype), dv.to(v.dtype)
+    dk = torch.cat([ds_self[..., None] * q_s.to(acc), ds_tok[..., None] * q_tok], dim=2)
+    dq = torch.zeros_like(g).scatter_add(2, idx4, ds_tok[..., None] * k_r.to(acc)) + ds_self[..., None] * k_s.to(acc)
+    return dq.to(q_s.dtype), dk.to(k_r.dtype), dv.to(v_r.dtype)
 
 
 def _on_device(fn: Callable[..., Any], device: torch.device) -> Callable[..., Any]:
@@ -217,6 +223,11 @@ class _SegmentSoftmax(torch.autograd.Function):
     The autograd version keeps several (B, H, R, dh) float32 products for backward (~1.5 GiB at 65,536
     tokens over 4 layers, more than the whole dense model's activations grow); as in flash attention,
     backward recomputes them from q, k, v and the log-sum-exp instead.
+
+    The caller may overwrite the summary rows of ``k`` and ``v`` afterwards (``V2S1Attention`` puts the
+    step-2 summary keys there): those rows are copied (S rows, small), and the views of the rest are kept
+    on ``ctx`` rather than through ``save_for_backward``, whose version check would refuse the write
+    although backward never reads what it changes.
     """
 
     @staticmethod
@@ -228,14 +239,22 @@ class _SegmentSoftmax(torch.autograd.Function):
         token_slot: torch.Tensor,
         slot_valid: torch.Tensor,
     ) -> torch.Tensor:
-        out, lse = _on_device(_segment_forward, q_s.device)(q_s, k, v, token_slot)
-        ctx.save_for_backward(q_s, k, v, token_slot, slot_valid, lse, out)
+        s_len = q_s.shape[2]
+        k_s, v_s = k[:, :, :s_len].clone(), v[:, :, :s_len].clone()
+        k_r, v_r = k[:, :, s_len:], v[:, :, s_len:]
+        out, lse = _on_device(_segment_forward, q_s.device)(q_s, k_s, k_r, v_s, v_r, token_slot)
+        ctx.save_for_backward(k_s, v_s, token_slot, slot_valid, lse, out)
+        ctx.views = (q_s, k_r, v_r)  # not written by the caller
         return (out * slot_valid[:, None, :, None]).to(v.dtype)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
-        q_s = ctx.saved_tensors[0]
-        return (*_on_device(_segment_backward, q_s.device)(*ctx.saved_tensors, grad), None, None)
+        k_s, v_s, token_slot, slot_valid, lse, out = ctx.saved_tensors
+        q_s, k_r, v_r = ctx.views
+        backward = _on_device(_segment_backward, q_s.device)
+        grads = backward(q_s, k_s, k_r, v_s, v_r, token_slot, slot_valid, lse, out, grad)
+        ctx.views = None
+        return (*grads, None, None)
 
 
 def _heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -289,8 +308,9 @@ class V2S1Attention(nn.Module):
             [self.qkv_bias_sum.expand(num_sum, -1), self.qkv_bias_reg.expand(length - num_sum, -1)]
         )  # (S+R, 3d)
         qkv = self.qkv_proj(xh)  # bf16 under autocast: keep it so (a float32 bias would upcast q, k, v)
-        q, k, v = (qkv + bias.to(qkv.dtype)).split(self.dim, dim=-1)
-        return _heads(q, self.num_heads), _heads(k, self.num_heads), _heads(v, self.num_heads)
+        qkv = qkv + bias.to(qkv.dtype)
+        d = self.dim  # slices, not split(): forward() writes into k and v, which split's views forbid
+        return tuple(_heads(qkv[..., i * d : (i + 1) * d], self.num_heads) for i in range(3))  # type: ignore[return-value]
 
     def summarize(self, q_s: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sx: AttentionLayout) -> torch.Tensor:
         """Step 1: summary queries (B, H, S, dh) over [k_s ; k_r] (B, H, S+R, dh) -> s2 (B, H, S, dh).
@@ -325,7 +345,14 @@ class V2S1Attention(nn.Module):
         q, k, v = self.project(xh, num_sum)
         s2 = self.summarize(q[:, :, :num_sum], k, v, sx)
         k_s2, v_s2 = self.sum_kv2(s2)
-        r2 = self.update(q[:, :, num_sum:], k_s2, v_s2, k[:, :, num_sum:], v[:, :, num_sum:], rx)
+        if sx.segments is not None and resolve_impl(self.impl, q.device) == "flex" and self._p() == 0.0:
+            # Step 2's keys [k_s2 ; k_r] go into k and v themselves, over the summary rows step 1 has used
+            # (``_SegmentSoftmax`` allows it): no (B, H, S+R, dh) concatenated copies kept for backward.
+            k[:, :, :num_sum] = k_s2
+            v[:, :, :num_sum] = v_s2
+            r2 = attend(q[:, :, num_sum:], k, v, rx, self.impl, self.block_size, 0.0)
+        else:
+            r2 = self.update(q[:, :, num_sum:], k_s2, v_s2, k[:, :, num_sum:], v[:, :, num_sum:], rx)
         # out-proj per stream: the attention output laid out (B, R, H, dh) merges heads without a copy, and
         # out_proj then keeps for backward the same tensor the attention kernel keeps (not a second copy)
         return torch.cat([self.out_proj(_merge(s2)), self.out_proj(_merge(r2))], dim=1)
