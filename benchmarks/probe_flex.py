@@ -7,7 +7,8 @@ see what the kernels cost apart from the rest of the model:
 
 Variants: ``table`` (offset-table lookup per pair), ``bits`` (one int64 word per key, the default),
 ``nomask`` (every visited tile treated as full: a lower bound for this tile count), ``bits`` compiled
-for dynamic shapes (as the model's shared compiled call ends up), and ``bits`` with other block shapes
+for dynamic shapes (as the model's shared compiled call ends up; ``_divisible``: told that the lengths
+are multiples of 128, as the model does), and ``bits`` with other block shapes
 (kernel options to match). Writes ``probe.json`` under --out (default $OUT or .).
 """
 
@@ -39,6 +40,7 @@ from instruct_museformer.model.scheme import parse_scheme  # noqa: E402
 VARIANTS: dict[str, tuple[str, tuple[int, int], dict[str, Any]]] = {
     "bits": ("bits", (128, 128), {}),
     "bits_dynamic": ("bits", (128, 128), {}),
+    "bits_dynamic_divisible": ("bits", (128, 128), {"IS_DIVISIBLE": True}),
     "table": ("table", (128, 128), {}),
     "nomask": ("nomask", (128, 128), {}),
     "bits_q128_kv64": (
@@ -132,7 +134,7 @@ def probe_length(length: int, names: list[str], deadline: float, c2c: Any, c2s: 
             bm = block_mask_for(layout, mask, block)
             torch.cuda.synchronize()
             row["block_mask_ms"] = (time.perf_counter() - t0) * 1000
-            fn = torch.compile(flex_attention, dynamic=name.endswith("_dynamic"))
+            fn = torch.compile(flex_attention, dynamic="_dynamic" in name)
             kwargs = {"block_mask": bm, "kernel_options": opts or None}
             t0 = time.perf_counter()
             fn(q, k, v, **kwargs).backward(t["g"])
