@@ -41,6 +41,7 @@ VARIANTS: dict[str, tuple[str, tuple[int, int], dict[str, Any]]] = {
     "bits": ("bits", (128, 128), {}),
     "bits_dynamic": ("bits", (128, 128), {}),
     "bits_dynamic_divisible": ("bits", (128, 128), {"IS_DIVISIBLE": True}),
+    "bits32": ("bits32", (128, 128), {}),
     "table": ("table", (128, 128), {}),
     "nomask": ("nomask", (128, 128), {}),
     "bits_q128_kv64": (
@@ -75,6 +76,14 @@ def block_mask_for(layout: Any, mask: str, block: tuple[int, int]) -> Any:
 
     if mask == "bits":
         return layout.block_mask(block)
+    if mask == "bits32":
+        bm = layout.block_mask(block)
+        return BlockMask(
+            seq_lengths=bm.seq_lengths,
+            **{name: getattr(bm, name) for name in BlockMask._TENSOR_ATTRS[:8]},
+            BLOCK_SIZE=bm.BLOCK_SIZE,
+            mask_mod=bits32_mask_mod(layout),
+        )
     cpu = torch.device("cpu")
     k_pos = None if layout.k_pos is None else layout.k_pos.to(cpu)
     from instruct_museformer.model.masks import _class_table, _tile_kinds
@@ -89,6 +98,25 @@ def block_mask_for(layout: Any, mask: str, block: tuple[int, int]) -> Any:
     seq = (layout.q_class.shape[1], layout.k_class.shape[1])
     bm = BlockMask.from_kv_blocks(num, idx, fnum, fidx, BLOCK_SIZE=block, mask_mod=mod, seq_lengths=seq)
     return bm.to(layout.q_class.device)
+
+
+def bits32_mask_mod(layout: Any) -> Any:
+    """The int64-word predicate of the default causal ``rx`` with int32 arithmetic only (two half words)."""
+    lo, words = layout._bit_words()
+    n, width = layout.num_bars, 2 * layout.num_bars + 1
+    row, k_bar = layout.k_code.div(width, rounding_mode="floor"), layout.k_code % width - n
+    k_word = words[row.long()].reshape(-1)
+    k_lo = (k_word & 0xFFFFFFFF).to(torch.int64).where(k_word & 0x80000000 == 0, (k_word & 0xFFFFFFFF) - (1 << 32))
+    k_lo, k_hi = k_lo.int(), (k_word >> 32).int()
+    q_val = torch.where(layout.q_kind == 0, torch.full_like(layout.q_bar, -(1 << 20)), layout.q_bar - lo + 1)
+    q_val, k_bar, k_pos = q_val.reshape(-1).int(), k_bar.reshape(-1).int(), layout.k_pos
+
+    def allowed(b: Any, h: Any, q: Any, kv: Any) -> Any:
+        idx = (q_val[q] - k_bar[kv]).clamp(0, 63)
+        word = torch.where(idx < 32, k_lo[kv], k_hi[kv])
+        return (((word >> (idx & 31)) & 1) != 0) & (k_pos[kv] <= q)
+
+    return allowed
 
 
 def timed(fn: Any, reps: int = 10) -> float:
