@@ -336,14 +336,17 @@ class V2S1Attention(nn.Module):
 
     def project(self, xh: torch.Tensor, num_sum: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Normalised joint stream (B, S+R, d) -> q, k, v (B, H, S+R, dh) with per-stream biases."""
-        length = xh.shape[1]
-        bias = torch.cat(
-            [self.qkv_bias_sum.expand(num_sum, -1), self.qkv_bias_reg.expand(length - num_sum, -1)]
-        )  # (S+R, 3d)
         qkv = self.qkv_proj(xh)  # bf16 under autocast: keep it so (a float32 bias would upcast q, k, v)
-        qkv = qkv + bias.to(qkv.dtype)
-        d = self.dim  # slices, not split(): forward() writes into k and v, which split's views forbid
-        return tuple(_heads(qkv[..., i * d : (i + 1) * d], self.num_heads) for i in range(3))  # type: ignore[return-value]
+        return self._split(qkv + self._bias(xh.shape[1], num_sum).to(qkv.dtype))
+
+    def _bias(self, length: int, num_sum: int) -> torch.Tensor:
+        """(S+R, 3d) Q/K/V biases: the summary stream's for the first ``num_sum`` rows."""
+        return torch.cat([self.qkv_bias_sum.expand(num_sum, -1), self.qkv_bias_reg.expand(length - num_sum, -1)])
+
+    def _split(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, L, 3d) -> q, k, v (B, H, L, dh), views."""
+        q, k, v = qkv.split(self.dim, dim=-1)
+        return _heads(q, self.num_heads), _heads(k, self.num_heads), _heads(v, self.num_heads)
 
     def summarize(self, q_s: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sx: AttentionLayout) -> torch.Tensor:
         """Step 1: summary queries (B, H, S, dh) over [k_s ; k_r] (B, H, S+R, dh) -> s2 (B, H, S, dh).
@@ -375,16 +378,19 @@ class V2S1Attention(nn.Module):
 
     def forward(self, xh: torch.Tensor, num_sum: int, sx: AttentionLayout, rx: AttentionLayout) -> torch.Tensor:
         """Normalised joint stream (B, S+R, d) -> attention output after out-proj (B, S+R, d)."""
-        q, k, v = self.project(xh, num_sum)
+        qkv = self.qkv_proj(xh)  # bf16 under autocast: keep it so (a float32 bias would upcast q, k, v)
+        qkv = qkv + self._bias(xh.shape[1], num_sum).to(qkv.dtype)
+        q, k, v = self._split(qkv)
         s2 = self.summarize(q[:, :, :num_sum], k, v, sx)
-        k_s2, v_s2 = self.sum_kv2(s2)
         if sx.segments is not None and resolve_impl(self.impl, q.device) == "flex" and self._p() == 0.0:
-            # Step 2's keys [k_s2 ; k_r] go into k and v themselves, over the summary rows step 1 has used
-            # (``_SegmentSoftmax`` allows it): no (B, H, S+R, dh) concatenated copies kept for backward.
-            k[:, :, :num_sum] = k_s2
-            v[:, :, :num_sum] = v_s2
+            # Step 2's keys [k_s2 ; k_r] are written into the projection itself, over the summary rows that
+            # step 1 has used (``_SegmentSoftmax`` allows it), and read through fresh views: no concatenated
+            # (B, H, S+R, dh) copies kept for backward, and no as_strided gradients of stale views.
+            qkv[:, :num_sum, self.dim :] = self.kv2_proj(_merge(s2))
+            q, k, v = self._split(qkv)
             r2 = attend(q[:, :, num_sum:], k, v, rx, self.impl, self.block_size, 0.0)
         else:
+            k_s2, v_s2 = self.sum_kv2(s2)
             r2 = self.update(q[:, :, num_sum:], k_s2, v_s2, k[:, :, num_sum:], v[:, :, num_sum:], rx)
         # out-proj per stream: the attention output laid out (B, R, H, dh) merges heads without a copy, and
         # out_proj then keeps for backward the same tensor the attention kernel keeps (not a second copy)
