@@ -5,11 +5,12 @@ see what the kernels cost apart from the rest of the model:
 
     python benchmarks/probe_flex.py [--lengths 15360 65536] [--budget-s 120] [--out DIR]
 
-Variants: ``table`` (offset-table lookup per pair), ``bits`` (one int64 word per key, the default),
-``nomask`` (every visited tile treated as full: a lower bound for this tile count), ``bits`` compiled
-for dynamic shapes (as the model's shared compiled call ends up; ``_divisible``: told that the lengths
-are multiples of 128, as the model does), and ``bits`` with other block shapes
-(kernel options to match). Writes ``probe.json`` under --out (default $OUT or .).
+Variants: ``table`` (offset-table lookup per pair), ``bits`` (the 64-bit offset word per key, with int64
+arithmetic), ``bits32`` (the same word as two int32 halves, as the model now does), ``nomask`` (every
+visited tile treated as full: a lower bound for this tile count), ``bits`` compiled for dynamic shapes (as
+the model's shared compiled call ends up; ``_divisible``: told that the lengths are multiples of 128, as
+the model does), ``bits`` with other block shapes (kernel options to match), and ``bits_strided`` (q, k, v
+as views of one projection, as in the model). Writes ``probe.json`` under --out (default $OUT or .).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ VARIANTS: dict[str, tuple[str, tuple[int, int], dict[str, Any]]] = {
     "bits_dynamic": ("bits", (128, 128), {}),
     "bits_dynamic_divisible": ("bits", (128, 128), {"IS_DIVISIBLE": True}),
     "bits32": ("bits32", (128, 128), {}),
+    "bits_strided": ("bits", (128, 128), {}),
     "table": ("table", (128, 128), {}),
     "nomask": ("nomask", (128, 128), {}),
     "bits_q128_kv64": (
@@ -146,6 +148,10 @@ def probe_length(length: int, names: list[str], deadline: float, c2c: Any, c2s: 
     shapes = {"q": r_len, "k": k_len, "v": k_len, "g": r_len}
     t = {n: torch.randn(1, 8, m, 64, device="cuda", dtype=torch.bfloat16, generator=gen) for n, m in shapes.items()}
     q, k, v = (t[n].requires_grad_() for n in "qkv")
+    # as in the model: views of one (B, L, 3 H dh) projection, rows 3 H dh apart
+    joint = torch.randn(1, k_len, 3, 8, 64, device="cuda", dtype=torch.bfloat16, generator=gen).requires_grad_()
+    q_view, k_view, v_view = (joint[:, :, i].transpose(1, 2) for i in range(3))
+    strided = (q_view[:, :, k_len - r_len :], k_view, v_view)
     qd, kd, vd = (x.detach()[:, :, -r_len:].clone().requires_grad_() for x in (q, k, v))
     sdpa = torch.nn.functional.scaled_dot_product_attention
     dense_ms = timed(lambda: sdpa(qd, kd, vd, is_causal=True).backward(t["g"]))
@@ -165,11 +171,12 @@ def probe_length(length: int, names: list[str], deadline: float, c2c: Any, c2s: 
             fn = torch.compile(flex_attention, dynamic="_dynamic" in name)
             kwargs = {"block_mask": bm, "kernel_options": opts or None}
             t0 = time.perf_counter()
-            fn(q, k, v, **kwargs).backward(t["g"])
+            qkv = strided if name.endswith("_strided") else (q, k, v)
+            fn(*qkv, **kwargs).backward(t["g"])
             torch.cuda.synchronize()
             row["compile_s"] = time.perf_counter() - t0
-            row["ms"] = timed(lambda: fn(q, k, v, **kwargs).backward(t["g"]))  # noqa: B023 - called here only
-            row["fwd_ms"] = timed(lambda: fn(q, k, v, **kwargs))  # noqa: B023
+            row["ms"] = timed(lambda: fn(*qkv, **kwargs).backward(t["g"]))  # noqa: B023 - called here only
+            row["fwd_ms"] = timed(lambda: fn(*qkv, **kwargs))  # noqa: B023
             row["tiles"] = [int(bm.kv_num_blocks.sum()), int(bm.full_kv_num_blocks.sum())]
         except Exception as exc:  # noqa: BLE001 - one failed variant must not lose the others
             row["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
