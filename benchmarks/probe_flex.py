@@ -5,8 +5,9 @@ see what the kernels cost apart from the rest of the model:
 
     python benchmarks/probe_flex.py [--lengths 15360 65536] [--budget-s 120] [--out DIR]
 
-Variants: ``table`` (offset-table lookup per pair), ``bits`` (the 64-bit offset word per key, with int64
-arithmetic), ``bits32`` (the same word as two int32 halves, as the model now does), ``nomask`` (every
+Variants: ``table`` (offset-table lookup per pair), ``bits`` (``AttentionLayout.mask_mod``, the model's: the
+64-bit offset word per key; int64 arithmetic up to commit c5196e4, two int32 halves since), ``bits32`` (a
+stand-alone int32 version for batch 1), ``nomask`` (every
 visited tile treated as full: a lower bound for this tile count), ``bits`` compiled for dynamic shapes (as
 the model's shared compiled call ends up; ``_divisible``: told that the lengths are multiples of 128, as
 the model does), ``bits`` with other block shapes (kernel options to match), and ``bits_strided`` (q, k, v
