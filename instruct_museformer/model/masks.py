@@ -9,7 +9,9 @@ is then one load per query, one per key and one lookup in an L1-sized table:
 
     allowed(b, q, kv) = off[k_code[b, kv] - q_bar[b, q]] and <prefix rule> and (not causal or k_pos[kv] <= q)
 
-The reference path evaluates it densely; the flex path passes it as the BlockMask's ``mask_mod``. The
+The reference path evaluates it densely; the flex path passes it as the BlockMask's ``mask_mod``, with
+the offset table folded into a 64-bit word per key so that a pair costs a few integer operations and no
+gather (``_bit_mask_mod``). The
 BlockMask's tile structure comes from the same predicate evaluated on one representative token per
 (query class, key class): the number of allowed class pairs inside a tile's class rectangle (2-D prefix
 sums) says whether the tile is empty, full (mask_mod skipped) or partial. Nothing is built over the dense
