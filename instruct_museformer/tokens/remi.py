@@ -94,6 +94,26 @@ def to_remi_order(ids: Sequence[int]) -> list[int]:
     return out
 
 
+def _one_key_one_note(notes: list[Note]) -> list[Note]:
+    """Sorted notes in which a key is never struck while it still sounds.
+
+    A piano key cannot be re-struck before it is released, and MIDI readers (partitura, players) drop or
+    cut the second note-on of a sounding pitch. So a note ends at the latest where the next note of its
+    pitch starts, and of two notes of one pitch at one tick only the louder (then longer) one is kept.
+    """
+    notes.sort(key=lambda n: (n.pitch, n.time, -n.velocity, -n.duration))
+    kept: list[Note] = []
+    for note in notes:
+        previous = kept[-1] if kept and kept[-1].pitch == note.pitch else None
+        if previous is not None and previous.time == note.time:
+            continue
+        if previous is not None and previous.time + previous.duration > note.time:
+            previous.duration = note.time - previous.time
+        kept.append(note)
+    kept.sort(key=lambda n: (n.time, n.pitch))
+    return kept
+
+
 def decode_ids(ids: Sequence[int], vocab: Vocab) -> Score:
     """Token ids (closing-Bar order) -> ``symusic.Score`` in ticks with tempos, time signatures, pedal.
 
@@ -185,7 +205,7 @@ def decode_ids(ids: Sequence[int], vocab: Vocab) -> Score:
         tempos[0] = DEFAULT_TEMPO if not tempos else tempos[min(tempos)]
     score.tempos = [Tempo(t, qpm) for t, qpm in sorted(tempos.items())]
     score.time_signatures = [TimeSignature(t, n, d) for t, n, d in signatures]
-    track.notes.sort(key=lambda n: (n.time, n.pitch))
+    track.notes = _one_key_one_note(list(track.notes))
     # symusic writes controls, not Pedal objects, to a MIDI file: add the sustain pedal as CC64 too.
     for pedal in track.pedals:
         track.controls.append(ControlChange(pedal.time, SUSTAIN_CC, 127))

@@ -101,3 +101,24 @@ def test_written_midi_file_keeps_the_timing(tokenizer, pair, tmp_path):
     b = sorted((n.time, n.pitch) for n in reread.tracks[0].notes)
     assert len(a) == len(b) and max(abs(x[0] - y[0]) for x, y in zip(a, b, strict=True)) < 1e-3
     assert len(reread.tracks[0].pedals) == len(in_memory.tracks[0].pedals)
+
+
+def test_a_key_is_never_struck_while_it_sounds(tokenizer, tmp_path):
+    """Overlapping notes of one pitch (a model may emit them) come out cut, so MIDI readers keep them all."""
+    import partitura
+
+    vocab_ids = tokenizer.vocab
+    pos = [vocab_ids[f"Position_{p}"] for p in (0, 12, 12, 24)]
+    long = vocab_ids[next(t for t in vocab_ids if t.startswith("Duration_2."))]
+    vel = [vocab_ids[t] for t in ("Velocity_63", "Velocity_95")]
+    pitch = vocab_ids["Pitch_60"]
+    ids = [vocab_ids["TimeSig_4/4"], pos[0], pitch, vel[0], long, pos[1], pitch, vel[0], long, pitch, vel[1], long,
+           pos[3], pitch, vel[0], long, specials.BAR]
+    score = decode_performance(ids, tokenizer)
+    notes = sorted((n.time, n.duration, n.velocity) for n in score.tracks[0].notes)
+    assert len(notes) == 3 and notes[0][0] < notes[1][0] < notes[2][0]
+    assert all(a[0] + a[1] <= b[0] for a, b in zip(notes[:-1], notes[1:], strict=True))  # no overlap
+    assert notes[1][2] == 95  # of two strikes at one tick, the louder stays
+    path = tmp_path / "repeated.mid"
+    score.dump_midi(path)
+    assert len(partitura.load_performance_midi(str(path)).note_array()) == 3
