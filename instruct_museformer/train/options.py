@@ -27,6 +27,7 @@ import dataclasses
 import difflib
 import types
 import typing
+from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
@@ -233,6 +234,10 @@ def build_validate_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--attention-impl", choices=("auto", "flex", "reference"), default=None,
         help="attention backend for this run (default: the checkpoint's); both give the same loss",
+    )
+    parser.add_argument(
+        "--results-json", type=Path, default=None, metavar="FILE",
+        help="also write the loss (bits) and perplexity of each subset as JSON (imf evaluate --perplexity-json)",
     )
     return parser
 

@@ -483,6 +483,13 @@ def _inherit_data_flags(args: argparse.Namespace, saved: dict[str, Any]) -> None
         logger.info(f"from the checkpoint's training flags: {', '.join(inherited)}")
 
 
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    os.replace(temporary, path)
+
+
 def _set_attention_impl(model: torch.nn.Module, impl: str) -> None:
     """Switch every attention module (and the configs they read at forward time) to ``impl``."""
     for module in model.modules():
@@ -523,10 +530,16 @@ def validate(args: argparse.Namespace) -> int:
         trainer.autocast_dtype = (torch.bfloat16 if args.bf16 else
                                   torch.float16 if args.fp16 and info.device.type == "cuda" else None)
         progress = ProgressLogger("simple", None, enabled=info.rank == 0)
+        results: dict[str, Any] = {"checkpoint": str(metadata["path"]), "num_updates": metadata.get("num_updates", 0),
+                                   "loss_unit": "bits per target token", "subsets": {}}
         for name in [s for s in args.valid_subset.split(",") if s]:
             split = source.load(name, _truncation(args, name))
             _, stats = _evaluate(args, source, split, trainer, info)
             progress.log_summary(stats, tag="valid", epoch=None, step=0, prefix=f"valid on '{name}' subset")
+            results["subsets"][name] = {"loss": stats["loss"], "ppl": stats["ppl"], "truncate": _truncation(args, name),
+                                        "samples": len(split.dataset)}
+        if args.results_json is not None and info.rank == 0:
+            _write_json_atomic(args.results_json, results)
         return 0
     finally:
         if info.world_size > 1 and dist.is_initialized():

@@ -51,10 +51,20 @@ def test_seed_command_trains_saves_logs_and_validates(data_bin: Path, tmp_path: 
     assert line and float(line.group(1)) == pytest.approx(float(valid[-1][0]), abs=1e-3)
     assert re.search(r"valid on 'test' subset \| loss [\d.]+ \| ppl [\d.]+", out)
     # the backend switch (flex on a GPU) gives the same loss; on the CPU flex runs eagerly
+    results = tmp_path / "out" / "ppl.json"
     assert main(["validate", str(data_bin), "--path", str(ck / "checkpoint_last"), "--batch-size", "1",
-                 "--truncate-valid", "48", "--attention-impl", "flex", "--cpu"]) == 0
+                 "--truncate-valid", "48", "--attention-impl", "flex", "--results-json", str(results), "--cpu"]) == 0
     again = re.search(r"valid on 'valid' subset \| loss ([\d.]+)", capsys.readouterr().out)
     assert again and float(again.group(1)) == pytest.approx(float(line.group(1)), abs=1e-3)
+    # the JSON result is what imf evaluate --perplexity-json merges
+    from instruct_museformer.evaluate.runner import merge_perplexity
+
+    report: dict = {}
+    merge_perplexity(report, results)
+    valid_result = report["perplexity"]["subsets"]["valid"]
+    assert valid_result["loss"] == pytest.approx(float(line.group(1)), abs=1e-3)
+    assert valid_result["ppl"] == pytest.approx(2 ** valid_result["loss"], rel=1e-6)
+    assert valid_result["truncate"] == 48 and report["perplexity"]["num_updates"] > 0
 
 
 def test_cli_errors_are_one_line(data_bin: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
