@@ -57,8 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--score-constrained", action="store_true",
                    help="translation: hypothesis bar k plays exactly source bar k's notes, as imf render does "
                    "(default: off, the model chooses the notes, as fairseq-generate samples)")
-    p.add_argument("--note-tolerance", type=int, default=24, metavar="POSITIONS",
-                   help="with --score-constrained: how far (positions, 48 per beat) an onset may move (default 24)")
+    p.add_argument("--note-tolerance", type=int, default=8, metavar="POSITIONS",
+                   help="with --score-constrained: how far (positions, 48 per beat) an onset may move (default 8)")
     p.add_argument("--results-path", type=Path, default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--cpu", action="store_true", help="same as --device cpu")

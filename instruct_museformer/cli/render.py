@@ -44,9 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--free-notes", action="store_true",
                    help="let the model choose the notes (default: performance bar k plays exactly score bar k's "
                    "notes, onsets within --note-tolerance of the score's)")
-    p.add_argument("--note-tolerance", type=int, default=24, metavar="POSITIONS",
+    p.add_argument("--note-tolerance", type=int, default=8, metavar="POSITIONS",
                    help="how far (in positions, 48 per beat) a note's onset may move from its score position "
-                   "(default: 24, half a beat)")
+                   "(default: 8, a sixth of a beat)")
     p.add_argument("--wav", type=Path, default=None, metavar="FILE",
                    help="also synthesise a WAV with FluidSynth (a folder when there are several outputs)")
     p.add_argument("--plot", type=Path, default=None, metavar="FILE.png",
