@@ -53,6 +53,19 @@ def tiny_config(task: str = "language_modeling", vocab: int = VOCAB, **overrides
     return MuseformerConfig(**values)  # type: ignore[arg-type]
 
 
+def tiny_translation_renderer():
+    """(tokenizer, random tiny translation model, grammar, beat table) over the real REMI vocabulary."""
+    from instruct_museformer.model import build_model
+    from instruct_museformer.render.grammar import TokenGrammar
+    from instruct_museformer.tokens.tokenizer import beat_table, build_tokenizer
+
+    tokenizer = build_tokenizer()
+    v = len(tokenizer.vocab)
+    torch.manual_seed(0)
+    model = build_model(tiny_config("translation", vocab=v)).eval()
+    return tokenizer, model, TokenGrammar.for_tokenizer(tokenizer, v), beat_table(tokenizer, False)
+
+
 def write_score_midi(path, bars: int, notes_per_bar: int = 4, numerator: int = 4, seed: int = 0) -> None:
     """A synthetic score MIDI: ``bars`` bars of numerator/4 with a few notes each."""
     import random

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from render_helpers import tiny_config
+from render_helpers import tiny_config, tiny_translation_renderer
 
 from instruct_museformer.model import build_model
 from instruct_museformer.render.decode import DecodeRequest, SamplingOptions, decode, sample_next
@@ -10,16 +10,12 @@ from instruct_museformer.render.grammar import GrammarState, TokenGrammar
 from instruct_museformer.render.windows import WindowStats, render_token_bars, score_match, split_bars
 from instruct_museformer.tokens.performance import decode_performance
 from instruct_museformer.tokens.specials import BAR, EOS
-from instruct_museformer.tokens.tokenizer import Vocab, beat_table, build_tokenizer
+from instruct_museformer.tokens.tokenizer import Vocab
 
 
 @pytest.fixture(scope="module")
 def setup():
-    tokenizer = build_tokenizer()
-    v = len(tokenizer.vocab)
-    torch.manual_seed(0)
-    model = build_model(tiny_config("translation", vocab=v)).eval()
-    return tokenizer, model, TokenGrammar.for_tokenizer(tokenizer, v), beat_table(tokenizer, False)
+    return tiny_translation_renderer()
 
 
 def _score(tokenizer, bars: int, seed: int) -> list[int]:

@@ -5,9 +5,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from render_helpers import make_checkpoint, tiny_config, write_score_midi
+from render_helpers import make_checkpoint, tiny_translation_renderer, write_score_midi
 
-from instruct_museformer.model import build_model
 from instruct_museformer.render.decode import SamplingOptions
 from instruct_museformer.render.grammar import (
     T_PITCH,
@@ -19,7 +18,6 @@ from instruct_museformer.render.grammar import (
 from instruct_museformer.render.windows import WindowStats, render_token_bars, score_match, split_bars
 from instruct_museformer.tokens.score import tokenize_score
 from instruct_museformer.tokens.specials import BAR, EOS
-from instruct_museformer.tokens.tokenizer import beat_table, build_tokenizer
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 MOZART = FIXTURES / "partitura_mozart_k265_var1/tests/data/musicxml/mozart_k265_var1.musicxml"
@@ -28,12 +26,9 @@ BACH = FIXTURES / "nasap/Bach/Prelude/bwv_854/xml_score.musicxml"
 
 @pytest.fixture(scope="module")
 def setup():
-    tokenizer = build_tokenizer()
-    v = len(tokenizer.vocab)
-    torch.manual_seed(0)
-    model = build_model(tiny_config("translation", vocab=v)).eval()
+    tokenizer, model, grammar, table = tiny_translation_renderer()
     scores = {"mozart": tokenize_score(MOZART, tokenizer), "bach": tokenize_score(BACH, tokenizer)}
-    return tokenizer, model, TokenGrammar.for_tokenizer(tokenizer, v), beat_table(tokenizer, False), scores
+    return tokenizer, model, grammar, table, scores
 
 
 def _bar_events(bar: list[int], grammar: TokenGrammar) -> list[tuple[int, int]]:
