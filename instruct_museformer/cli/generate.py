@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from ..errors import UserError
+from ..files import write_text_atomic
 
 TASKS = ("museformer_translation", "translation", "museformer_language_modeling", "language_modeling",
          "museformer_lm")
@@ -164,10 +163,5 @@ def main(argv: list[str]) -> int:
                f"on {renderer.device}")
     print(summary, file=sys.stderr)
     if args.results_path is not None:
-        args.results_path.mkdir(parents=True, exist_ok=True)
-        target = args.results_path / f"generate-{args.gen_subset}.txt"
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=args.results_path)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write("\n".join(lines + [summary]) + "\n")
-        os.replace(tmp, target)
+        write_text_atomic(args.results_path / f"generate-{args.gen_subset}.txt", "\n".join(lines + [summary]) + "\n")
     return 0

@@ -6,11 +6,11 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 from ..errors import UserError
+from ..files import write_text_atomic
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -155,9 +155,5 @@ def main(argv: list[str]) -> int:
           f"({tokens / max(elapsed, 1e-9):.0f} tokens/s, {stats.windows} window(s)) on {renderer.device}",
           file=sys.stderr)
     if args.report is not None:
-        args.report.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{args.report.name}.", dir=args.report.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(report, handle, indent=2)
-        os.replace(tmp, args.report)
+        write_text_atomic(args.report, json.dumps(report, indent=2))
     return 0

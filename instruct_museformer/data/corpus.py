@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..errors import UserError
+from ..files import write_text_atomic
 from ..tokens.specials import BAR
 
 SPLITS = ("train", "val", "test")
@@ -290,12 +291,6 @@ def _read_cache(path: Path, pair: Pair) -> PairResult | None:
     return PairResult(pair, data.get("score_ids"), data.get("perf_ids"), data.get("reason"), data.get("message", ""))
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
-
-
 def tokenize_corpus(
     pairs: Sequence[Pair],
     out_dir: Path,
@@ -352,14 +347,14 @@ def tokenize_corpus(
                 result = future.result()
                 results[index] = result
                 record = {k: v for k, v in asdict(result).items() if k != "pair"}
-                _write_atomic(cache_dir / f"{_cache_key(pairs[index], fingerprint)}.json", json.dumps(record))
+                write_text_atomic(cache_dir / f"{_cache_key(pairs[index], fingerprint)}.json", json.dumps(record))
                 bar.update()
         bar.close()
 
     _write_outputs([r for r in results if r is not None], out_dir, meta_dir, report)
     write_token_dictionary(len(tokenizer), meta_dir / "our_dict.txt")
     report.wall_seconds = round(time.perf_counter() - started, 2)
-    _write_atomic(meta_dir / "tokenize_report.json", json.dumps(asdict(report), indent=2))
+    write_text_atomic(meta_dir / "tokenize_report.json", json.dumps(asdict(report), indent=2))
     return report
 
 
@@ -383,8 +378,8 @@ def _write_outputs(results: Iterable[PairResult], out_dir: Path, meta_dir: Path,
         perf_lengths[split].append(len(result.perf_ids))
         bar_counts.append(result.perf_ids.count(BAR))
     for split, (score_lines, perf_lines) in lines.items():
-        _write_atomic(out_dir / f"{split}.score", "".join(f"{line}\n" for line in score_lines))
-        _write_atomic(out_dir / f"{split}.perf", "".join(f"{line}\n" for line in perf_lines))
+        write_text_atomic(out_dir / f"{split}.score", "".join(f"{line}\n" for line in score_lines))
+        write_text_atomic(out_dir / f"{split}.perf", "".join(f"{line}\n" for line in perf_lines))
         report.pairs[split] = len(score_lines)
         report.skipped[split] = dict(reasons[split])
     every_score = [n for lengths in score_lengths.values() for n in lengths]

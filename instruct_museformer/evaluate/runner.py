@@ -9,7 +9,6 @@ per-piece figure (a macro average; every piece counts once whatever its length o
 from __future__ import annotations
 
 import json
-import os
 import sys
 import tempfile
 import time
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from ..files import write_text_atomic
 from .compare import METRICS, MODES, ceiling, compare, coverage_of
 from .features import (
     EvaluationInputError,
@@ -266,13 +266,7 @@ def merge_perplexity(report: dict, path: Path) -> None:
 
 def write_report(report: dict, path: Path) -> None:
     """Write the JSON report through a temporary file and a rename (never half-written)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        temporary.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    write_text_atomic(path, json.dumps(report, indent=1) + "\n")
 
 
 # ------------------------------------------------------------------------------------------------ table

@@ -30,6 +30,7 @@ import torch.distributed as dist
 
 from ..data.batch import Batch
 from ..errors import UserError
+from ..files import write_text_atomic
 from ..model.config import MuseformerConfig
 from .checkpoint import (
     CheckpointContents,
@@ -483,13 +484,6 @@ def _inherit_data_flags(args: argparse.Namespace, saved: dict[str, Any]) -> None
         logger.info(f"from the checkpoint's training flags: {', '.join(inherited)}")
 
 
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(temporary, path)
-
-
 def _set_attention_impl(model: torch.nn.Module, impl: str) -> None:
     """Switch every attention module (and the configs they read at forward time) to ``impl``."""
     for module in model.modules():
@@ -539,7 +533,7 @@ def validate(args: argparse.Namespace) -> int:
             results["subsets"][name] = {"loss": stats["loss"], "ppl": stats["ppl"], "truncate": _truncation(args, name),
                                         "samples": len(split.dataset)}
         if args.results_json is not None and info.rank == 0:
-            _write_json_atomic(args.results_json, results)
+            write_text_atomic(args.results_json, json.dumps(results, indent=2) + "\n")
         return 0
     finally:
         if info.world_size > 1 and dist.is_initialized():
