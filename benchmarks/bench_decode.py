@@ -44,7 +44,8 @@ def synthetic_score(vocab: Vocab, bars: int) -> list[int]:
 
 
 def run(
-    model, grammar, table, source, batch: int, length: int, device: torch.device, seed: int, notes: bool = True
+    model, grammar, table, source, batch: int, length: int, device: torch.device, seed: int, notes: bool = True,
+    compile_step: bool = False,
 ) -> tuple[float, float]:
     """(wall seconds, process CPU seconds) to sample ``length`` tokens for ``batch`` sequences."""
     bar_notes = score_bar_notes(split_bars(source), grammar) if notes else None
@@ -55,7 +56,8 @@ def run(
     if device.type == "cuda":
         torch.cuda.synchronize()
     start, cpu = time.perf_counter(), time.process_time()
-    results = decode(model, requests, table, grammar, SamplingOptions(topk=8), gen, min_len=length, max_len=length)
+    results = decode(model, requests, table, grammar, SamplingOptions(topk=8), gen, min_len=length, max_len=length,
+                     compile_step=compile_step)
     if device.type == "cuda":
         torch.cuda.synchronize()
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
@@ -64,7 +66,8 @@ def run(
 
 
 def run_windows(
-    model, grammar, table, source: list[int], window_tokens: int, device: torch.device, seed: int, notes: bool = True
+    model, grammar, table, source: list[int], window_tokens: int, device: torch.device, seed: int, notes: bool = True,
+    compile_step: bool = False,
 ) -> tuple[float, float, int, int]:
     """``imf render``'s path for a whole score (bar-aligned windows, encoder per window, score-note constraint):
     (wall seconds, process CPU seconds, performance tokens, windows)."""
@@ -72,7 +75,7 @@ def run_windows(
     gen = torch.Generator(device=device).manual_seed(seed)
     start, cpu = time.perf_counter(), time.process_time()
     out = render_token_bars(model, [source], table, grammar, SamplingOptions(topk=8), gen,
-                            window_tokens=window_tokens, stats=stats, constrain_notes=notes)
+                            window_tokens=window_tokens, stats=stats, constrain_notes=notes, compile_step=compile_step)
     return time.perf_counter() - start, time.process_time() - cpu, len(out[0]), stats.windows
 
 
@@ -112,6 +115,9 @@ def main() -> None:
                         "training length, or 4096 tokens) instead of sampling --length tokens")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--free-notes", action="store_true", help="no score-note constraint (imf render --free-notes)")
+    parser.add_argument("--compile", action="store_true",
+                        help="CUDA: torch.compile the step (imf render --compile); each shape is run once untimed "
+                        "first, and that first run's time (the compile included) is printed too")
     parser.add_argument("--check", action="store_true",
                         help="first compare cached logits with the full forward (exactness on this device)")
     args = parser.parse_args()
@@ -147,8 +153,12 @@ def main() -> None:
           f"{'free notes' if args.free_notes else 'score notes'}, on {name}, torch {torch.__version__}")
     if args.render:
         window = renderer.window_tokens if args.checkpoint else 4096
+        if args.compile:
+            first, _, _, _ = run_windows(model, grammar, table, source, window, device, args.seed, not args.free_notes,
+                                         True)
+            print(f"first render (compiling the step): {first:.1f} s", flush=True)
         elapsed, cpu, tokens, windows = run_windows(model, grammar, table, source, window, device, args.seed,
-                                                       not args.free_notes)
+                                                    not args.free_notes, args.compile)
         print(f"rendered the {args.score_bars}-bar score in {windows} window(s) of <= {window} tokens: {tokens} tokens "
               f"in {elapsed:.1f} s (cpu {cpu:.1f} s), {tokens / elapsed:.0f} tokens/s", flush=True)
         return
@@ -156,7 +166,11 @@ def main() -> None:
     print(f"{'batch':>5} {'tokens/seq':>10} {'seconds':>8} {'cpu s':>7} {'tok/s/seq':>10} {'tok/s total':>11} "
           f"{'ms/step':>8}")
     for batch in (int(b) for b in args.batches.split(",")):
-        elapsed, cpu = run(model, grammar, table, source, batch, length, device, args.seed, not args.free_notes)
+        if args.compile:
+            first, _ = run(model, grammar, table, source, batch, length, device, args.seed, not args.free_notes, True)
+            print(f"(batch {batch}: first run, compiling the step: {first:.1f} s)", flush=True)
+        elapsed, cpu = run(model, grammar, table, source, batch, length, device, args.seed, not args.free_notes,
+                           args.compile)
         per_seq = length / elapsed
         print(f"{batch:>5} {length:>10} {elapsed:>8.1f} {cpu:>7.1f} {per_seq:>10.0f} {per_seq * batch:>11.0f} "
               f"{1000 * elapsed / length:>8.2f}", flush=True)

@@ -136,6 +136,7 @@ class _Loop:
         generator: torch.Generator | None,
         capacity: int,
         with_logprobs: bool,
+        compile_step: bool = False,
     ) -> None:
         dev = cache.device
         b = len(requests)
@@ -144,7 +145,8 @@ class _Loop:
         self.device, self.capacity = dev, capacity
         self.prefix_len = torch.tensor([len(r.prefix) for r in requests], device=dev)
         longest = max((len(r.prefix) for r in requests), default=0)
-        self.prefix = torch.full((b, max(longest, 1)), PAD, dtype=torch.long, device=dev)
+        width = _round_up(max(longest, 1), COMPILE_CAPACITY_STEP) if compile_step else max(longest, 1)
+        self.prefix = torch.full((b, width), PAD, dtype=torch.long, device=dev)
         for i, r in enumerate(requests):
             if r.prefix:
                 self.prefix[i, : len(r.prefix)] = torch.tensor(r.prefix, dtype=torch.long)
@@ -159,6 +161,10 @@ class _Loop:
         self.t = torch.zeros((), dtype=torch.long, device=dev)  # steps taken (device copy of the host's count)
         self.noise = torch.zeros(NOISE_CHUNK, b, state.grammar.vocab_size, device=dev)
         self.noise_at = torch.zeros((), dtype=torch.long, device=dev)
+        self.step_fn = self.step
+        if compile_step:
+            compiled = _compiled_step()
+            self.step_fn = lambda: compiled(self)
 
     def step(self) -> None:
         """One token per running sequence: model, grammar mask, sampling (or the forced prefix), bookkeeping."""
@@ -189,10 +195,15 @@ class _Loop:
         self.tokens.copy_(nxt)
 
     def run(self) -> int:
-        """Step until every sequence stopped; returns the steps taken (a few no-op steps past the end on CUDA)."""
+        """Step until every sequence stopped; returns the steps taken (a few no-op steps past the end on CUDA).
+
+        Static caches: after every step the host looks at whether a fed token closed a bar (one small
+        device-to-host read) and if so runs the summary pass -- a second graph on CUDA -- before the next
+        step; the host checks for termination every ``SYNC_EVERY`` steps.
+        """
         use_graph = self.static and self.device.type == "cuda"
         sync_every = SYNC_EVERY if self.device.type == "cuda" else CPU_SYNC_EVERY
-        graph: torch.cuda.CUDAGraph | None = None
+        graphs: tuple[torch.cuda.CUDAGraph, torch.cuda.CUDAGraph] | None = None
         steps = 0
         while True:
             if steps % NOISE_CHUNK == 0:
@@ -201,37 +212,72 @@ class _Loop:
                 self.out = nn.functional.pad(self.out, (0, self.out.shape[1]), value=PAD)
                 if self.with_logprobs:
                     self.lp = nn.functional.pad(self.lp, (0, self.lp.shape[1]), value=float("nan"))
-            if graph is not None:
-                graph.replay()
-            elif use_graph and steps >= 2:  # two eager steps first (they warm up kernels and allocators)
-                graph = self._capture()
-                use_graph = graph is not None
-                (graph.replay() if graph is not None else self.step())
-            elif use_graph:
-                side = torch.cuda.Stream()
-                side.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(side):
-                    self.step()
-                torch.cuda.current_stream().wait_stream(side)
+            if graphs is None and use_graph and steps >= 2:  # two eager steps first (kernels, allocators)
+                graphs = self._capture()
+                use_graph = graphs is not None
+            if graphs is not None:
+                graphs[0].replay()
+                if bool(self.cache.closes.any()):
+                    graphs[1].replay()
             else:
-                self.step()
+                self._eager(self.step_fn, side_stream=use_graph)
+                if self.static and bool(self.cache.closes.any()):
+                    self._eager(self.cache.static_summaries, side_stream=use_graph)
             steps += 1
             if steps % sync_every == 0 and not bool(self.running.any()):
                 return steps
 
-    def _capture(self) -> torch.cuda.CUDAGraph | None:
-        """Record :meth:`step` as a CUDA graph (capturing runs nothing); None, with a warning, if that fails."""
+    @staticmethod
+    def _eager(fn, side_stream: bool) -> None:
+        """Run ``fn`` now; before a CUDA graph capture, on a side stream (as capture warm-up must be)."""
+        if not side_stream:
+            fn()
+            return
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            fn()
+        torch.cuda.current_stream().wait_stream(side)
+
+    def _capture(self) -> tuple[torch.cuda.CUDAGraph, torch.cuda.CUDAGraph] | None:
+        """Record :meth:`step` and the summary pass as two CUDA graphs (capturing runs nothing); None, with
+        a warning, if that fails. The summary pass is warmed up first (it may not have run eagerly yet) with
+        nothing closing, which changes no state."""
         import warnings
 
         try:
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                self.step()
-            return graph
+            closes = self.cache.closes.clone()
+            self.cache.closes.zero_()  # a warm-up with nothing closing changes no state
+            self._eager(self.cache.static_summaries, side_stream=True)
+            step_graph, summary_graph = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+            with torch.cuda.graph(summary_graph):
+                self.cache.static_summaries()
+            self.cache.closes.copy_(closes)
+            with torch.cuda.graph(step_graph):
+                self.step_fn()
+            return step_graph, summary_graph
         except Exception as error:  # capture is an optimisation: keep decoding eagerly
             warnings.warn(f"CUDA graph capture of the decoding step failed ({type(error).__name__}: {error}); "
                           "decoding eagerly", stacklevel=3)
             return None
+
+
+_COMPILED_STEP = None
+COMPILE_CAPACITY_STEP = 1024  # compiled steps: capacities rounded up to this, so that windows share shapes
+COMPILE_BARS_STEP = 64
+
+
+def _compiled_step():
+    """``_Loop.step`` through torch.compile (inductor fuses the step's ~600 small kernels), made once per
+    process: every later decode call with the same shapes reuses the compiled code."""
+    global _COMPILED_STEP
+    if _COMPILED_STEP is None:
+        _COMPILED_STEP = torch.compile(_Loop.step, dynamic=False)
+    return _COMPILED_STEP
+
+
+def _round_up(n: int, step: int) -> int:
+    return -(-n // step) * step
 
 
 @torch.no_grad()
@@ -247,8 +293,13 @@ def decode(
     static: bool | None = None,
     with_logprobs: bool = True,
     note_tolerance: int = DEFAULT_NOTE_TOLERANCE,
+    compile_step: bool = False,
 ) -> list[DecodeResult]:
     """Decode every request in one batch with the cached decoder; see :class:`DecodeRequest`.
+
+    ``compile_step`` (static caches only): the step through ``torch.compile`` before the CUDA graph capture;
+    the first call per (batch, capacity) shape compiles (tens of seconds), capacities are rounded up to
+    ``COMPILE_CAPACITY_STEP`` so that windows share shapes.
 
     ``static`` (default: on CUDA, when every sequence's length is bounded by ``stop_at`` or ``max_len``):
     fixed-size caches, and on CUDA the whole step replayed as one CUDA graph.
@@ -269,14 +320,21 @@ def decode(
         capacity = max(capacity, max((r.stop_at or 0) + (2 if r.notes else 1) * r.bar_budget + 16 for r in requests))
     if static is None:
         static = dev.type == "cuda" and bounded
+    compile_step = compile_step and static
+    if compile_step:
+        capacity = _round_up(capacity, COMPILE_CAPACITY_STEP)
     max_bars = max((r.target_bars for r in requests), default=-1)
     max_bars = max_bars + 1 if max_bars >= 0 and all(r.target_bars >= 0 for r in requests) else capacity // 2 + 1
+    if compile_step:
+        max_bars = _round_up(max_bars, COMPILE_BARS_STEP)
     cache = IncrementalDecoder(model.decoder, b, beat_table, encoder_out, capacity=capacity, static=static,
-                               max_bars=max_bars)
+                               max_bars=max_bars,
+                               source_bucket=(COMPILE_CAPACITY_STEP, COMPILE_BARS_STEP) if compile_step else None)
     state = GrammarState.start(grammar, [r.target_bars for r in requests], [r.timesigs for r in requests],
                                [r.bar_budget for r in requests], min_len=min_len, max_len=max_len,
-                               notes=[r.notes for r in requests], note_tolerance=note_tolerance)
-    loop = _Loop(cache, state, requests, opts, generator, capacity, with_logprobs)
+                               notes=[r.notes for r in requests], note_tolerance=note_tolerance,
+                               pad_multiple=(COMPILE_BARS_STEP, 16) if compile_step else (1, 1))
+    loop = _Loop(cache, state, requests, opts, generator, capacity, with_logprobs, compile_step)
     with step_threads(dev):  # CPU: one thread by default (small kernels; a busy machine's pool spins)
         steps = loop.run()
     out = loop.out[:, :steps].tolist()

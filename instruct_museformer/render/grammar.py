@@ -124,6 +124,10 @@ def score_bar_notes(bars: Sequence[Sequence[int]], grammar: TokenGrammar) -> lis
     return out
 
 
+def _round_up(n: int, step: int) -> int:
+    return -(-n // step) * step
+
+
 @dataclass
 class GrammarState:
     """Where each sequence of a batch stands in the grammar; (B,) tensors unless said otherwise.
@@ -150,6 +154,7 @@ class GrammarState:
     note_pitch: torch.Tensor
     note_valid: torch.Tensor
     constrained: torch.Tensor
+    note_bars: torch.Tensor
     played: torch.Tensor
     has_notes: bool = False
     note_tolerance: int = DEFAULT_NOTE_TOLERANCE
@@ -167,13 +172,19 @@ class GrammarState:
         max_len: int | None = None,
         notes: Sequence[Sequence[Sequence[Note]] | None] | None = None,
         note_tolerance: int = DEFAULT_NOTE_TOLERANCE,
+        pad_multiple: tuple[int, int] = (1, 1),
     ) -> GrammarState:
-        """``notes``: per sequence, per bar, the score notes that bar must play (None: free choice of notes)."""
+        """``notes``: per sequence, per bar, the score notes that bar must play (None: free choice of notes).
+
+        ``pad_multiple`` (bars, notes per bar): the per-bar tables are padded up to multiples of these with
+        entries that change nothing, so that decode calls share the static shapes of a compiled step.
+        """
+        bar_step, note_step = pad_multiple
         dev = grammar.types.device
         b = len(target_bars)
         zeros = torch.zeros(b, dtype=torch.long, device=dev)
         width = max((len(t) for t in timesigs), default=0) if timesigs is not None else 0
-        ts = torch.full((b, max(width, 1)), -1, dtype=torch.long, device=dev)
+        ts = torch.full((b, _round_up(max(width, 1), bar_step)), -1, dtype=torch.long, device=dev)
         for i, row in enumerate(timesigs or []):
             if row:
                 ts[i, : len(row)] = torch.tensor(list(row), dtype=torch.long)
@@ -181,7 +192,8 @@ class GrammarState:
         rows = list(notes) if notes is not None else [None] * b
         n_bars = max((len(r) for r in rows if r is not None), default=0)
         n_notes = max((len(bar) for r in rows if r is not None for bar in r), default=0)
-        pos = torch.zeros(b, max(n_bars, 1), max(n_notes, 1), dtype=torch.long)
+        pos = torch.zeros(b, _round_up(max(n_bars, 1), bar_step), _round_up(max(n_notes, 1), note_step),
+                          dtype=torch.long)
         pitch = torch.zeros_like(pos)
         valid = torch.zeros_like(pos, dtype=torch.bool)
         for i, r in enumerate(rows):
@@ -207,6 +219,7 @@ class GrammarState:
             note_pitch=pitch.to(dev),
             note_valid=valid.to(dev),
             constrained=torch.tensor([r is not None for r in rows], dtype=torch.bool, device=dev),
+            note_bars=torch.tensor([len(r) if r is not None else 0 for r in rows], dtype=torch.long, device=dev),
             played=torch.zeros(b, pos.shape[2], dtype=torch.bool, device=dev),
             has_notes=any(r is not None for r in rows),
             note_tolerance=note_tolerance,
@@ -220,7 +233,7 @@ class GrammarState:
         idx = self.bars_done.clamp(max=n_bars - 1)[:, None, None].expand(-1, 1, n)
         pos = self.note_pos.gather(1, idx)[:, 0]
         pitch = self.note_pitch.gather(1, idx)[:, 0]
-        valid = self.note_valid.gather(1, idx)[:, 0] & (self.constrained & (self.bars_done < n_bars))[:, None]
+        valid = self.note_valid.gather(1, idx)[:, 0] & (self.constrained & (self.bars_done < self.note_bars))[:, None]
         return pos, pitch, valid
 
     def allowed(self) -> torch.Tensor:

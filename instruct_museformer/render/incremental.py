@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -77,6 +77,12 @@ class OffsetTable:
 
     def __call__(self, off: torch.Tensor) -> torch.Tensor:
         return self.table[off.clamp(-self.m, self.m) + self.m]
+
+
+def _share(*tables: Sequence[OffsetTable]) -> list[int]:
+    """Per layer, the first layer with the same offset tables: layers of one group share an attention mask."""
+    keys = [tuple(id(t[i]) for t in tables) for i in range(len(tables[0]))]
+    return [keys.index(k) for k in keys]
 
 
 def check_cacheable(decoder: MuseformerDecoder) -> None:
@@ -291,6 +297,7 @@ class IncrementalDecoder:
         static: bool = False,
         max_bars: int | None = None,
         cuda_graph: bool = False,
+        source_bucket: tuple[int, int] | None = None,
     ) -> None:
         check_cacheable(decoder)
         if decoder.training:
@@ -316,6 +323,7 @@ class IncrementalDecoder:
         self._graph: torch.cuda.CUDAGraph | None = None
         self._t = torch.zeros(1, dtype=torch.long, device=dev)
         self.bars_closed = torch.zeros(batch, dtype=torch.long, device=dev)
+        self.closes = torch.zeros(batch, dtype=torch.bool, device=dev)  # static: the last step closed a bar
         self.running_beat = torch.zeros(batch, dtype=torch.long, device=dev)
         self.pos_bar = torch.zeros(batch, capacity, dtype=torch.long, device=dev)
         self.pos_valid = torch.zeros(batch, capacity, dtype=torch.bool, device=dev)
@@ -338,18 +346,38 @@ class IncrementalDecoder:
         self.s2c = [table(sc["sum2con"][i]) for i in range(n)]
         self.s2s = [table(sc["sum2sum"][i]) for i in range(n)]
         self.pref2pref = cfg.pref2pref_mode != "none"
+        self._regular_group = _share(self.c2c, self.c2s)  # static path: layers that share one mask
+        self._summary_group = _share(self.s2s, self.s2c)
         self.encoder_out = encoder_out
         if any(layer.cross is not None for layer in decoder.layers):
             if encoder_out is None:
                 raise ValueError("the translation decoder needs the encoder output")
             self.xc = [table(sc["cross_con2con"][i]) for i in range(n)]
             self.xs = [table(sc["cross_con2sum"][i]) for i in range(n)]
+            self._cross_group = _share(self.xc, self.xs)
             side = encoder_out.side
             self.src_bar, self.src_valid = side.bar, side.valid
             self.src_sum_bar, self.src_sum_valid = side.sum_bar, side.sum_valid
             for layer, cache in zip(decoder.layers, self.caches, strict=True):
                 assert layer.cross is not None
                 cache.cross_k, cache.cross_v = layer.cross.memory_kv(encoder_out.memory)
+            if source_bucket is not None:
+                self._pad_source(*source_bucket)
+
+    def _pad_source(self, regular_step: int, summary_step: int) -> None:
+        """Pad the source side (summary slots and tokens, their cross K/V) up to multiples of the steps with
+        masked entries, so that windows of different source lengths share the static shapes of a compiled
+        step. Masked keys weigh exactly 0: the logits do not change."""
+        s, r = self.src_sum_bar.shape[1], self.src_bar.shape[1]
+        s_pad, r_pad = -(-s // summary_step) * summary_step - s, -(-r // regular_step) * regular_step - r
+        pad = nn.functional.pad
+        self.src_sum_bar, self.src_sum_valid = pad(self.src_sum_bar, (0, s_pad)), pad(self.src_sum_valid, (0, s_pad))
+        self.src_bar, self.src_valid = pad(self.src_bar, (0, r_pad)), pad(self.src_valid, (0, r_pad))
+        for cache in self.caches:  # (B, H, S + R, dh) = [summaries ; tokens]
+            for name in ("cross_k", "cross_v"):
+                x = getattr(cache, name)
+                padded = torch.cat([pad(x[:, :, :s], (0, 0, 0, s_pad)), pad(x[:, :, s:], (0, 0, 0, r_pad))], dim=2)
+                setattr(cache, name, padded)
 
     # -- masks ------------------------------------------------------------------------------------------
 
@@ -485,6 +513,8 @@ class IncrementalDecoder:
                 logits = self._out_logits.clone()
             else:
                 logits = self.static_step(tokens, active)
+            if bool(self.closes.any()):
+                self.static_summaries()
             self.length += 1
             return logits
         self._ensure_capacity()
@@ -500,19 +530,24 @@ class IncrementalDecoder:
         return logits
 
     def static_step(self, tokens: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
-        """One whole step on the fixed-size caches with no host synchronisation (CUDA-graph safe).
+        """The regular pass on the fixed-size caches with no host synchronisation (CUDA-graph safe).
 
-        The summary pass runs for every sequence and is kept only where the fed token closes a bar: which
-        ones do is only known on the device. Past the capacity, writes go to the last position (decoding
-        stops its sequences before that; later steps only feed inactive padding).
+        It records in ``self.closes`` which sequences' fed token closes a bar; when any does, the caller
+        runs :meth:`static_summaries` before the next step (a bar's summary is read only by later bars, and
+        only a few steps in a hundred close a bar, so the summary pass is not part of every step). Past the
+        capacity, writes go to the last position (decoding stops its sequences before that; later steps only
+        feed inactive padding).
         """
         logits = self._regular(tokens, active)
-        closes = active & (tokens == BAR)
-        if self.ns > 0:
-            self._summaries_static(closes)
-        self.bars_closed.add_(closes.long())
+        self.closes.copy_(active & (tokens == BAR))
         self._t.copy_((self._t + 1).clamp(max=self.pos_bar.shape[1] - 1))
         return logits
+
+    def static_summaries(self) -> None:
+        """The summary pass of the bars the last :meth:`static_step` closed (no host synchronisation)."""
+        if self.ns > 0:
+            self._summaries_static(self.closes)
+        self.bars_closed.add_(self.closes.long())
 
     def _capture(self) -> None:
         """Record the static step as a CUDA graph; fall back to eager if that fails."""
@@ -556,8 +591,8 @@ class IncrementalDecoder:
         self.pos_valid.index_copy_(1, t, active[:, None])
         r = dec.embed.regular(tokens[:, None], q_bar[:, None], beat[:, None])  # (B, 1, d)
         sbar, svalid = self._summary_bars()
-        cross_masks: dict[int, torch.Tensor] = {}
-        masks: dict[tuple[int, int], torch.Tensor] = {}  # layers with the same offset sets share a mask
+        cross_masks: dict[int, torch.Tensor] = {}  # by layer group (see _share)
+        masks: dict[int, torch.Tensor] = {}
         for i, (layer, cache) in enumerate(zip(dec.layers, self.caches, strict=True)):
             attn = layer.attn
             r_hat = layer._pre(layer.attn_norm, r)
@@ -565,13 +600,13 @@ class IncrementalDecoder:
             cache.k.index_copy_(2, t, k_new)
             cache.v.index_copy_(2, t, v_new)
             parts = [(cache.k2, cache.v2), (cache.k[:, :, :length], cache.v[:, :, :length])]
-            pair = (id(self.c2c[i]), id(self.c2s[i]))
-            if pair not in masks:
-                masks[pair] = self._regular_mask(i, q_bar, sbar, svalid, length)
-            mask = masks[pair]
+            group = self._regular_group[i]
+            if group not in masks:
+                masks[group] = self._regular_mask(i, q_bar, sbar, svalid, length)
+            mask = masks[group]
             r = layer._post(layer.attn_norm, r + attn.out_proj(_merge(_attend(q, parts, mask))))
             if layer.cross is not None and layer.cross_norm is not None:
-                key = id(self.xc[i]) * 31 + id(self.xs[i])
+                key = self._cross_group[i]
                 if key not in cross_masks:
                     cross_masks[key] = self._cross_mask(i, q_bar, active)
                 x = layer._pre(layer.cross_norm, r)
@@ -683,13 +718,13 @@ class IncrementalDecoder:
             max=self.caches[0].k2.shape[2] - 1)  # (B, ns); a row past the last slot does not close a bar
         keep = closes[:, None, None]
         jb = bar[:, None]
-        masks: dict[tuple[int, int], torch.Tensor] = {}  # layers with the same offset sets share a mask
+        masks: dict[int, torch.Tensor] = {}  # by layer group (see _share)
         for i in range(len(self.dec.layers)):
             layer, cache = self.dec.layers[i], self.caches[i]
             attn, h, ns = layer.attn, self.heads, self.ns
             s_hat = layer._pre(layer.attn_norm, s)
             q, k_self, v_self = (_heads(x, h) for x in _project(attn, s_hat, summary=True))
-            key = (id(self.s2s[i]), id(self.s2c[i]))
+            key = self._summary_group[i]
             if key not in masks:
                 prev_ok = (sbar[None, :] < jb) & self.s2s[i](sbar[None, :] - jb)
                 self_ok = self.s2s[i](torch.zeros_like(jb)).expand(-1, ns)

@@ -169,6 +169,7 @@ def render_files(
     stats: WindowStats | None = None,
     free_notes: bool = False,
     note_tolerance: int = DEFAULT_NOTE_TOLERANCE,
+    compile_step: bool = False,
 ) -> list[Rendering]:
     """Render every score ``num_samples`` times in one batch (windows as needed).
 
@@ -184,7 +185,7 @@ def render_files(
     outputs = render_token_bars(
         renderer.model, [token_lists[i] for i, _ in jobs], renderer.beat_table, renderer.grammar, opts,
         generator, window_tokens=renderer.window_tokens, context_bars=context_bars, stats=stats,
-        constrain_notes=not free_notes, note_tolerance=note_tolerance,
+        constrain_notes=not free_notes, note_tolerance=note_tolerance, compile_step=compile_step,
     )
     return [
         Rendering(scores[i], k, token_lists[i], out, score_match(token_lists[i], out, renderer.grammar))

@@ -73,8 +73,11 @@ def render_token_bars(
     logprobs: list[list[float]] | None = None,
     constrain_notes: bool = True,
     note_tolerance: int = DEFAULT_NOTE_TOLERANCE,
+    compile_step: bool = False,
 ) -> list[list[int]]:
     """Score token sequences -> performance token sequences (each ending with EOS), bar k for bar k.
+
+    ``compile_step``: see :func:`.decode.decode` (CUDA: the windows share one compiled step).
 
     ``constrain_notes``: performance bar k plays exactly score bar k's notes (pitches, onsets within
     ``note_tolerance`` positions of the score's); off, the model chooses the notes.
@@ -127,7 +130,7 @@ def render_token_bars(
             plans.append((i, start, first))
             stats.max_encoder_tokens = max(stats.max_encoder_tokens, len(source))
         results = decode(model, requests, beat_table, grammar, opts, generator, with_logprobs=logprobs is not None,
-                         note_tolerance=note_tolerance)
+                         note_tolerance=note_tolerance, compile_step=compile_step)
         stats.rounds += 1
         for (i, start, first), result in zip(plans, results, strict=True):
             stats.windows += 1

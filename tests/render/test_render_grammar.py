@@ -114,3 +114,27 @@ def test_static_caches_decode_like_growing_ones(setup):
                    static=static) for static in (False, True)]
     assert [r.tokens for r in runs[0]] == [r.tokens for r in runs[1]]
     assert all(r.bars == 3 and r.finished for r in runs[1])
+
+
+def test_compiled_step_decodes_like_the_eager_one_and_compiles_once(setup):
+    """``compile_step``: the same tokens as the eager static step, and the shape buckets let a window of
+    another length (score, bars, notes) reuse the compiled step instead of recompiling it."""
+    from torch._dynamo.utils import counters
+
+    tokenizer, model, grammar, table = setup
+
+    def requests(bars: int, seed: int) -> list[DecodeRequest]:
+        score = _score(tokenizer, bars, seed)
+        return [DecodeRequest(source=score + [EOS], target_bars=bars, timesigs=[b[0] for b in split_bars(score)],
+                              bar_budget=40, stop_at=400)] * 2
+
+    def run(reqs: list[DecodeRequest], seed: int, compiled: bool) -> list[list[int]]:
+        out = decode(model, reqs, table, grammar, SamplingOptions(), torch.Generator().manual_seed(seed),
+                     static=True, compile_step=compiled)
+        return [r.tokens for r in out]
+
+    torch._dynamo.reset()
+    counters.clear()
+    assert run(requests(3, 11), 4, True) == run(requests(3, 11), 4, False)
+    assert run(requests(5, 12), 5, True) == run(requests(5, 12), 5, False)
+    assert counters["stats"]["unique_graphs"] == 1
