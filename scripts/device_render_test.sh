@@ -24,7 +24,7 @@ worker() {  # every JOBS-th piece of the list, starting at $1, in one process
 JOBS=${JOBS:-6}; start=$(date +%s)
 for k in $(seq 0 $((JOBS - 1))); do worker $k > /tmp/renders/worker$k.log 2>&1 & done
 while [ $(jobs -r | wc -l) -gt 0 ] && [ $(( $(date +%s) - start )) -lt ${RENDER_SECONDS:-420} ]; do sleep 5; done
-pkill -f "instruct_museformer render"; sleep 2
+pkill -f render_each.py; sleep 2
 echo "rendered $(ls /tmp/renders/test/*.mid 2>/dev/null | wc -l) of $(wc -l < /tmp/list.txt) in $(( $(date +%s) - start ))s with $JOBS processes"
 cat /tmp/renders/worker*.log | sort -t= -k2 | tail -n 60
 tar -C /tmp -czf $OUT/renders.tgz renders

@@ -89,7 +89,9 @@ def load_renderer(
     if not checkpoint.exists():
         raise UserError(f"{checkpoint}: checkpoint not found")
     directory = resolve_checkpoint(checkpoint)
-    model, cfg, metadata = load_checkpoint_model(directory)
+    # the encoder runs once per window at a new length: FlexAttention would compile (tens of seconds) for
+    # each, the exact blocked reference path needs no compilation (the decoder steps have their own attention)
+    model, cfg, metadata = load_checkpoint_model(directory, attention_impl="reference")
     if cfg.task != task:
         hint = "imf generate --task museformer_language_modeling" if cfg.task == "language_modeling" else "imf render"
         raise UserError(f"{directory}: a {cfg.task} checkpoint, not {task} (use {hint})")

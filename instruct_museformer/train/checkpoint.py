@@ -26,7 +26,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -229,8 +229,13 @@ def load_model_weights(model: torch.nn.Module, path: Path) -> None:
         raise UserError(f"{directory / 'model.safetensors'}: weights do not fit the model ({error})") from error
 
 
-def load_checkpoint_model(path: Path | str) -> tuple[torch.nn.Module, MuseformerConfig, dict[str, Any]]:
-    """(model in eval mode on CPU, its config, the checkpoint's config.json) -- what render/validate need."""
+def load_checkpoint_model(
+    path: Path | str, attention_impl: str | None = None
+) -> tuple[torch.nn.Module, MuseformerConfig, dict[str, Any]]:
+    """(model in eval mode on CPU, its config, the checkpoint's config.json) -- what render/validate need.
+
+    ``attention_impl`` overrides the checkpoint's (both give the same outputs; they differ in speed).
+    """
     from ..model.museformer import build_model
 
     metadata = read_config(Path(path))
@@ -238,6 +243,8 @@ def load_checkpoint_model(path: Path | str) -> tuple[torch.nn.Module, Museformer
         cfg = MuseformerConfig.from_dict(metadata["model"])
     except (KeyError, TypeError, ValueError) as error:
         raise UserError(f"{metadata['path']}/config.json: bad model config ({error})") from error
+    if attention_impl is not None:
+        cfg = replace(cfg, attention_impl=attention_impl)
     model = build_model(cfg)
     load_model_weights(model, Path(metadata["path"]))
     model.eval()
