@@ -442,6 +442,9 @@ def _train_loop(args: argparse.Namespace, hooks: Hooks, info: DistInfo) -> int:
 
 # -- validation ----------------------------------------------------------------------------------------
 
+VALID_PROGRESS_SECONDS = 30.0
+
+
 def _evaluate(args: argparse.Namespace, source: DataSource, split: SplitData, trainer: Trainer,
               info: DistInfo) -> tuple[float, dict[str, Any]]:
     """Token-weighted loss (base 2) of a split, its batches sharded over ranks and the sums all-reduced."""
@@ -455,11 +458,17 @@ def _evaluate(args: argparse.Namespace, source: DataSource, split: SplitData, tr
     nll, ntokens, nsentences = 0.0, 0, 0
     stream = batch_stream(split, batches, rank=info.rank, world_size=info.world_size, start=0,
                           num_workers=args.num_workers)
-    for dummy, batch in stream:
+    last_report = start
+    for done, (dummy, batch) in enumerate(stream, start=1):
         if dummy:
             continue
         b_nll, b_tokens, b_sent = trainer.valid_step(batch)
         nll, ntokens, nsentences = nll + b_nll, ntokens + b_tokens, nsentences + b_sent
+        now = time.perf_counter()
+        if info.rank == 0 and now - last_report >= VALID_PROGRESS_SECONDS:  # a long subset on a CPU takes hours
+            logger.info(f"valid on '{split.name}': {done} of {len(batches)} batches, {ntokens} target tokens, "
+                        f"{now - start:.0f} s")
+            last_report = now
     nll, ntokens_f, nsentences_f = trainer.reduce([nll, ntokens, nsentences])
     elapsed = max(time.perf_counter() - start, 1e-9)
     loss = nll / max(ntokens_f, 1) / LN2

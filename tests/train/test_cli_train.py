@@ -13,7 +13,8 @@ from instruct_museformer.cli import main
 
 
 def test_seed_command_trains_saves_logs_and_validates(data_bin: Path, tmp_path: Path,
-                                                       capsys: pytest.CaptureFixture[str]) -> None:
+                                                       capsys: pytest.CaptureFixture[str],
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     argv = shlex.split(SEED_COMMAND)
     argv[0] = str(data_bin)
     small = (f"--num-layers 2 --attention-embed-dim 32 --num-attention-heads 2 --ffn-embed-dim 64 "
@@ -41,7 +42,9 @@ def test_seed_command_trains_saves_logs_and_validates(data_bin: Path, tmp_path: 
     assert list((tmp_path / "tb" / "train_inner").glob("events.out.tfevents.*"))
     assert list((tmp_path / "tb" / "valid").glob("events.out.tfevents.*"))
 
-    # fairseq-validate on the last checkpoint reproduces the last validation loss of training
+    # fairseq-validate on the last checkpoint reproduces the last validation loss of training (and reports
+    # its progress on a long subset: here after every batch)
+    monkeypatch.setattr("instruct_museformer.train.run.VALID_PROGRESS_SECONDS", 0.0)
     assert main(["validate", str(data_bin), "--user-dir", "museformer", "--task", "museformer_language_modeling",
                  "--path", str(ck / "checkpoint_last.pt"), "--batch-size", "1", "--valid-subset", "valid,test",
                  "--truncate-valid", "48", "--truncate-test", "10240", "--cpu"]) == 0
@@ -50,6 +53,7 @@ def test_seed_command_trains_saves_logs_and_validates(data_bin: Path, tmp_path: 
     line = re.search(r"valid on 'valid' subset \| loss ([\d.]+) \| ppl ([\d.]+)", out)
     assert line and float(line.group(1)) == pytest.approx(float(valid[-1][0]), abs=1e-3)
     assert re.search(r"valid on 'test' subset \| loss [\d.]+ \| ppl [\d.]+", out)
+    assert re.search(r"valid on 'test': 1 of \d+ batches, \d+ target tokens, \d+ s", out)
     # the backend switch (flex on a GPU) gives the same loss; on the CPU flex runs eagerly
     results = tmp_path / "out" / "ppl.json"
     assert main(["validate", str(data_bin), "--path", str(ck / "checkpoint_last"), "--batch-size", "1",
