@@ -263,7 +263,7 @@ class _Loop:
 
 
 _COMPILED_STEP = None
-COMPILE_CAPACITY_STEP = 1024  # compiled steps: capacities rounded up to this, so that windows share shapes
+COMPILE_CAPACITY_STEP = 1024  # compiled steps: capacities rounded up to this, so that similar calls share shapes
 COMPILE_BARS_STEP = 64
 
 
