@@ -145,7 +145,7 @@ class _Loop:
         self.device, self.capacity = dev, capacity
         self.prefix_len = torch.tensor([len(r.prefix) for r in requests], device=dev)
         longest = max((len(r.prefix) for r in requests), default=0)
-        width = _round_up(max(longest, 1), COMPILE_CAPACITY_STEP) if compile_step else max(longest, 1)
+        width = capacity if compile_step else max(longest, 1)  # compiled: one shape whatever the prefix
         self.prefix = torch.full((b, width), PAD, dtype=torch.long, device=dev)
         for i, r in enumerate(requests):
             if r.prefix:
@@ -265,6 +265,8 @@ class _Loop:
 _COMPILED_STEP = None
 COMPILE_CAPACITY_STEP = 1024  # compiled steps: capacities rounded up to this, so that similar calls share shapes
 COMPILE_BARS_STEP = 64
+COMPILE_WINDOW_MIN_BARS = 256  # render windows: bar tables of at least this many bars, notes per bar
+COMPILE_WINDOW_MIN_NOTES = 64
 
 
 def _compiled_step():
@@ -321,19 +323,30 @@ def decode(
     if static is None:
         static = dev.type == "cuda" and bounded
     compile_step = compile_step and static
+    # compiled step: shapes rounded up, and for the windows of imf render (stop_at) raised to fixed floors, so
+    # that every window of a piece (the first, the middle ones, the shorter final one) has the same shapes
+    windows = compile_step and any(r.stop_at for r in requests)
+    min_bars, min_notes = (COMPILE_WINDOW_MIN_BARS, COMPILE_WINDOW_MIN_NOTES) if windows else (1, 1)
     if compile_step:
         capacity = _round_up(capacity, COMPILE_CAPACITY_STEP)
     max_bars = max((r.target_bars for r in requests), default=-1)
     max_bars = max_bars + 1 if max_bars >= 0 and all(r.target_bars >= 0 for r in requests) else capacity // 2 + 1
+    source_size = None
     if compile_step:
-        max_bars = _round_up(max_bars, COMPILE_BARS_STEP)
+        max_bars = _round_up(max(max_bars, min_bars), COMPILE_BARS_STEP)
+        if encoder_out is not None:
+            side = encoder_out.side
+            regular = _round_up(max(side.bar.shape[1], capacity if windows else 1), COMPILE_CAPACITY_STEP)
+            per_bar = max(model.decoder.cfg.num_summary_tokens_each_chunk, 1)
+            slots = _round_up(max(side.sum_bar.shape[1], min_bars * per_bar), COMPILE_BARS_STEP)
+            source_size = (regular, slots)
     cache = IncrementalDecoder(model.decoder, b, beat_table, encoder_out, capacity=capacity, static=static,
-                               max_bars=max_bars,
-                               source_bucket=(COMPILE_CAPACITY_STEP, COMPILE_BARS_STEP) if compile_step else None)
+                               max_bars=max_bars, source_size=source_size)
     state = GrammarState.start(grammar, [r.target_bars for r in requests], [r.timesigs for r in requests],
                                [r.bar_budget for r in requests], min_len=min_len, max_len=max_len,
                                notes=[r.notes for r in requests], note_tolerance=note_tolerance,
-                               pad_multiple=(COMPILE_BARS_STEP, 16) if compile_step else (1, 1))
+                               pad_multiple=(COMPILE_BARS_STEP, 16) if compile_step else (1, 1),
+                               min_size=(min_bars, min_notes))
     loop = _Loop(cache, state, requests, opts, generator, capacity, with_logprobs, compile_step)
     with step_threads(dev):  # CPU: one thread by default (small kernels; a busy machine's pool spins)
         steps = loop.run()

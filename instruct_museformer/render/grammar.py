@@ -173,18 +173,21 @@ class GrammarState:
         notes: Sequence[Sequence[Sequence[Note]] | None] | None = None,
         note_tolerance: int = DEFAULT_NOTE_TOLERANCE,
         pad_multiple: tuple[int, int] = (1, 1),
+        min_size: tuple[int, int] = (1, 1),
     ) -> GrammarState:
         """``notes``: per sequence, per bar, the score notes that bar must play (None: free choice of notes).
 
-        ``pad_multiple`` (bars, notes per bar): the per-bar tables are padded up to multiples of these with
-        entries that change nothing, so that decode calls share the static shapes of a compiled step.
+        ``pad_multiple``, ``min_size`` (bars, notes per bar): the per-bar tables are padded to at least
+        ``min_size``, up to multiples of ``pad_multiple``, with entries that change nothing, so that decode
+        calls share the static shapes of a compiled step.
         """
         bar_step, note_step = pad_multiple
+        min_bars, min_notes = min_size
         dev = grammar.types.device
         b = len(target_bars)
         zeros = torch.zeros(b, dtype=torch.long, device=dev)
         width = max((len(t) for t in timesigs), default=0) if timesigs is not None else 0
-        ts = torch.full((b, _round_up(max(width, 1), bar_step)), -1, dtype=torch.long, device=dev)
+        ts = torch.full((b, _round_up(max(width, min_bars), bar_step)), -1, dtype=torch.long, device=dev)
         for i, row in enumerate(timesigs or []):
             if row:
                 ts[i, : len(row)] = torch.tensor(list(row), dtype=torch.long)
@@ -192,7 +195,7 @@ class GrammarState:
         rows = list(notes) if notes is not None else [None] * b
         n_bars = max((len(r) for r in rows if r is not None), default=0)
         n_notes = max((len(bar) for r in rows if r is not None for bar in r), default=0)
-        pos = torch.zeros(b, _round_up(max(n_bars, 1), bar_step), _round_up(max(n_notes, 1), note_step),
+        pos = torch.zeros(b, _round_up(max(n_bars, min_bars), bar_step), _round_up(max(n_notes, min_notes), note_step),
                           dtype=torch.long)
         pitch = torch.zeros_like(pos)
         valid = torch.zeros_like(pos, dtype=torch.bool)

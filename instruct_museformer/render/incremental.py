@@ -297,7 +297,7 @@ class IncrementalDecoder:
         static: bool = False,
         max_bars: int | None = None,
         cuda_graph: bool = False,
-        source_bucket: tuple[int, int] | None = None,
+        source_size: tuple[int, int] | None = None,
     ) -> None:
         check_cacheable(decoder)
         if decoder.training:
@@ -361,15 +361,15 @@ class IncrementalDecoder:
             for layer, cache in zip(decoder.layers, self.caches, strict=True):
                 assert layer.cross is not None
                 cache.cross_k, cache.cross_v = layer.cross.memory_kv(encoder_out.memory)
-            if source_bucket is not None:
-                self._pad_source(*source_bucket)
+            if source_size is not None:
+                self._pad_source(*source_size)
 
-    def _pad_source(self, regular_step: int, summary_step: int) -> None:
-        """Pad the source side (summary slots and tokens, their cross K/V) up to multiples of the steps with
-        masked entries, so that windows of different source lengths share the static shapes of a compiled
-        step. Masked keys weigh exactly 0: the logits do not change."""
+    def _pad_source(self, regular_size: int, summary_size: int) -> None:
+        """Pad the source side (its tokens and summary slots, their cross K/V) with masked entries to at least
+        these sizes, so that windows of different source lengths share the static shapes of a compiled step.
+        Masked keys weigh exactly 0: the logits do not change."""
         s, r = self.src_sum_bar.shape[1], self.src_bar.shape[1]
-        s_pad, r_pad = -(-s // summary_step) * summary_step - s, -(-r // regular_step) * regular_step - r
+        s_pad, r_pad = max(summary_size - s, 0), max(regular_size - r, 0)
         pad = nn.functional.pad
         self.src_sum_bar, self.src_sum_valid = pad(self.src_sum_bar, (0, s_pad)), pad(self.src_sum_valid, (0, s_pad))
         self.src_bar, self.src_valid = pad(self.src_bar, (0, r_pad)), pad(self.src_valid, (0, r_pad))

@@ -117,16 +117,17 @@ def test_static_caches_decode_like_growing_ones(setup):
 
 
 def test_compiled_step_decodes_like_the_eager_one_and_compiles_once(setup):
-    """``compile_step``: the same tokens as the eager static step, and the shape buckets let a window of
-    another length (score, bars, notes) reuse the compiled step instead of recompiling it."""
+    """``compile_step``: the same tokens as the eager static step, and windows of other sizes (score length,
+    bars, notes, a rendered prefix as the context) reuse the compiled step instead of recompiling it."""
     from torch._dynamo.utils import counters
 
     tokenizer, model, grammar, table = setup
 
-    def requests(bars: int, seed: int) -> list[DecodeRequest]:
+    def requests(bars: int, seed: int, prefix_of: list[int] | None = None) -> list[DecodeRequest]:
         score = _score(tokenizer, bars, seed)
-        return [DecodeRequest(source=score + [EOS], target_bars=bars, timesigs=[b[0] for b in split_bars(score)],
-                              bar_budget=40, stop_at=400)] * 2
+        prefix = split_bars(prefix_of)[0] if prefix_of else []  # a window's context: its first bar, rendered
+        return [DecodeRequest(source=score + [EOS], prefix=prefix, target_bars=bars,
+                              timesigs=[b[0] for b in split_bars(score)], bar_budget=40, stop_at=400)] * 2
 
     def run(reqs: list[DecodeRequest], seed: int, compiled: bool) -> list[list[int]]:
         out = decode(model, reqs, table, grammar, SamplingOptions(), torch.Generator().manual_seed(seed),
@@ -135,6 +136,8 @@ def test_compiled_step_decodes_like_the_eager_one_and_compiles_once(setup):
 
     torch._dynamo.reset()
     counters.clear()
-    assert run(requests(3, 11), 4, True) == run(requests(3, 11), 4, False)
+    first = run(requests(3, 11), 4, True)
+    assert first == run(requests(3, 11), 4, False)
     assert run(requests(5, 12), 5, True) == run(requests(5, 12), 5, False)
+    assert run(requests(3, 11, first[0]), 6, True) == run(requests(3, 11, first[0]), 6, False)
     assert counters["stats"]["unique_graphs"] == 1
