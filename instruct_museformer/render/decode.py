@@ -267,6 +267,7 @@ COMPILE_CAPACITY_STEP = 1024  # compiled steps: capacities rounded up to this, s
 COMPILE_BARS_STEP = 64
 COMPILE_WINDOW_MIN_BARS = 256  # render windows: bar tables of at least this many bars, notes per bar
 COMPILE_WINDOW_MIN_NOTES = 64
+COMPILE_WINDOW_OVERSHOOT = 2048  # render windows: capacity at least stop_at + this
 
 
 def _compiled_step():
@@ -327,6 +328,8 @@ def decode(
     # that every window of a piece (the first, the middle ones, the shorter final one) has the same shapes
     windows = compile_step and any(r.stop_at for r in requests)
     min_bars, min_notes = (COMPILE_WINDOW_MIN_BARS, COMPILE_WINDOW_MIN_NOTES) if windows else (1, 1)
+    if windows:  # room for the usual overshoot past stop_at, so that bar budgets rarely change the shape
+        capacity = max(capacity, max(r.stop_at or 0 for r in requests) + COMPILE_WINDOW_OVERSHOOT)
     if compile_step:
         capacity = _round_up(capacity, COMPILE_CAPACITY_STEP)
     max_bars = max((r.target_bars for r in requests), default=-1)
