@@ -39,8 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CPU threads for torch (default: torch's choice for the encoder, 1 for the token-by-token "
                    "decoding: faster on a shared machine, about as fast on an idle one)")
     p.add_argument("--compile", action="store_true",
-                   help="CUDA: torch.compile the decoding step (20-30 s per new window shape, then a step about "
-                   "twice as fast; windows of other sizes compile again, so for one score it rarely pays off yet)")
+                   help="CUDA: torch.compile the decoding step (20-30 s once per process, then a step about twice "
+                   "as fast: worth it for long pieces or many scores, not for one short piece)")
     p.add_argument("--window-tokens", type=int, default=None,
                    help="decoder/encoder tokens per window (default: the checkpoint's training length)")
     p.add_argument("--context-bars", type=int, default=8, help="rendered bars carried into the next window")
