@@ -8,11 +8,13 @@ window): it is fed through the cache token by token (teacher forcing) before sam
 
 One decoding step -- cached model step, grammar mask, top-k/top-p/temperature sampling, grammar advance,
 output write, stop conditions -- is a fixed-shape function of device tensors updated in place
-(:class:`_Loop`). On CUDA with static caches it is captured once as a CUDA graph and replayed; the host
-only checks for termination every ``SYNC_EVERY`` steps. Sampling is Gumbel-max (argmax of the filtered
-logits plus Gumbel noise, the same distribution as multinomial sampling), the noise drawn from the
-caller's generator ``NOISE_CHUNK`` steps at a time outside the graph, so a seed gives the same tokens
-with and without the graph. On CPU the same step runs eagerly (no graph) and the host checks every step.
+(:class:`_Loop`). On CUDA with static caches it is captured once as a CUDA graph and replayed, and the
+summary pass (needed only after a step whose fed token closes a bar) as a second graph that the host
+replays when it sees such a step; the host checks for termination every ``SYNC_EVERY`` steps. With
+``compile_step`` the step goes through ``torch.compile`` before the capture. Sampling is Gumbel-max (argmax
+of the filtered logits plus Gumbel noise, the same distribution as multinomial sampling), the noise drawn
+from the caller's generator ``NOISE_CHUNK`` steps at a time outside the graph, so a seed gives the same
+tokens with and without the graphs. On CPU the same functions run eagerly and the host checks every step.
 """
 
 from __future__ import annotations
@@ -305,7 +307,7 @@ def decode(
     ``COMPILE_CAPACITY_STEP`` so that windows share shapes.
 
     ``static`` (default: on CUDA, when every sequence's length is bounded by ``stop_at`` or ``max_len``):
-    fixed-size caches, and on CUDA the whole step replayed as one CUDA graph.
+    fixed-size caches, and on CUDA the step replayed as a CUDA graph (the summary pass as a second one).
     """
     p = next(model.parameters())
     dev = p.device

@@ -20,7 +20,7 @@ Rules enforced at every step (vectorised over the batch, no host round trip per 
   every note is played; over budget, only what finishes the notes is allowed.
 
 Every step is a fixed-shape tensor function (no boolean indexing, state updated in place), so that the
-whole decoding step can be replayed as one CUDA graph.
+decoding step can be replayed as a CUDA graph.
 
 Token types come from the vocabulary strings (``Vocab.tokens``); ids beyond the tokenizer's vocabulary
 (a dictionary padded by ``--padding-factor``) and the specials other than EOS are never allowed.
