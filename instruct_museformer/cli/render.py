@@ -130,6 +130,8 @@ def main(argv: list[str]) -> int:
     scores = collect_scores(args.scores)
     single = len(scores) == 1 and args.num_samples == 1 and not (len(args.scores) == 1 and args.scores[0].is_dir())
     renderer = load_renderer(args.checkpoint, args.device, args.window_tokens)
+    if args.compile and renderer.device.type != "cuda":
+        print(f"--compile: only on CUDA; decoding on {renderer.device.type} as usual", file=sys.stderr)
     opts = SamplingOptions(args.sampling_topk, args.sampling_topp, args.temperature)
     stats = WindowStats()
     start = time.perf_counter()

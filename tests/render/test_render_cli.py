@@ -27,14 +27,16 @@ def test_render_one_score(ckpt, scores, tmp_path, capsys):
     out = tmp_path / "a-perf.mid"
     report = tmp_path / "report.json"
     code = imf(["render", str(scores / "a.mid"), "-o", str(out), "--checkpoint", str(ckpt), "--seed", "3",
-                "--device", "cpu", "--report", str(report), "--plot", str(tmp_path / "a.png")])
+                "--device", "cpu", "--report", str(report), "--plot", str(tmp_path / "a.png"), "--compile"])
     assert code == 0
     midi = read_midi(out, "tick")
     assert sum(len(t.notes) for t in midi.tracks) >= 0 and midi.tempos
     rows = json.loads(report.read_text())
     assert rows[0]["bars_performance"] == rows[0]["bars_score"] == 3
     assert (tmp_path / "a.png").stat().st_size > 1000
-    assert "score notes present" in capsys.readouterr().out
+    printed = capsys.readouterr()
+    assert "score notes present" in printed.out
+    assert "--compile: only on CUDA" in printed.err  # said once, then ignored
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary files left
 
 
