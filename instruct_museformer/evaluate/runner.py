@@ -327,4 +327,10 @@ def format_table(report: dict, mode: str = "vs_each", per_piece: bool = True) ->
                 f"{label:<{name_width}} {system:<9} {entry['pieces']:>3} {cells} "
                 f"{_cell(cover['coverage'], 6, 3)} {_cell(cover['added_ratio'], 6, 3)}"
             )
+    perplexity = report.get("perplexity") or {}
+    subsets = perplexity.get("subsets") or {}
+    if subsets:  # from imf validate --results-json (imf evaluate --perplexity-json)
+        parts = [f"{name} {v['ppl']:.2f} ({v['loss']:.3f} bits)" for name, v in subsets.items()
+                 if isinstance(v, dict) and "ppl" in v and "loss" in v]
+        lines.append(f"perplexity of {perplexity.get('checkpoint', 'the model')} (imf validate): " + ", ".join(parts))
     return "\n".join(lines)

@@ -45,16 +45,19 @@ def test_manifest_run_writes_report_table_and_plot(tmp_path, capsys):
         # stand-in rendering: a fifth human, aligned with parangonar like any rendering
         writer.writerow([BACH / "xml_score.musicxml", BACH / "LuA01M.mid", humans])
     perplexity = tmp_path / "valid.json"
-    perplexity.write_text(json.dumps({"loss": 2.5, "perplexity": 12.18, "split": "valid"}))
+    perplexity.write_text(json.dumps({  # what imf validate --results-json writes
+        "checkpoint": "ck", "num_updates": 3, "loss_unit": "bits per target token",
+        "subsets": {"test": {"loss": 3.6, "ppl": 12.13, "truncate": 8192, "samples": 2}}}))
     out = tmp_path / "report.json"
     code = imf(["evaluate", "--manifest", str(manifest), "--out", str(out), "--plot", str(tmp_path / "plots"),
                 "--workers", "1", "--perplexity-json", str(perplexity)])
     assert code == 0
     printed = capsys.readouterr().out
     assert "OVERALL" in printed and "ceiling" in printed and "deadpan" in printed and "rendering" in printed
+    assert "perplexity of ck (imf validate): test 12.13 (3.600 bits)" in printed
     report = json.loads(out.read_text())
     _check_schema(report)
-    assert report["perplexity"]["perplexity"] == 12.18
+    assert report["perplexity"]["subsets"]["test"]["ppl"] == 12.13
     (piece,) = report["pieces"]
     assert piece["name"].endswith("bwv_854") and piece["error"] is None
     assert len(piece["humans"]) == 4
