@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..data.batch import collate_bar_tokens
+from ..model.masks import round_up
 from ..tokens.specials import BAR, EOS, PAD
 from .grammar import DEFAULT_NOTE_TOLERANCE, GrammarState, TokenGrammar
 from .incremental import IncrementalDecoder, step_threads
@@ -281,10 +282,6 @@ def _compiled_step():
     return _COMPILED_STEP
 
 
-def _round_up(n: int, step: int) -> int:
-    return -(-n // step) * step
-
-
 @torch.no_grad()
 def decode(
     model: nn.Module,
@@ -333,17 +330,17 @@ def decode(
     if windows:  # room for the usual overshoot past stop_at, so that bar budgets rarely change the shape
         capacity = max(capacity, max(r.stop_at or 0 for r in requests) + COMPILE_WINDOW_OVERSHOOT)
     if compile_step:
-        capacity = _round_up(capacity, COMPILE_CAPACITY_STEP)
+        capacity = round_up(capacity, COMPILE_CAPACITY_STEP)
     max_bars = max((r.target_bars for r in requests), default=-1)
     max_bars = max_bars + 1 if max_bars >= 0 and all(r.target_bars >= 0 for r in requests) else capacity // 2 + 1
     source_size = None
     if compile_step:
-        max_bars = _round_up(max(max_bars, min_bars), COMPILE_BARS_STEP)
+        max_bars = round_up(max(max_bars, min_bars), COMPILE_BARS_STEP)
         if encoder_out is not None:
             side = encoder_out.side
-            regular = _round_up(max(side.bar.shape[1], capacity if windows else 1), COMPILE_CAPACITY_STEP)
+            regular = round_up(max(side.bar.shape[1], capacity if windows else 1), COMPILE_CAPACITY_STEP)
             per_bar = max(model.decoder.cfg.num_summary_tokens_each_chunk, 1)
-            slots = _round_up(max(side.sum_bar.shape[1], min_bars * per_bar), COMPILE_BARS_STEP)
+            slots = round_up(max(side.sum_bar.shape[1], min_bars * per_bar), COMPILE_BARS_STEP)
             source_size = (regular, slots)
     cache = IncrementalDecoder(model.decoder, b, beat_table, encoder_out, capacity=capacity, static=static,
                                max_bars=max_bars, source_size=source_size)

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..model.masks import round_up
 from ..tokens.specials import EOS, PAD
 
 (T_SPECIAL, T_EOS, T_BAR, T_TIMESIG, T_POSITION, T_TEMPO, T_PEDAL, T_PITCH, T_VELOCITY, T_DURATION,
@@ -124,10 +125,6 @@ def score_bar_notes(bars: Sequence[Sequence[int]], grammar: TokenGrammar) -> lis
     return out
 
 
-def _round_up(n: int, step: int) -> int:
-    return -(-n // step) * step
-
-
 @dataclass
 class GrammarState:
     """Where each sequence of a batch stands in the grammar; (B,) tensors unless said otherwise.
@@ -187,7 +184,7 @@ class GrammarState:
         b = len(target_bars)
         zeros = torch.zeros(b, dtype=torch.long, device=dev)
         width = max((len(t) for t in timesigs), default=0) if timesigs is not None else 0
-        ts = torch.full((b, _round_up(max(width, min_bars), bar_step)), -1, dtype=torch.long, device=dev)
+        ts = torch.full((b, round_up(max(width, min_bars), bar_step)), -1, dtype=torch.long, device=dev)
         for i, row in enumerate(timesigs or []):
             if row:
                 ts[i, : len(row)] = torch.tensor(list(row), dtype=torch.long)
@@ -195,7 +192,7 @@ class GrammarState:
         rows = list(notes) if notes is not None else [None] * b
         n_bars = max((len(r) for r in rows if r is not None), default=0)
         n_notes = max((len(bar) for r in rows if r is not None for bar in r), default=0)
-        pos = torch.zeros(b, _round_up(max(n_bars, min_bars), bar_step), _round_up(max(n_notes, min_notes), note_step),
+        pos = torch.zeros(b, round_up(max(n_bars, min_bars), bar_step), round_up(max(n_notes, min_notes), note_step),
                           dtype=torch.long)
         pitch = torch.zeros_like(pos)
         valid = torch.zeros_like(pos, dtype=torch.bool)
