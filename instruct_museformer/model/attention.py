@@ -330,6 +330,9 @@ class V2S1Attention(nn.Module):
                     nn.init.xavier_uniform_(block, gain=gain)
         nn.init.xavier_uniform_(self.out_proj.weight)
         nn.init.zeros_(self.out_proj.bias)
+        # cached decoding's prefill (render.incremental) sets a list here to receive each forward's keys and
+        # values: (k, v) of the joint stream (B, H, S+R, dh) and the summaries' (k2, v2) (B, H, S, dh)
+        self.kv_sink: list[tuple[torch.Tensor, ...]] | None = None
 
     def _p(self) -> float:
         return self.dropout if self.training else 0.0
@@ -382,7 +385,8 @@ class V2S1Attention(nn.Module):
         qkv = qkv + self._bias(xh.shape[1], num_sum).to(qkv.dtype)
         q, k, v = self._split(qkv)
         s2 = self.summarize(q[:, :, :num_sum], k, v, sx)
-        if sx.segments is not None and resolve_impl(self.impl, q.device) == "flex" and self._p() == 0.0:
+        fused = self.kv_sink is None and self._p() == 0.0
+        if sx.segments is not None and resolve_impl(self.impl, q.device) == "flex" and fused:
             # Step 2's keys [k_s2 ; k_r] are written into the projection itself, over the summary rows that
             # step 1 has used (``_SegmentSoftmax`` allows it), and read through fresh views: no concatenated
             # (B, H, S+R, dh) copies kept for backward, and no as_strided gradients of stale views.
@@ -391,6 +395,8 @@ class V2S1Attention(nn.Module):
             r2 = attend(q[:, :, num_sum:], k, v, rx, self.impl, self.block_size, 0.0)
         else:
             k_s2, v_s2 = self.sum_kv2(s2)
+            if self.kv_sink is not None:
+                self.kv_sink.append((k, v, k_s2, v_s2))
             r2 = self.update(q[:, :, num_sum:], k_s2, v_s2, k[:, :, num_sum:], v[:, :, num_sum:], rx)
         # out-proj per stream: the attention output laid out (B, R, H, dh) merges heads without a copy, and
         # out_proj then keeps for backward the same tensor the attention kernel keeps (not a second copy)

@@ -85,6 +85,7 @@ class DecodeResult:
 SYNC_EVERY = 32  # CUDA: steps between the host's termination checks (each one is a synchronisation)
 NOISE_CHUNK = 32  # steps of sampling noise drawn at once
 CPU_SYNC_EVERY = 1  # CPU: a check costs nothing there, and steps past the end would (no graph)
+PREFILL_MIN_TOKENS = 16  # a shorter common prefix is fed step by step
 
 
 def filtered_logits(logits: torch.Tensor, allowed: torch.Tensor, opts: SamplingOptions) -> torch.Tensor:
@@ -148,6 +149,7 @@ class _Loop:
         self.device, self.capacity = dev, capacity
         self.prefix_len = torch.tensor([len(r.prefix) for r in requests], device=dev)
         longest = max((len(r.prefix) for r in requests), default=0)
+        self.common_prefix = min((len(r.prefix) for r in requests), default=0)
         width = capacity if compile_step else max(longest, 1)  # compiled: one shape whatever the prefix
         self.prefix = torch.full((b, width), PAD, dtype=torch.long, device=dev)
         for i, r in enumerate(requests):
@@ -207,7 +209,10 @@ class _Loop:
         use_graph = self.static and self.device.type == "cuda"
         sync_every = SYNC_EVERY if self.device.type == "cuda" else CPU_SYNC_EVERY
         graphs: tuple[torch.cuda.CUDAGraph, torch.cuda.CUDAGraph] | None = None
-        steps = 0
+        start = steps = self._prefill()
+        for _ in range(-(-start // NOISE_CHUNK)):  # the noise the prefilled steps would have drawn
+            self.noise.copy_(gumbel_noise(tuple(self.noise.shape), self.generator, self.device))
+        self.noise_at.fill_(start % NOISE_CHUNK)
         while True:
             if steps % NOISE_CHUNK == 0:
                 self.noise.copy_(gumbel_noise(tuple(self.noise.shape), self.generator, self.device))
@@ -215,7 +220,7 @@ class _Loop:
                 self.out = nn.functional.pad(self.out, (0, self.out.shape[1]), value=PAD)
                 if self.with_logprobs:
                     self.lp = nn.functional.pad(self.lp, (0, self.lp.shape[1]), value=float("nan"))
-            if graphs is None and use_graph and steps >= 2:  # two eager steps first (kernels, allocators)
+            if graphs is None and use_graph and steps >= start + 2:  # two eager steps first (kernels, allocators)
                 graphs = self._capture()
                 use_graph = graphs is not None
             if graphs is not None:
@@ -229,6 +234,22 @@ class _Loop:
             steps += 1
             if steps % sync_every == 0 and not bool(self.running.any()):
                 return steps
+
+    def _prefill(self) -> int:
+        """The prefix every sequence has (a window's context) through one forward instead of step by step:
+        returns the steps it stands for (0 when the common prefix is short). Same tokens, grammar state and
+        outputs as the forced steps; the cache gets what they would have written."""
+        p = self.common_prefix
+        if p < PREFILL_MIN_TOKENS:
+            return 0
+        eos = torch.full_like(self.prefix[:, :1], EOS)
+        self.cache.prefill(torch.cat([eos, self.prefix[:, : p - 1]], dim=1))  # the tokens the steps would feed
+        for k in range(p):  # the tokens they would have output
+            self.state.advance(self.prefix[:, k], self.running)
+        self.out[:, :p] = self.prefix[:, :p]
+        self.tokens.copy_(self.prefix[:, p - 1])
+        self.t.fill_(p)
+        return p
 
     @staticmethod
     def _eager(fn, side_stream: bool) -> None:

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..data.batch import collate_bar_tokens
 from ..model.decoder import MuseformerDecoder
 from ..model.encoder import EncoderOut
 from ..model.scheme import OffsetSet
@@ -528,6 +529,51 @@ class IncrementalDecoder:
         self._t.add_(1)
         self.length += 1
         return logits
+
+    def prefill(self, tokens: torch.Tensor) -> None:
+        """Feed ``tokens`` (B, P), every sequence active, as P calls of :meth:`step` would -- but in one
+        full decoder forward whose keys and values fill the caches (a window's context: ~1,000 tokens in
+        one pass instead of ~1,000 steps). Only on an empty cache; the first token is the EOS-as-BOS.
+        """
+        if self.length:
+            raise RuntimeError("prefill needs an empty cache")
+        b, p = tokens.shape
+        dev = self.device
+        batch = collate_bar_tokens(list(tokens.cpu()), self.beat_table.cpu()).to(dev)
+        bars = int(batch.num_complete_bars.max())
+        if self.static:
+            if p >= self.pos_bar.shape[1] or bars * self.ns > self.caches[0].k2.shape[2]:
+                raise RuntimeError(f"static KV cache too small for a {p}-token prefill")
+        else:
+            while self.pos_bar.shape[1] <= p:
+                self.length = self.pos_bar.shape[1]
+                self._ensure_capacity()
+            self._ensure_slots(bars)
+        sinks: list[list[tuple[torch.Tensor, ...]]] = []
+        for layer in self.dec.layers:
+            layer.attn.kv_sink = []
+            sinks.append(layer.attn.kv_sink)
+        try:
+            self.dec(batch, self.encoder_out)
+        finally:
+            for layer in self.dec.layers:
+                layer.attn.kv_sink = None
+        n = bars * self.ns  # summary slots of complete bars (rows with fewer bars: slots not yet valid)
+        for cache, ((k, v, k2, v2),) in zip(self.caches, sinks, strict=True):
+            s = k.shape[2] - batch.tokens.shape[1]  # summary rows of the joint stream come first
+            cache.k[:, :, :p], cache.v[:, :, :p] = k[:, :, s : s + p], v[:, :, s : s + p]
+            cache.ks[:, :, :n], cache.vs[:, :, :n] = k[:, :, :n], v[:, :, :n]
+            cache.k2[:, :, :n], cache.v2[:, :, :n] = k2[:, :, :n], v2[:, :, :n]
+        self.pos_bar[:, :p] = batch.bar_ids
+        self.pos_valid[:, :p] = True
+        self.bars_closed.copy_(batch.num_complete_bars)
+        values = self.beat_table[tokens.to(dev)]  # the running beat after the last onset token, as step keeps it
+        last = torch.where(values > 0, torch.arange(p, device=dev), -1).amax(dim=1)
+        beat = values.gather(1, last.clamp(min=0)[:, None])[:, 0]
+        self.running_beat.copy_(torch.where(last >= 0, beat, self.running_beat))
+        self._t.fill_(p)
+        self.length = p
+        self._ctx = None
 
     def static_step(self, tokens: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
         """The regular pass on the fixed-size caches with no host synchronisation (CUDA-graph safe).

@@ -42,8 +42,10 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
         ("translation", "no-summary", 3),
     ],
 )
-@pytest.mark.parametrize("static", [False, True])
-def test_cached_logits_equal_full_forward(task: str, scheme: str, seed: int, static: bool):
+@pytest.mark.parametrize(("static", "prefill"), [(False, 0), (True, 0), (False, 12), (True, 12)])
+def test_cached_logits_equal_full_forward(task: str, scheme: str, seed: int, static: bool, prefill: int):
+    """``prefill``: the first tokens go in through one full forward (IncrementalDecoder.prefill), the rest
+    step by step; it ends mid-bar, after complete bars (and empty ones) in every sequence."""
     torch.manual_seed(seed)
     model = build_model(tiny_config(task, **SCHEMES[scheme])).eval()
     gen = torch.Generator().manual_seed(seed)
@@ -65,7 +67,9 @@ def test_cached_logits_equal_full_forward(task: str, scheme: str, seed: int, sta
         cached = IncrementalDecoder(model.decoder, len(seqs), table, encoder_out, capacity=8)  # forces growth
     worst = 0.0
     with torch.no_grad():
-        for t in range(longest):
+        if prefill:
+            cached.prefill(torch.stack([s[:prefill] for s in seqs]))
+        for t in range(prefill, longest):
             active = torch.tensor([t < len(s) for s in seqs])
             step_tokens = torch.tensor([int(s[t]) if t < len(s) else PAD for s in seqs])
             logits = cached.step(step_tokens, active)

@@ -141,3 +141,32 @@ def test_compiled_step_decodes_like_the_eager_one_and_compiles_once(setup):
     assert run(requests(5, 12), 5, True) == run(requests(5, 12), 5, False)
     assert run(requests(3, 11, first[0]), 6, True) == run(requests(3, 11, first[0]), 6, False)
     assert counters["stats"]["unique_graphs"] == 1
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_prefilled_context_decodes_like_forced_steps(setup, monkeypatch, static):
+    """A window's context (the prefix) through one forward samples the same tokens as feeding it step by step,
+    also when the sequences' prefixes differ in length (the common part is prefilled, the rest forced)."""
+    import instruct_museformer.render.decode as decode_module
+
+    tokenizer, model, grammar, table = setup
+    score = _score(tokenizer, 6, 21)
+    timesigs = [b[0] for b in split_bars(score)]
+    whole = decode(model, [DecodeRequest(source=score + [EOS], target_bars=6, timesigs=timesigs, bar_budget=40,
+                                         stop_at=400)], table, grammar, SamplingOptions(),
+                   torch.Generator().manual_seed(2), static=static)[0].tokens
+    bars = split_bars(whole)
+    prefixes = [[t for b in bars[:3] for t in b], [t for b in bars[:4] for t in b]]
+    assert min(len(p) for p in prefixes) >= decode_module.PREFILL_MIN_TOKENS
+    requests = [DecodeRequest(source=score + [EOS], prefix=p, target_bars=6, timesigs=timesigs, bar_budget=40,
+                              stop_at=400) for p in prefixes]
+
+    def run() -> list[list[int]]:
+        out = decode(model, requests, table, grammar, SamplingOptions(), torch.Generator().manual_seed(3),
+                     static=static)
+        return [r.tokens for r in out]
+
+    prefilled = run()
+    monkeypatch.setattr(decode_module, "PREFILL_MIN_TOKENS", 10**9)
+    assert prefilled == run()
+    assert all(out[: len(p)] == p and out.count(BAR) == 6 for out, p in zip(prefilled, prefixes, strict=True))
