@@ -4,7 +4,8 @@ fairseq's search semantics where they apply (``--sampling --sampling-topk 8 --be
 over the renormalised distribution, temperature, PAD never chosen; on top of them the grammar
 (:mod:`.grammar`) removes every token the detokenizer could not place, so that a rendering always has
 the score's bars. A request may carry a *prefix* (performance bars already rendered, the context of a
-window): it is fed through the cache token by token (teacher forcing) before sampling starts.
+window): the part all sequences have goes into the caches through one full forward (prefill), the rest
+is forced token by token (teacher forcing) before sampling starts.
 
 One decoding step -- cached model step, grammar mask, top-k/top-p/temperature sampling, grammar advance,
 output write, stop conditions -- is a fixed-shape function of device tensors updated in place
