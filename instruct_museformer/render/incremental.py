@@ -476,11 +476,12 @@ class IncrementalDecoder:
 
     # -- growth -----------------------------------------------------------------------------------------
 
-    def _ensure_capacity(self) -> None:
+    def _ensure_capacity(self, positions: int) -> None:
+        """Growing caches: room for positions 0 .. positions - 1 (at least doubling, as slots do)."""
         cap = self.pos_bar.shape[1]
-        if self.length < cap:
+        if positions <= cap:
             return
-        new = cap * 2
+        new = max(positions, cap * 2)
         self.pos_bar = nn.functional.pad(self.pos_bar, (0, new - cap))
         self.pos_valid = nn.functional.pad(self.pos_valid, (0, new - cap), value=False)
         for cache in self.caches:
@@ -518,7 +519,7 @@ class IncrementalDecoder:
                 self.static_summaries()
             self.length += 1
             return logits
-        self._ensure_capacity()
+        self._ensure_capacity(self.length + 1)
         closes = active & (tokens == BAR)
         logits = self._regular_gathered(tokens, active)
         if self.ns > 0:
@@ -545,9 +546,7 @@ class IncrementalDecoder:
             if p >= self.pos_bar.shape[1] or bars * self.ns > self.caches[0].k2.shape[2]:
                 raise RuntimeError(f"static KV cache too small for a {p}-token prefill")
         else:
-            while self.pos_bar.shape[1] <= p:
-                self.length = self.pos_bar.shape[1]
-                self._ensure_capacity()
+            self._ensure_capacity(p + 1)
             self._ensure_slots(bars)
         sinks: list[list[tuple[torch.Tensor, ...]]] = []
         for layer in self.dec.layers:
