@@ -322,8 +322,9 @@ def decode(
     """Decode every request in one batch with the cached decoder; see :class:`DecodeRequest`.
 
     ``compile_step`` (static caches only): the step through ``torch.compile`` before the CUDA graph capture;
-    the first call per (batch, capacity) shape compiles (tens of seconds), capacities are rounded up to
-    ``COMPILE_CAPACITY_STEP`` so that windows share shapes.
+    the first call per shape compiles (tens of seconds). Capacities, source lengths and the per-bar tables
+    are padded up (``COMPILE_*``; masked, the logits do not change), for render windows to fixed floors, so
+    that later calls -- every window of a piece -- reuse the compiled step.
 
     ``static`` (default: on CUDA, when every sequence's length is bounded by ``stop_at`` or ``max_len``):
     fixed-size caches, and on CUDA the step replayed as a CUDA graph (the summary pass as a second one).
