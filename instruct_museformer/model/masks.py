@@ -137,7 +137,7 @@ class AttentionLayout:
     segments: tuple[torch.Tensor, torch.Tensor] | None = None
     _dense: torch.Tensor | None = field(default=None, repr=False)
     _table: torch.Tensor | None = field(default=None, repr=False)
-    _block: dict[int | tuple[int, int], object] = field(default_factory=dict, repr=False)
+    _block: dict[tuple[int, int], object] = field(default_factory=dict, repr=False)
 
     def mask_mod(self) -> MaskMod:
         """The predicate, in FlexAttention's ``mask_mod(b, h, q_idx, kv_idx)`` form, as cheap as it can be.
@@ -226,7 +226,7 @@ class AttentionLayout:
         tile for the forward, per key tile for the backward) are a few dozen batched ops on the device,
         with no dense token grid and no host round trip.
         """
-        key = block_size if isinstance(block_size, int) else tuple(block_size)
+        key = (block_size, block_size) if isinstance(block_size, int) else tuple(block_size)
         if key not in self._block:
             from torch.nn.attention.flex_attention import BlockMask
 
@@ -247,7 +247,7 @@ class AttentionLayout:
                 q_indices=q_idx,
                 full_q_num_blocks=full_q_num,
                 full_q_indices=full_q_idx,
-                BLOCK_SIZE=(block_size, block_size) if isinstance(block_size, int) else tuple(block_size),
+                BLOCK_SIZE=key,
                 mask_mod=self.mask_mod(),
             )
         return self._block[key]
