@@ -1,6 +1,7 @@
 """Graph-replay time of the parts of one decoding step on CUDA (default-size random model, batch 1,
-capacity 10,002): regular pass, masked summary pass, grammar, whole step; then, as an experiment, the
-whole step through torch.compile. Run inside a device call after ``source scripts/device_env.sh``.
+capacity 10,002): regular pass, masked summary pass (replayed only after a step that closes a bar),
+grammar, the step graph (regular pass, grammar, sampling); then the step compiled as ``decode(...,
+compile_step=True)`` compiles it. Run inside a device call after ``source scripts/device_env.sh``.
 """
 
 import sys
@@ -10,7 +11,7 @@ import torch
 
 from instruct_museformer.data.batch import collate_bar_tokens
 from instruct_museformer.model import MuseformerConfig, build_model
-from instruct_museformer.render.decode import DecodeRequest, SamplingOptions, _Loop
+from instruct_museformer.render.decode import DecodeRequest, SamplingOptions, _compiled_step, _Loop
 from instruct_museformer.render.grammar import GrammarState, TokenGrammar
 from instruct_museformer.render.incremental import IncrementalDecoder
 from instruct_museformer.tokens.tokenizer import Vocab, beat_table, build_tokenizer
@@ -65,15 +66,19 @@ with torch.no_grad():
     loop.running.zero_()
     whole = timed(lambda: loop.step())
     print(f"batch {b}: ms per graph replay: regular {reg:.3f}, summaries {summ:.3f}, grammar {gram:.3f}, "
-          f"whole step {whole:.3f}", flush=True)
+          f"step {whole:.3f}", flush=True)
 
-    try:  # experiment: inductor-fused step (elementwise chains fused), captured in the same kind of graph
-        comp = torch.compile(loop.step, dynamic=False)
+    try:  # the inductor-fused step, captured in the same kind of graph
+        compiled = _compiled_step()
+
+        def comp() -> None:
+            compiled(loop)
+
         t0 = time.perf_counter()
         comp()
         comp()
         torch.cuda.synchronize()
         print(f"torch.compile of the step: {time.perf_counter() - t0:.1f} s", flush=True)
-        print(f"batch {b}: compiled whole step {timed(comp):.3f} ms per graph replay", flush=True)
+        print(f"batch {b}: compiled step {timed(comp):.3f} ms per graph replay", flush=True)
     except Exception as error:
         print(f"compile failed: {type(error).__name__}: {str(error)[:300]}")
