@@ -1,12 +1,14 @@
-"""GPU benchmark: Museformer's fine-/coarse-grained attention (FlexAttention) vs dense causal attention.
+"""GPU benchmark: Museformer's fine-/coarse-grained (FC) attention vs dense causal attention.
 
 Training-step throughput (forward + backward, bf16 autocast) and peak memory of the default decoder-only
-model (4 layers, width 512, 8 heads, FFN 2048) with FC attention through FlexAttention, against the same
-model with dense causal attention through ``scaled_dot_product_attention`` (FlashAttention), on realistic
-bar layouts (bars of 30-300 tokens), plus the translation model. Before timing, the flex path is checked
-against the dense reference path on the GPU in float32 (outputs and gradients).
+model (4 layers, width 512, 8 heads, FFN 2048) with FC attention -- through the bar-gathered FlashAttention
+path (``gather``, the default on CUDA) and through FlexAttention (``flex``) -- against the same model with
+dense causal attention through ``scaled_dot_product_attention`` (FlashAttention), on realistic bar layouts
+(bars of 30-300 tokens), plus the translation model. Before timing, each FC path is checked against the
+dense reference path on the GPU: in float32 (outputs and gradients), and in bf16 against the float32
+reference (FlashAttention has no float32 kernel, so that is where the gather path's kernel is checked).
 
-    python benchmarks/bench_attention.py [--lengths 4096 15360 65536] [--out DIR]
+    python benchmarks/bench_attention.py [--lengths 4096 15360 65536] [--impls gather flex] [--out DIR]
 
 Prints a table last; writes ``bench.json`` under --out (default $OUT or .). Needs CUDA.
 """
@@ -30,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from instruct_museformer.data.batch import BarTokens, Batch, bar_ids_of  # noqa: E402
 from instruct_museformer.model import MuseformerConfig, build_model  # noqa: E402
+from instruct_museformer.model.attention import prepare_layouts  # noqa: E402
 from instruct_museformer.model.embeddings import BarEmbeddings  # noqa: E402
 from instruct_museformer.model.layers import FeedForward  # noqa: E402
 from instruct_museformer.model.masks import bar_layout, pad_bar_tokens, regular_layout, summary_layout  # noqa: E402
@@ -136,22 +139,43 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30))
 
 
-def check_equivalence(task: str, length: int, device: str) -> dict[str, float]:
-    """flex (compiled, GPU) vs reference (dense masks) in float32: logits and all gradients."""
+def check_equivalence(task: str, length: int, device: str, impls: list[str]) -> dict[str, float]:
+    """Each FC path vs reference (dense masks): logits and all gradients in float32, and in bf16 autocast
+    against the float32 reference (with the reference's own bf16 error alongside, for scale)."""
     cfg = dict(vocab_size=VOCAB, task=task, dropout=0.0, attention_dropout=0.0)
     torch.manual_seed(0)
     ref = build_model(MuseformerConfig(**cfg, attention_impl="reference")).to(device)
-    flex = build_model(MuseformerConfig(**cfg, attention_impl="flex")).to(device)
-    flex.load_state_dict(ref.state_dict())
     batch = make_batch(length, 1, task == "translation", device)
     weights = torch.randn(1, length, VOCAB, device=device)
-    outs, grads = [], []
-    for model in (ref, flex):
-        logits = model(batch)
+
+    def run(model: nn.Module, bf16: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+            logits = model(batch)
         (logits * weights).sum().backward()
-        outs.append(logits.detach())
-        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
-    return {"logits_rel_err": rel(outs[1], outs[0]), "grad_rel_err": rel(grads[1], grads[0])}
+        grads = torch.cat([p.grad.flatten() for p in model.parameters()])
+        model.zero_grad(set_to_none=True)
+        return logits.detach(), grads
+
+    base = run(ref, False)
+    ref_bf16 = run(ref, True)
+    result = {"reference_bf16_logits_rel_err": rel(ref_bf16[0], base[0]),
+              "reference_bf16_grad_rel_err": rel(ref_bf16[1], base[1])}
+    for impl in impls:
+        model = build_model(MuseformerConfig(**cfg, attention_impl=impl)).to(device)
+        model.load_state_dict(ref.state_dict())
+        for bf16 in (False, True):
+            logits, grads = run(model, bf16)
+            tag = f"{impl}_bf16" if bf16 else impl
+            result[f"{tag}_logits_rel_err"] = rel(logits, base[0])
+            result[f"{tag}_grad_rel_err"] = rel(grads, base[1])
+    if "gather" in impls:  # attention dropout goes through FlashAttention's own (its RNG state kept for backward)
+        model = build_model(MuseformerConfig(**{**cfg, "attention_dropout": 0.1}, attention_impl="gather")).to(device)
+        model.load_state_dict(ref.state_dict())
+        model.train()
+        logits, grads = run(model, True)
+        result["gather_dropout_finite"] = bool(logits.isfinite().all() and grads.isfinite().all())
+        result["gather_dropout_logits_rel_change"] = rel(logits, base[0])
+    return result
 
 
 def time_steps(model: nn.Module, batch: Batch, steps: int, warmup: int) -> dict[str, float]:
@@ -191,7 +215,8 @@ def time_steps(model: nn.Module, batch: Batch, steps: int, warmup: int) -> dict[
 
 
 def time_mask_build(batch: Batch, cfg: MuseformerConfig, reps: int = 10) -> float:
-    """Milliseconds to derive one forward's decoder layouts and BlockMasks (shared by all layers)."""
+    """Milliseconds to derive one forward's decoder layouts and the kernels' inputs (shared by all layers):
+    BlockMasks for flex, gather plans for gather."""
     c2c = parse_scheme("con2con", cfg.con2con, 1, cfg.con2con_self)[0]
     c2s = parse_scheme("con2sum", cfg.con2sum, 1, cfg.con2sum_self)[0]
     sr = parse_scheme("sum2con", cfg.sum2con, 1, cfg.sum2con_self)[0]
@@ -202,10 +227,9 @@ def time_mask_build(batch: Batch, cfg: MuseformerConfig, reps: int = 10) -> floa
         t0 = time.perf_counter()
         tokens = pad_bar_tokens(batch.prev_output, cfg.block_size)
         side = bar_layout(tokens, 1, cfg.block_size)
-        regular_layout(side, c2c, c2s, causal=True).block_mask(cfg.block_size)
+        rx = regular_layout(side, c2c, c2s, causal=True)
         sx = summary_layout(side, sr, ss)
-        if sx.segments is None:  # as in the model: the default summaries need no BlockMask
-            sx.block_mask(cfg.block_size)
+        prepare_layouts((sx, rx), cfg.attention_impl, cfg.block_size)
         torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     return statistics.median(times[2:]) * 1000
@@ -226,12 +250,14 @@ def tile_density(batch: Batch, cfg: MuseformerConfig) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--lengths", type=int, nargs="+", default=[4096, 15360, 65536])
+    parser.add_argument("--impls", nargs="+", default=["gather", "flex"], choices=["gather", "flex"])
     parser.add_argument("--translation-length", type=int, default=15360)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--extra-block-sizes", type=int, nargs="*", default=[64])
     parser.add_argument("--compiled-lengths", type=int, nargs="*", default=[15360, 65536])
     parser.add_argument("--profile-length", type=int, default=15360)
+    parser.add_argument("--profile-impl", default="gather", choices=["gather", "flex"])
     parser.add_argument("--skip-check", action="store_true")
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
     args = parser.parse_args(argv)
@@ -260,17 +286,20 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_check:
         for task, length in (("language_modeling", 3000), ("translation", 2000)):
             t0 = time.perf_counter()
-            results["check"][task] = check_equivalence(task, length, device)
+            results["check"][task] = check_equivalence(task, length, device, args.impls)
             results["check"][task]["length"] = length
             print(f"check {task} T={length}: {results['check'][task]} ({time.perf_counter() - t0:.0f}s)", flush=True)
             save()
 
-    def run(kind: str, task: str, length: int, block_size: int = 128, compiled: bool = False) -> None:
-        cfg = MuseformerConfig(vocab_size=VOCAB, task=task, attention_impl="flex", block_size=block_size)
+    def run(kind: str, task: str, length: int, block_size: int = 128, compiled: bool = False, impl: str = "") -> None:
+        impl = impl or args.impls[0]
+        cfg = MuseformerConfig(vocab_size=VOCAB, task=task, attention_impl=impl, block_size=block_size)
         cfg.attention_dropout = 0.0  # FlexAttention has no attention dropout; keep the baseline comparable
         torch.manual_seed(0)
         model = (DenseLM(cfg) if kind == "dense" else build_model(cfg)).to(device)
         row: dict[str, Any] = {"kind": kind, "task": task, "length": length, "block_size": block_size}
+        if kind == "fc":
+            row["impl"] = impl
         row["compiled_layers"] = compiled
         try:
             if compiled:  # torch.compile each layer (both models): fused elementwise ops, less Python
@@ -292,45 +321,51 @@ def main(argv: list[str] | None = None) -> int:
 
     def table(compiled: bool) -> None:
         rows = [r for r in results["rows"] if r.get("compiled_layers") == compiled]
-        title = "layers compiled (both models)" if compiled else "eager layers (flex compiled)"
+        title = "layers compiled (both models)" if compiled else "eager layers"
         print(f"\n{title}: {env['device']}, torch {env['torch']}")
-        print("| model | tokens | dense tok/s | FC tok/s | FC/dense | dense GiB | FC GiB |")
-        print("|---|---|---|---|---|---|---|")
+        print(
+            "| model | impl | tokens | dense step | FC step | dense tok/s | FC tok/s | FC/dense | dense GiB | FC GiB |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for r in rows:
             if r["kind"] != "fc":
                 continue
             dense = next((d for d in rows if d["kind"] == "dense" and d["length"] == r["length"]), None)
             if "error" in r:
-                print(f"| {r['task']} bs{r['block_size']} | {r['length']} | error: {r['error'][:80]} |")
+                print(f"| {r['task']} bs{r['block_size']} | {r['impl']} | {r['length']} | error: {r['error'][:80]} |")
                 continue
             name = "LM" if r["task"] == "language_modeling" else "translation"
             if dense is None or "error" in dense or r["task"] != "language_modeling":
                 print(
-                    f"| {name} (bs {r['block_size']}) | {r['length']} | - | {r['tokens_per_s']:,.0f} | - | - | "
-                    f"{r['peak_mem_gib']:.2f} |"
+                    f"| {name} (bs {r['block_size']}) | {r['impl']} | {r['length']} | - | {r['step_ms']:.1f} ms | - | "
+                    f"{r['tokens_per_s']:,.0f} | - | - | {r['peak_mem_gib']:.3f} |"
                 )
                 continue
             print(
-                f"| {name} (bs {r['block_size']}) | {r['length']} | {dense['tokens_per_s']:,.0f} | "
+                f"| {name} (bs {r['block_size']}) | {r['impl']} | {r['length']} | {dense['step_ms']:.1f} ms | "
+                f"{r['step_ms']:.1f} ms | {dense['tokens_per_s']:,.0f} | "
                 f"{r['tokens_per_s']:,.0f} | {r['tokens_per_s'] / dense['tokens_per_s']:.2f}x | "
-                f"{dense['peak_mem_gib']:.2f} | {r['peak_mem_gib']:.2f} |"
+                f"{dense['peak_mem_gib']:.3f} | {r['peak_mem_gib']:.3f} |"
             )
 
     for length in args.lengths:
         run("dense", "language_modeling", length)
-        run("fc", "language_modeling", length)
+        for impl in args.impls:
+            run("fc", "language_modeling", length, impl=impl)
     if args.translation_length:
-        run("fc", "translation", args.translation_length)
+        for impl in args.impls:
+            run("fc", "translation", args.translation_length, impl=impl)
     table(False)
     if args.profile_length:
-        profile(args.profile_length, device, out_dir)
+        profile(args.profile_length, device, out_dir, args.profile_impl)
     for bs in args.extra_block_sizes:
         for length in args.lengths[1:]:
-            run("fc", "language_modeling", length, bs)
+            run("fc", "language_modeling", length, bs, impl="flex")
     if args.compiled_lengths:
         for length in args.compiled_lengths:
             run("dense", "language_modeling", length, compiled=True)
-            run("fc", "language_modeling", length, compiled=True)
+            for impl in args.impls:
+                run("fc", "language_modeling", length, compiled=True, impl=impl)
         table(True)
     table(False)
     return 0
@@ -342,12 +377,12 @@ def _layer_lists(model: nn.Module) -> list[nn.ModuleList]:
     return [m.layers for m in (getattr(model, "encoder", None), model.decoder) if m is not None]
 
 
-def profile(length: int, device: str, out_dir: Path) -> None:
+def profile(length: int, device: str, out_dir: Path, impl: str) -> None:
     """Where one FC training step's time goes: top CUDA kernels and CPU vs GPU totals."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    cfg = MuseformerConfig(vocab_size=VOCAB, task="language_modeling", attention_impl="flex", attention_dropout=0.0)
+    cfg = MuseformerConfig(vocab_size=VOCAB, task="language_modeling", attention_impl=impl, attention_dropout=0.0)
     torch.manual_seed(0)
     model = build_model(cfg).to(device).train()
     batch = make_batch(length, 2, False, device)
@@ -367,7 +402,7 @@ def profile(length: int, device: str, out_dir: Path) -> None:
             step()
         torch.cuda.synchronize()
     table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=18, max_name_column_width=70)
-    print(f"\nprofile: FC LM, {length} tokens, 2 steps\n{table}", flush=True)
+    print(f"\nprofile: FC LM ({impl}), {length} tokens, 2 steps\n{table}", flush=True)
     (out_dir / "profile.txt").write_text(table)
 
 

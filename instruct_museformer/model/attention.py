@@ -1,9 +1,11 @@
 """Museformer's two-step v2s1 attention, bar-organised cross-attention, and the two kernels behind them.
 
 ``attend`` computes masked attention. ``reference``: an explicit boolean mask from the layout's predicate
-and a dense softmax (ground truth, any device, supports attention dropout). ``flex``: torch's FlexAttention
-with the layout's BlockMask (compiled on CUDA, eager elsewhere). Both read the same ``AttentionLayout``, so
-they cannot disagree about who sees whom. FlexAttention has no dropout on the attention probabilities, so
+and a dense softmax (ground truth, any device, supports attention dropout). ``gather``: each bar's queries
+over their keys gathered into one dense block, through FlashAttention's varlen kernel (``gathered``; the
+default on CUDA). ``flex``: torch's FlexAttention with the layout's BlockMask (compiled on CUDA, eager
+elsewhere; also where a layout has no gather plan). All read the same ``AttentionLayout``, so they cannot
+disagree about who sees whom. FlexAttention has no dropout on the attention probabilities, so
 inside flex calls ``attention_dropout`` is not applied (a warning says so once); residual and FFN dropout
 are unaffected. On the flex path, the summary step of the default scheme (each summary reads exactly its
 own bar) is a segment softmax (``segment_summaries``) rather than an attention kernel: its few queries
@@ -23,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .gathered import gathered_attention, plan_for, uses_flash
 from .masks import AttentionLayout
 
 _COMPILED: dict[str, Callable[..., Any]] = {}
@@ -39,13 +42,29 @@ def _flex_attention(device: torch.device) -> Callable[..., Any]:
     return _COMPILED[key]
 
 
+IMPLS = ("auto", "gather", "flex", "reference")
+FAST_IMPLS = ("gather", "flex")  # padded to the tile size; default summaries as a segment softmax
+
+
 def resolve_impl(impl: str, device: torch.device) -> str:
-    """``auto`` -> ``flex`` on CUDA, ``reference`` elsewhere; explicit choices are kept."""
+    """``auto`` -> ``gather`` on CUDA, ``reference`` elsewhere; explicit choices are kept."""
     if impl == "auto":
-        return "flex" if device.type == "cuda" else "reference"
-    if impl not in ("flex", "reference"):
-        raise ValueError(f"unknown attention implementation {impl!r} (expected auto, flex or reference)")
+        return "gather" if device.type == "cuda" else "reference"
+    if impl not in IMPLS:
+        raise ValueError(f"unknown attention implementation {impl!r} (expected {', '.join(IMPLS)})")
     return impl
+
+
+def prepare_layouts(layouts: tuple[AttentionLayout, ...], impl: str, block_size: int) -> None:
+    """Build what the kernels need once per forward, outside the layers (and any compiled region): the
+    gather plans, or BlockMasks where a layout has no plan. Summaries reading exactly their own bar
+    (``segments``) go through a segment softmax and need neither."""
+    for layout in layouts:
+        if layout.segments is not None or impl == "reference":
+            continue
+        if impl == "gather" and plan_for(layout) is not None:
+            continue
+        layout.block_mask(block_size)
 
 
 # Inference on the reference path (CPU): above this many scores a problem is computed in query blocks of
@@ -89,6 +108,12 @@ def attend(
 ) -> torch.Tensor:
     """Masked attention. q (B, H, Q, dh), k and v (B, H, K, dh) -> (B, H, Q, dh); empty rows give 0."""
     impl = resolve_impl(impl, q.device)
+    if impl == "gather":
+        plan = plan_for(layout)
+        if plan is not None and (dropout_p == 0.0 or uses_flash(q)):
+            return gathered_attention(q, k, v, plan, dropout_p)
+        # no plan (a causal run that does not read its own bar): FlexAttention; dropout off the GPU: reference
+        impl = "flex" if plan is None else "reference"
     if impl == "reference":
         mask = layout.dense()  # (B, 1, Q, K) bool
         inference = dropout_p == 0.0 and not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad))
@@ -356,7 +381,7 @@ class V2S1Attention(nn.Module):
 
         On the fast path, summaries that read exactly their own bar go through ``segment_summaries``.
         """
-        if sx.segments is not None and resolve_impl(self.impl, q_s.device) == "flex":
+        if sx.segments is not None and resolve_impl(self.impl, q_s.device) in FAST_IMPLS:
             return segment_summaries(q_s, k, v, *sx.segments, dropout_p=self._p())
         return attend(q_s, k, v, sx, self.impl, self.block_size, self._p())
 
@@ -386,7 +411,7 @@ class V2S1Attention(nn.Module):
         q, k, v = self._split(qkv)
         s2 = self.summarize(q[:, :, :num_sum], k, v, sx)
         fused = self.kv_sink is None and self._p() == 0.0
-        if sx.segments is not None and resolve_impl(self.impl, q.device) == "flex" and fused:
+        if sx.segments is not None and resolve_impl(self.impl, q.device) in FAST_IMPLS and fused:
             # Step 2's keys [k_s2 ; k_r] are written into the projection itself, over the summary rows that
             # step 1 has used (``_SegmentSoftmax`` allows it), and read through fresh views: no concatenated
             # (B, H, S+R, dh) copies kept for backward, and no as_strided gradients of stale views.

@@ -67,7 +67,7 @@ class MuseformerConfig:
     share_input_output_embed: bool = False
 
     # implementation
-    attention_impl: str = "auto"  # "auto" (flex on CUDA, reference elsewhere), "flex", "reference"
+    attention_impl: str = "auto"  # "auto" (gather on CUDA, reference elsewhere), "gather", "flex", "reference"
     block_size: int = 128
     gradient_checkpointing: bool = False
 

@@ -13,10 +13,10 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..data.batch import BarTokens
-from .attention import resolve_impl
+from .attention import FAST_IMPLS, prepare_layouts, resolve_impl
 from .config import MuseformerConfig
 from .encoder import EncoderOut, layer_schemes, make_embeddings, make_layers
-from .masks import AttentionLayout, bar_layout, build_block_masks, cross_layout, pad_bar_tokens, self_attention_layouts
+from .masks import AttentionLayout, bar_layout, cross_layout, pad_bar_tokens, self_attention_layouts
 from .scheme import parse_scheme
 
 
@@ -46,7 +46,7 @@ class MuseformerDecoder(nn.Module):
         cfg = self.cfg
         length = prev_output.tokens.shape[1]
         impl = resolve_impl(cfg.attention_impl, prev_output.tokens.device)
-        multiple = cfg.block_size if impl == "flex" else 1
+        multiple = cfg.block_size if impl in FAST_IMPLS else 1
         tokens = pad_bar_tokens(prev_output, multiple)
         side = bar_layout(tokens, cfg.num_summary_tokens_each_chunk, multiple)
         r = self.embed.regular(tokens.tokens, tokens.bar_ids, tokens.beat_ids)  # (B, R, d)
@@ -67,8 +67,7 @@ class MuseformerDecoder(nn.Module):
                 if kc not in cache:
                     cache[kc] = cross_layout(side, encoder_out.side, sc["cross_con2con"][i], sc["cross_con2sum"][i])
                 extra = (layer.cross.memory_kv(encoder_out.memory), cache[kc])
-            if impl == "flex":
-                build_block_masks((sx, rx, *extra[1:]), cfg.block_size)
+            prepare_layouts((sx, rx, *extra[1:]), impl, cfg.block_size)
             if cfg.gradient_checkpointing and self.training:
                 x = checkpoint(layer, x, num_sum, sx, rx, *extra, use_reentrant=False)
             else:

@@ -15,11 +15,11 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..data.batch import BarTokens
-from .attention import resolve_impl
+from .attention import FAST_IMPLS, prepare_layouts, resolve_impl
 from .config import MuseformerConfig
 from .embeddings import BarEmbeddings
 from .layers import MuseformerLayer
-from .masks import AttentionLayout, BarLayout, bar_layout, build_block_masks, pad_bar_tokens, self_attention_layouts
+from .masks import AttentionLayout, BarLayout, bar_layout, pad_bar_tokens, self_attention_layouts
 from .scheme import OffsetSet, parse_scheme
 
 
@@ -95,7 +95,7 @@ class MuseformerEncoder(nn.Module):
     def forward(self, source: BarTokens) -> EncoderOut:
         cfg = self.cfg
         impl = resolve_impl(cfg.attention_impl, source.tokens.device)
-        multiple = cfg.block_size if impl == "flex" else 1
+        multiple = cfg.block_size if impl in FAST_IMPLS else 1
         source = pad_bar_tokens(source, multiple)
         side = bar_layout(source, cfg.num_summary_tokens_each_chunk, multiple)
         r = self.embed.regular(source.tokens, source.bar_ids, source.beat_ids)  # (B, R, d)
@@ -106,8 +106,7 @@ class MuseformerEncoder(nn.Module):
         sc = self.schemes
         for i, layer in enumerate(self.layers):
             sx, rx = self_attention_layouts(cache, side, sc, i, causal=False)
-            if impl == "flex":
-                build_block_masks((sx, rx), cfg.block_size)
+            prepare_layouts((sx, rx), impl, cfg.block_size)
             if cfg.gradient_checkpointing and self.training:
                 x = checkpoint(layer, x, num_sum, sx, rx, use_reentrant=False)
             else:

@@ -138,6 +138,7 @@ class AttentionLayout:
     _dense: torch.Tensor | None = field(default=None, repr=False)
     _table: torch.Tensor | None = field(default=None, repr=False)
     _block: dict[tuple[int, int], object] = field(default_factory=dict, repr=False)
+    _gather: dict[int, object] = field(default_factory=dict, repr=False)  # gathered.plan_for's cache
 
     def mask_mod(self) -> MaskMod:
         """The predicate, in FlexAttention's ``mask_mod(b, h, q_idx, kv_idx)`` form, as cheap as it can be.
@@ -463,16 +464,6 @@ def self_attention_layouts(
             side, schemes["con2con"][layer], schemes["con2sum"][layer], causal, pref2pref
         )
     return cache[sum_key], cache[reg_key]
-
-
-def build_block_masks(layouts: tuple[AttentionLayout, ...], block_size: int) -> None:
-    """Build the flex BlockMasks once, outside the layers (and any compiled region).
-
-    Summaries reading exactly their own bar (``segments``) go through a segment softmax and need none.
-    """
-    for layout in layouts:
-        if layout.segments is None:
-            layout.block_mask(block_size)
 
 
 def cross_layout(

@@ -10,8 +10,8 @@ the loss is the trainer's. Options (MuseformerConfig, fairseq flag names):
 * cross-attention (translation): ``cross_con2con`` (target bar j reads source bars j+offset token by
   token) and ``cross_con2sum`` (and the final-layer encoder summaries of source bars j+offset); all
   target tokens also read the source's specials (its EOS);
-* ``attention_impl``: ``auto`` (flex on CUDA, reference elsewhere), ``flex`` or ``reference``;
-  ``block_size``: FlexAttention tile size (sequences are padded to a multiple of it on the flex path).
+* ``attention_impl``: ``auto`` (gather on CUDA, reference elsewhere), ``gather``, ``flex`` or ``reference``;
+  ``block_size``: FlexAttention tile size (sequences are padded to a multiple of it on the fast paths).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from torch import nn
 
 from ..data.batch import Batch
 from ..errors import UserError
+from .attention import IMPLS
 from .config import MuseformerConfig
 from .decoder import MuseformerDecoder
 from .encoder import MuseformerEncoder
@@ -62,8 +63,8 @@ def build_model(cfg: MuseformerConfig) -> nn.Module:
         raise UserError(f"model config: vocab_size must be positive, got {cfg.vocab_size}")
     if cfg.task not in TASKS:
         raise UserError(f"model config: task {cfg.task!r} is not one of {', '.join(TASKS)}")
-    if cfg.attention_impl not in ("auto", "flex", "reference"):
-        raise UserError(f"model config: attention_impl {cfg.attention_impl!r} is not auto, flex or reference")
+    if cfg.attention_impl not in IMPLS:
+        raise UserError(f"model config: attention_impl {cfg.attention_impl!r} is not one of {', '.join(IMPLS)}")
     for part in ("con2con", "con2sum", "sum2con", "sum2sum"):
         mode = getattr(cfg, f"{part}_self")
         if mode not in SELF_MODES:

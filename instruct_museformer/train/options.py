@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from ..model.attention import IMPLS
 from ..model.config import MuseformerConfig
 
 TASKS = ("museformer_translation", "museformer_language_modeling", "translation", "language_modeling")
@@ -232,8 +233,8 @@ def build_validate_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size-valid", type=int, default=None)
     parser.add_argument("--max-tokens-valid", type=int, default=None)
     parser.add_argument(
-        "--attention-impl", choices=("auto", "flex", "reference"), default=None,
-        help="attention backend for this run (default: the checkpoint's); both give the same loss",
+        "--attention-impl", choices=IMPLS, default=None,
+        help="attention backend for this run (default: the checkpoint's); all give the same loss",
     )
     parser.add_argument(
         "--results-json", type=Path, default=None, metavar="FILE",

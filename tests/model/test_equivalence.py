@@ -1,4 +1,4 @@
-"""Reference (dense masks) and FlexAttention paths: same outputs and gradients on random bar layouts."""
+"""Reference (dense masks), gather and FlexAttention paths: same outputs and gradients on random bar layouts."""
 
 import warnings
 
@@ -30,18 +30,19 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm().clamp_min(1e-12))
 
 
-def _pair(task: str, seed: int, **overrides: object) -> tuple[torch.nn.Module, torch.nn.Module]:
+def _pair(task: str, seed: int, impl: str = "flex", **overrides: object) -> tuple[torch.nn.Module, torch.nn.Module]:
     torch.manual_seed(seed)
     ref = build_model(small_config(task, attention_impl="reference", **overrides))
-    flex = build_model(small_config(task, attention_impl="flex", **overrides))
+    flex = build_model(small_config(task, attention_impl=impl, **overrides))
     flex.load_state_dict(ref.state_dict())
     return ref, flex
 
 
+@pytest.mark.parametrize("impl", ["flex", "gather"])
 @pytest.mark.parametrize("task", ["language_modeling", "translation"])
 @pytest.mark.parametrize(("scheme", "seed"), [("near-far", 0), ("original", 1), ("per-layer", 2)])
-def test_flex_matches_reference(task: str, scheme: str, seed: int, cpu_flex_backward: None):
-    ref, flex = _pair(task, seed, **SCHEMES[scheme])
+def test_fast_paths_match_reference(task: str, scheme: str, seed: int, impl: str, cpu_flex_backward: None):
+    ref, flex = _pair(task, seed, impl, **SCHEMES[scheme])
     batch = random_layout_batch(seed, translation=task == "translation")
     weights = torch.randn(*batch.target.shape, ref.cfg.vocab_size, generator=torch.Generator().manual_seed(seed))
     outs, grads = [], []
@@ -62,7 +63,7 @@ def test_flex_matches_reference(task: str, scheme: str, seed: int, cpu_flex_back
         assert float((grads[1][name] - g).norm()) < 1e-4 * max(float(g.norm()), 1e-3 * float(scale)), name
 
 
-@pytest.mark.parametrize("impl", ["reference", "flex"])
+@pytest.mark.parametrize("impl", ["reference", "flex", "gather"])
 def test_fully_masked_rows_give_zero_not_nan(impl: str, cpu_flex_backward: None):
     batch = random_layout_batch(4)
     tokens = pad_bar_tokens(batch.prev_output, 16)
