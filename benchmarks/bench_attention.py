@@ -402,8 +402,9 @@ def profile(length: int, device: str, out_dir: Path, impl: str) -> None:
             step()
         torch.cuda.synchronize()
     table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=18, max_name_column_width=70)
-    print(f"\nprofile: FC LM ({impl}), {length} tokens, 2 steps\n{table}", flush=True)
-    (out_dir / "profile.txt").write_text(table)
+    host = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=70)
+    print(f"\nprofile: FC LM ({impl}), {length} tokens, 2 steps\n{table}\nby host time:\n{host}", flush=True)
+    (out_dir / "profile.txt").write_text(table + "\n" + host)
 
 
 if __name__ == "__main__":

@@ -57,14 +57,13 @@ def resolve_impl(impl: str, device: torch.device) -> str:
 
 def prepare_layouts(layouts: tuple[AttentionLayout, ...], impl: str, block_size: int) -> None:
     """Build what the kernels need once per forward, outside the layers (and any compiled region): the
-    gather plans, or BlockMasks where a layout has no plan. Summaries reading exactly their own bar
-    (``segments``) go through a segment softmax and need neither."""
+    gather plans, or BlockMasks where a layout has no plan. On the flex path, summaries reading exactly
+    their own bar (``segments``) go through a segment softmax and need no BlockMask."""
     for layout in layouts:
-        if layout.segments is not None or impl == "reference":
+        if impl == "reference" or impl == "gather" and plan_for(layout) is not None:
             continue
-        if impl == "gather" and plan_for(layout) is not None:
-            continue
-        layout.block_mask(block_size)
+        if layout.segments is None:
+            layout.block_mask(block_size)
 
 
 # Inference on the reference path (CPU): above this many scores a problem is computed in query blocks of
@@ -376,12 +375,23 @@ class V2S1Attention(nn.Module):
         q, k, v = qkv.split(self.dim, dim=-1)
         return _heads(q, self.num_heads), _heads(k, self.num_heads), _heads(v, self.num_heads)
 
-    def summarize(self, q_s: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sx: AttentionLayout) -> torch.Tensor:
-        """Step 1: summary queries (B, H, S, dh) over [k_s ; k_r] (B, H, S+R, dh) -> s2 (B, H, S, dh).
+    def _summary_path(self, q_s: torch.Tensor, sx: AttentionLayout) -> str:
+        """How step 1 runs: ``gather`` (gathered attention on the layout's plan), ``segments`` (flex path,
+        summaries reading exactly their own bar: ``segment_summaries``) or ``attend``. The first two let the
+        caller overwrite the summary key rows afterwards (the fused step 2 of ``forward``)."""
+        impl = resolve_impl(self.impl, q_s.device)
+        if impl == "gather" and plan_for(sx) is not None and (self._p() == 0.0 or uses_flash(q_s)):
+            return "gather"
+        if impl in FAST_IMPLS and sx.segments is not None:
+            return "segments"
+        return "attend"
 
-        On the fast path, summaries that read exactly their own bar go through ``segment_summaries``.
-        """
-        if sx.segments is not None and resolve_impl(self.impl, q_s.device) in FAST_IMPLS:
+    def summarize(self, q_s: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sx: AttentionLayout) -> torch.Tensor:
+        """Step 1: summary queries (B, H, S, dh) over [k_s ; k_r] (B, H, S+R, dh) -> s2 (B, H, S, dh)."""
+        path = self._summary_path(q_s, sx)
+        if path == "gather":
+            return gathered_attention(q_s, k, v, plan_for(sx), self._p(), keep_rows=q_s.shape[2])
+        if path == "segments":
             return segment_summaries(q_s, k, v, *sx.segments, dropout_p=self._p())
         return attend(q_s, k, v, sx, self.impl, self.block_size, self._p())
 
@@ -411,7 +421,7 @@ class V2S1Attention(nn.Module):
         q, k, v = self._split(qkv)
         s2 = self.summarize(q[:, :, :num_sum], k, v, sx)
         fused = self.kv_sink is None and self._p() == 0.0
-        if sx.segments is not None and resolve_impl(self.impl, q.device) in FAST_IMPLS and fused:
+        if fused and self._summary_path(q[:, :, :num_sum], sx) != "attend":
             # Step 2's keys [k_s2 ; k_r] are written into the projection itself, over the summary rows that
             # step 1 has used (``_SegmentSoftmax`` allows it), and read through fresh views: no concatenated
             # (B, H, S+R, dh) copies kept for backward, and no as_strided gradients of stale views.

@@ -77,13 +77,18 @@ def plan_for(layout: AttentionLayout, chunk_keys: int = CHUNK_KEYS) -> GatherPla
 
 
 def build_plan(layout: AttentionLayout, chunk_keys: int = CHUNK_KEYS) -> GatherPlan | None:
-    """Runs of equal query class, each with the keys of the classes its table row allows (and, causal, not
-    after the run); on the host with numpy, one copy of the per-token classes over."""
+    """Runs of equal query class, each with the keys of the classes its table row allows (and, causal,
+    none after the run).
+
+    The host works per run and per (run, key class) pair only -- a few thousand of them at 65k tokens --
+    from one copy of the per-token classes; the per-key index (~8 keys per token) is expanded on the
+    device, so neither the host nor the copy scales with it.
+    """
     device = layout.q_class.device
     q_class = layout.q_class.cpu().numpy()
     k_class = layout.k_class.cpu().numpy()
     table = layout.table.cpu().numpy()  # (n+2, C): may query class i read key class j
-    k_pos = None if layout.k_pos is None else layout.k_pos.cpu().numpy()
+    causal = layout.k_pos is not None
     batch, q_len = q_class.shape
     k_len = k_class.shape[1]
     classes = table.shape[1]
@@ -93,35 +98,42 @@ def build_plan(layout: AttentionLayout, chunk_keys: int = CHUNK_KEYS) -> GatherP
     seq = np.repeat(np.arange(batch), q_len)
     starts = np.flatnonzero(np.r_[True, (flat[1:] != flat[:-1]) | (seq[1:] != seq[:-1])]) if flat.size else flat
     lengths = np.diff(np.r_[starts, flat.size])
-    allowed = table[flat[starts]] if flat.size else np.zeros((0, classes), bool)  # (G, C)
-    run_seq = seq[starts] if flat.size else starts
+    run_class, run_seq = flat[starts], seq[starts]
 
     # keys grouped by (sequence, class), positions ascending within a group
     codes = (np.arange(batch)[:, None] * classes + k_class).reshape(-1)
-    order = np.argsort(codes, kind="stable")
+    order = np.argsort(codes, kind="stable")  # flat key rows b * K + kv
     counts = np.bincount(codes, minlength=batch * classes)
     group_start = np.cumsum(counts) - counts
 
-    # every (run, allowed key class) pair expands to that class's keys in the run's sequence
-    pair_run, pair_class = np.nonzero(allowed)
+    # every (run, allowed key class) pair reads the first `take` keys of that class's group
+    pair_run, pair_class = np.nonzero(table[run_class]) if flat.size else (flat, flat)
     group = run_seq[pair_run] * classes + pair_class
-    seg_len = counts[group]
-    k_rows = order[_ranges(group_start[group], seg_len)]  # flat b * K + kv
-    key_run = np.repeat(pair_run, seg_len)
-    causal = k_pos is not None
+    take = counts[group]
     if causal:  # keys after a run are after all its queries: masked for the whole run
+        k_pos = layout.k_pos.cpu().numpy().astype(np.int64)
+        # (group, position) of each key in group order: sorted, so a search counts the keys up to a position
+        sorted_keys = codes[order] * (k_len + 1) + k_pos[order % k_len] + 1
         run_last = starts - run_seq * q_len + lengths - 1  # the run's last query position
-        keep = k_pos[k_rows % k_len] <= run_last[key_run]
-        k_rows, key_run = k_rows[keep], key_run[keep]
+        bound = group * (k_len + 1) + run_last[pair_run] + 1
+        take = np.searchsorted(sorted_keys, bound, side="right") - group_start[group]
+        if not _own_bar_last(q_class, k_class, table.shape[0], pair_run, pair_class, take, run_class, lengths):
+            return None
 
-    num_keys = np.bincount(key_run, minlength=len(starts))
+    num_keys = np.bincount(pair_run, weights=take, minlength=len(starts)).astype(np.int64)
     used = num_keys > 0  # padding runs and rows with nothing to read stay 0
-    if causal and not _own_bar_last(k_rows, key_run, num_keys, starts, lengths, used, q_len, k_len):
-        return None
     q_count, k_count = lengths[used], num_keys[used]
+    shift = (group_start[group] - (np.cumsum(take) - take))[take > 0]  # per pair: group index - packed index
+    order_dev = torch.from_numpy(order).to(device)
+    shift_dev = torch.from_numpy(shift).to(device)
+    total = int(take.sum())
+    # k_rows[i] = order[i + shift of i's pair]
+    k_rows = order_dev[torch.arange(total, device=device) + shift_dev.repeat_interleave(
+        torch.from_numpy(take[take > 0]).to(device), output_size=total
+    )]  # fmt: skip
     return GatherPlan(
         torch.from_numpy(_ranges(starts[used], q_count)).to(device),
-        torch.from_numpy(k_rows).to(device),
+        k_rows,
         _chunks(q_count, k_count, chunk_keys, device),
         causal,
         batch * q_len,
@@ -136,54 +148,62 @@ def _ranges(first: np.ndarray, count: np.ndarray) -> np.ndarray:
 
 
 def _own_bar_last(
-    k_rows: np.ndarray,
-    key_run: np.ndarray,
-    num_keys: np.ndarray,
-    starts: np.ndarray,
+    q_class: np.ndarray,
+    k_class: np.ndarray,
+    num_query_classes: int,
+    pair_run: np.ndarray,
+    pair_class: np.ndarray,
+    take: np.ndarray,
+    run_class: np.ndarray,
     lengths: np.ndarray,
-    used: np.ndarray,
-    q_len: int,
-    k_len: int,
 ) -> bool:
-    """Causal plans only: do the last Lq keys of every run hold exactly the run's own tokens, in order?
+    """Causal plans: does every run's gathered list end with the run's own tokens, in order?
 
-    Then the keys before them all precede the run (later ones were dropped, and the positions inside the
-    run are its own tokens), so the bottom-right diagonal is the causal rule exactly.
+    Query q and key ``K - Q + q`` are the same token (regular keys follow the summary region), so a run's
+    own tokens are the latest keys of its own key class (query class + n + 2) up to the run's end. When that
+    class is the last one a run reads anything of, and it reads at least the run's length of it, the last
+    Lq gathered keys are the run's tokens and every key before them precedes the run: the bottom-right
+    diagonal is then exactly the causal rule. (Pairs come in ascending class order per run.)
     """
-    if np.any(num_keys[used] < lengths[used]):
+    q_len, k_len = q_class.shape[1], k_class.shape[1]
+    if not np.array_equal(k_class[:, k_len - q_len :], q_class + num_query_classes):
         return False
-    run_end = np.cumsum(num_keys)  # one past each run's last gathered key
-    from_end = run_end[key_run] - 1 - np.arange(len(k_rows))  # 0 = the run's last key
-    own = from_end < lengths[key_run]
-    # query row b * Q + q reads key row b * K + (K - Q) + q: regular keys follow the summary region
-    seq = starts[key_run[own]] // q_len
-    query_row = starts[key_run[own]] + lengths[key_run[own]] - 1 - from_end[own]
-    expected = query_row + seq * (k_len - q_len) + (k_len - q_len)
-    return bool(np.array_equal(k_rows[own], expected))
+    reads = take > 0
+    last_pair = np.full(len(run_class), -1)
+    last_pair[pair_run[reads]] = np.flatnonzero(reads)  # ascending: the last write per run wins
+    has = last_pair >= 0  # runs that read nothing (padding) stay 0, as on the reference path
+    own = pair_class[last_pair[has]] == run_class[has] + num_query_classes
+    return bool(np.all(own) and np.all(take[last_pair[has]] >= lengths[has]))
 
 
 def _chunks(q_count: np.ndarray, k_count: np.ndarray, chunk_keys: int, device: torch.device) -> tuple[Chunk, ...]:
     """Consecutive runs grouped so that each call gathers at most ``chunk_keys`` keys (or one run)."""
-    chunks, first = [], 0
     q_off, k_off = np.r_[0, np.cumsum(q_count)], np.r_[0, np.cumsum(k_count)]
+    bounds, first = [], 0
     while first < len(k_count):
         last = int(np.searchsorted(k_off, k_off[first] + chunk_keys, side="right")) - 1
-        last = max(last, first + 1)
-        cu_q = torch.from_numpy((q_off[first : last + 1] - q_off[first]).astype(np.int32)).to(device)
-        cu_k = torch.from_numpy((k_off[first : last + 1] - k_off[first]).astype(np.int32)).to(device)
+        bounds.append((first, max(last, first + 1)))
+        first = bounds[-1][1]
+    # every chunk's offsets, relative to its start, in one copy to the device
+    offsets = [np.stack([q_off[a : b + 1] - q_off[a], k_off[a : b + 1] - k_off[a]]) for a, b in bounds]
+    both = torch.from_numpy(np.concatenate(offsets, axis=1).astype(np.int32) if offsets else np.zeros((2, 0), np.int32))
+    both = both.to(device)
+    chunks, at = [], 0
+    for a, b in bounds:
+        cu = both[:, at : at + b - a + 1]
+        at += b - a + 1
         chunks.append(
             Chunk(
-                int(q_off[first]),
-                int(q_off[last]),
-                int(k_off[first]),
-                int(k_off[last]),
-                cu_q,
-                cu_k,
-                int(q_count[first:last].max()),
-                int(k_count[first:last].max()),
+                int(q_off[a]),
+                int(q_off[b]),
+                int(k_off[a]),
+                int(k_off[b]),
+                cu[0],
+                cu[1],
+                int(q_count[a:b].max()),
+                int(k_count[a:b].max()),
             )
         )
-        first = last
     return tuple(chunks)
 
 
@@ -254,6 +274,54 @@ def _plain_backward(
         return torch.autograd.grad(out, (q, k, v), g)
 
 
+def _add_rows(dk: torch.Tensor, dv: torch.Tensor, rows: torch.Tensor, dkc: torch.Tensor, dvc: torch.Tensor) -> None:
+    """dk[rows] += dkc and dv[rows] += dvc, rows repeating (a key is read by several runs).
+
+    On CUDA one Triton kernel loads the half-precision gradients and adds them into the float32 sums with
+    atomics; ``index_add_`` would first need float32 copies of both (as large as the gathered keys).
+    """
+    if dkc.is_cuda and dk.dtype == torch.float32 and _scatter_kernel() is not None:
+        n, width = rows.numel(), dk[0].numel()
+        block_cols = 1 << max(width - 1, 1).bit_length()
+        grid = (_cdiv(n, SCATTER_ROWS),)
+        _scatter_kernel()[grid](dk, dv, dkc.contiguous(), dvc.contiguous(), rows, n, width, block_cols, SCATTER_ROWS)
+        return
+    dk.index_add_(0, rows, dkc.to(dk.dtype))
+    dv.index_add_(0, rows, dvc.to(dv.dtype))
+
+
+SCATTER_ROWS = 8  # gathered rows per Triton program
+_SCATTER: list[Any] = []
+
+
+def _cdiv(a: int, b: int) -> int:
+    return (a + b - 1) // b
+
+
+def _scatter_kernel() -> Any:
+    """The Triton kernel behind ``_add_rows`` (None without Triton), compiled on first use."""
+    if not _SCATTER:
+        try:
+            import triton
+            import triton.language as tl
+        except ImportError:  # pragma: no cover - CUDA builds of torch ship Triton
+            _SCATTER.append(None)
+            return None
+
+        @triton.jit
+        def add_rows(dk, dv, dkc, dvc, rows, n, width, BLOCK_COLS: tl.constexpr, BLOCK_ROWS: tl.constexpr):  # noqa: N803
+            r = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
+            c = tl.arange(0, BLOCK_COLS)
+            ok = (r < n)[:, None] & (c < width)[None, :]
+            dst = tl.load(rows + r, mask=r < n, other=0)[:, None] * width + c[None, :]
+            src = r[:, None].to(tl.int64) * width + c[None, :]
+            tl.atomic_add(dk + dst, tl.load(dkc + src, mask=ok, other=0.0).to(tl.float32), mask=ok, sem="relaxed")
+            tl.atomic_add(dv + dst, tl.load(dvc + src, mask=ok, other=0.0).to(tl.float32), mask=ok, sem="relaxed")
+
+        _SCATTER.append(add_rows)
+    return _SCATTER[0]
+
+
 def _rows(x: torch.Tensor) -> torch.Tensor:
     """(B, H, L, dh) -> (B * L, H, dh), a view where the strides allow (batch 1 of a projection)."""
     b, h, n, dh = x.shape
@@ -261,11 +329,18 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
 
 
 class _GatheredAttention(torch.autograd.Function):
-    """Forward and backward chunk by chunk; saves q, k, v, the output and per-chunk log-sum-exps only."""
+    """Forward and backward chunk by chunk; saves q, k, v, the output and per-chunk log-sum-exps only.
+
+    With ``keep_rows`` = S, the caller may overwrite the first S key/value rows of each sequence after the
+    call (``V2S1Attention`` writes the step-2 summary keys over the summary rows step 1 has read): those
+    rows are copied (S rows, small) and q and the rest of k and v are kept as views on ``ctx``, outside the
+    version check of ``save_for_backward`` that would refuse the write although backward never reads what
+    it changes.
+    """
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: GatherPlan, dropout_p: float
+        ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: GatherPlan, dropout_p: float, keep_rows: int
     ) -> torch.Tensor:
         b, h, q_len, dh = q.shape
         flash = uses_flash(q)
@@ -282,13 +357,23 @@ class _GatheredAttention(torch.autograd.Function):
             else:
                 oc = _plain_forward(qc, kc, vc, ch, plan.causal)
             out.index_copy_(0, q_rows, oc)
-        ctx.save_for_backward(q, k, v, out, *lses)
-        ctx.plan, ctx.states, ctx.dropout_p, ctx.flash = plan, states, dropout_p, flash
+        if keep_rows:  # q is a view of the same projection: kept on ctx too (the write does not touch it)
+            ctx.save_for_backward(k[:, :, :keep_rows].clone(), v[:, :, :keep_rows].clone(), out, *lses)
+            ctx.views = (q, k, v)
+        else:
+            ctx.save_for_backward(q, k, v, out, *lses)
+        ctx.plan, ctx.states, ctx.dropout_p, ctx.flash, ctx.keep_rows = plan, states, dropout_p, flash, keep_rows
         return out.view(b, q_len, h, dh).transpose(1, 2)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
-        q, k, v, out, *lses = ctx.saved_tensors
+        if ctx.keep_rows:  # the kept rows, then the rest of the views (a transient copy)
+            k, v, out, *lses = ctx.saved_tensors
+            (q, k_view, v_view), rest = ctx.views, ctx.keep_rows
+            k, v = torch.cat([k, k_view[:, :, rest:]], dim=2), torch.cat([v, v_view[:, :, rest:]], dim=2)
+            ctx.views = None
+        else:
+            q, k, v, out, *lses = ctx.saved_tensors
         plan: GatherPlan = ctx.plan
         b, h, q_len, dh = q.shape
         k_len = k.shape[2]
@@ -308,27 +393,32 @@ class _GatheredAttention(torch.autograd.Function):
             else:
                 dqc, dkc, dvc = _plain_backward(gc, qc, kc, vc, ch, plan.causal)
             dq.index_copy_(0, q_rows, dqc.to(dq.dtype))
-            dk.index_add_(0, k_rows, dkc.to(acc))
-            dv.index_add_(0, k_rows, dvc.to(acc))
+            _add_rows(dk, dv, k_rows, dkc, dvc)
         ctx.states = None
 
         def heads(x: torch.Tensor, n: int, dtype: torch.dtype) -> torch.Tensor:
             return x.to(dtype).view(b, n, h, dh).transpose(1, 2)
 
-        return heads(dq, q_len, q.dtype), heads(dk, k_len, k.dtype), heads(dv, k_len, v.dtype), None, None
+        return heads(dq, q_len, q.dtype), heads(dk, k_len, k.dtype), heads(dv, k_len, v.dtype), None, None, None
 
 
 @torch.compiler.disable
 def gathered_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: GatherPlan, dropout_p: float = 0.0
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    plan: GatherPlan,
+    dropout_p: float = 0.0,
+    keep_rows: int = 0,
 ) -> torch.Tensor:
     """q (B, H, Q, dh), k and v (B, H, K, dh) -> (B, H, Q, dh) under ``plan``; rows reading nothing give 0.
 
     Attention dropout needs the FlashAttention kernel (``uses_flash``); the caller routes other cases to
-    the reference path.
+    the reference path. ``keep_rows``: the caller will overwrite the first ``keep_rows`` key/value rows
+    (see ``_GatheredAttention``).
     """
     if dropout_p > 0.0 and not uses_flash(q):
         raise ValueError("gathered attention applies dropout only through FlashAttention (CUDA, half precision)")
     if not plan.chunks:  # nothing reads anything (all padding)
         return q.new_zeros(q.shape)
-    return _GatheredAttention.apply(q, k.to(q.dtype), v.to(q.dtype), plan, dropout_p)
+    return _GatheredAttention.apply(q, k.to(q.dtype), v.to(q.dtype), plan, dropout_p, keep_rows)
