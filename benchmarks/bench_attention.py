@@ -40,6 +40,13 @@ from instruct_museformer.model.scheme import parse_scheme  # noqa: E402
 from instruct_museformer.tokens.specials import BAR, EOS  # noqa: E402
 
 VOCAB = 560
+IMPLS = ("gather", "gather+cb", "flex", "flex+cb")  # "+cb": MuseformerConfig.compile_blocks
+
+
+def fc_config(impl: str, **values: Any) -> MuseformerConfig:
+    """The FC model's config for an ``--impls`` entry."""
+    name, _, blocks = impl.partition("+")
+    return MuseformerConfig(**values, attention_impl=name, compile_blocks=blocks == "cb")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -161,7 +168,7 @@ def check_equivalence(task: str, length: int, device: str, impls: list[str]) -> 
     result = {"reference_bf16_logits_rel_err": rel(ref_bf16[0], base[0]),
               "reference_bf16_grad_rel_err": rel(ref_bf16[1], base[1])}
     for impl in impls:
-        model = build_model(MuseformerConfig(**cfg, attention_impl=impl)).to(device)
+        model = build_model(fc_config(impl, **cfg)).to(device)
         model.load_state_dict(ref.state_dict())
         for bf16 in (False, True):
             logits, grads = run(model, bf16)
@@ -250,14 +257,15 @@ def tile_density(batch: Batch, cfg: MuseformerConfig) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--lengths", type=int, nargs="+", default=[4096, 15360, 65536])
-    parser.add_argument("--impls", nargs="+", default=["gather", "flex"], choices=["gather", "flex"])
+    parser.add_argument("--impls", nargs="+", default=["gather", "flex"], choices=IMPLS)
+    parser.add_argument("--dense-compiled", action="store_true", help="also time the dense model compiled")
     parser.add_argument("--translation-length", type=int, default=15360)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--extra-block-sizes", type=int, nargs="*", default=[64])
     parser.add_argument("--compiled-lengths", type=int, nargs="*", default=[15360, 65536])
     parser.add_argument("--profile-length", type=int, default=15360)
-    parser.add_argument("--profile-impl", default="gather", choices=["gather", "flex"])
+    parser.add_argument("--profile-impl", default="gather", choices=IMPLS)
     parser.add_argument("--skip-check", action="store_true")
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
     args = parser.parse_args(argv)
@@ -293,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def run(kind: str, task: str, length: int, block_size: int = 128, compiled: bool = False, impl: str = "") -> None:
         impl = impl or args.impls[0]
-        cfg = MuseformerConfig(vocab_size=VOCAB, task=task, attention_impl=impl, block_size=block_size)
+        cfg = fc_config(impl, vocab_size=VOCAB, task=task, block_size=block_size)
         cfg.attention_dropout = 0.0  # FlexAttention has no attention dropout; keep the baseline comparable
         torch.manual_seed(0)
         model = (DenseLM(cfg) if kind == "dense" else build_model(cfg)).to(device)
@@ -330,7 +338,10 @@ def main(argv: list[str] | None = None) -> int:
         for r in rows:
             if r["kind"] != "fc":
                 continue
-            dense = next((d for d in rows if d["kind"] == "dense" and d["length"] == r["length"]), None)
+            # the faster dense baseline at this length (eager, or compiled with --dense-compiled)
+            denses = [d for d in results["rows"] if d["kind"] == "dense" and d["length"] == r["length"]]
+            denses = [d for d in denses if "error" not in d and (not compiled or d.get("compiled_layers"))]
+            dense = min(denses, key=lambda d: d["step_ms"], default=None)
             if "error" in r:
                 print(f"| {r['task']} bs{r['block_size']} | {r['impl']} | {r['length']} | error: {r['error'][:80]} |")
                 continue
@@ -350,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
 
     for length in args.lengths:
         run("dense", "language_modeling", length)
+        if args.dense_compiled:
+            run("dense", "language_modeling", length, compiled=True)
         for impl in args.impls:
             run("fc", "language_modeling", length, impl=impl)
     if args.translation_length:
@@ -382,7 +395,7 @@ def profile(length: int, device: str, out_dir: Path, impl: str) -> None:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    cfg = MuseformerConfig(vocab_size=VOCAB, task="language_modeling", attention_impl=impl, attention_dropout=0.0)
+    cfg = fc_config(impl, vocab_size=VOCAB, task="language_modeling", attention_dropout=0.0)
     torch.manual_seed(0)
     model = build_model(cfg).to(device).train()
     batch = make_batch(length, 2, False, device)

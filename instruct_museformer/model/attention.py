@@ -361,11 +361,6 @@ class V2S1Attention(nn.Module):
     def _p(self) -> float:
         return self.dropout if self.training else 0.0
 
-    def project(self, xh: torch.Tensor, num_sum: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Normalised joint stream (B, S+R, d) -> q, k, v (B, H, S+R, dh) with per-stream biases."""
-        qkv = self.qkv_proj(xh)  # bf16 under autocast: keep it so (a float32 bias would upcast q, k, v)
-        return self._split(qkv + self._bias(xh.shape[1], num_sum).to(qkv.dtype))
-
     def _bias(self, length: int, num_sum: int) -> torch.Tensor:
         """(S+R, 3d) Q/K/V biases: the summary stream's for the first ``num_sum`` rows."""
         return torch.cat([self.qkv_bias_sum.expand(num_sum, -1), self.qkv_bias_reg.expand(length - num_sum, -1)])
@@ -416,25 +411,37 @@ class V2S1Attention(nn.Module):
 
     def forward(self, xh: torch.Tensor, num_sum: int, sx: AttentionLayout, rx: AttentionLayout) -> torch.Tensor:
         """Normalised joint stream (B, S+R, d) -> attention output after out-proj (B, S+R, d)."""
+        return self.output(*self.mix(self.qkv_rows(xh, num_sum), num_sum, sx, rx))
+
+    def qkv_rows(self, xh: torch.Tensor, num_sum: int) -> torch.Tensor:
+        """(B, S+R, d) -> the joint Q/K/V projection (B, S+R, 3d) with per-stream biases."""
         qkv = self.qkv_proj(xh)  # bf16 under autocast: keep it so (a float32 bias would upcast q, k, v)
-        qkv = qkv + self._bias(xh.shape[1], num_sum).to(qkv.dtype)
+        return qkv + self._bias(xh.shape[1], num_sum).to(qkv.dtype)
+
+    def mix(
+        self, qkv: torch.Tensor, num_sum: int, sx: AttentionLayout, rx: AttentionLayout
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two steps on a projection (B, S+R, 3d) -> (s2 (B, H, S, dh), r2 (B, H, R, dh)).
+
+        Writes the step-2 summary keys into ``qkv`` on the fast paths (see below)."""
         q, k, v = self._split(qkv)
         s2 = self.summarize(q[:, :, :num_sum], k, v, sx)
         fused = self.kv_sink is None and self._p() == 0.0
         if fused and self._summary_path(q[:, :, :num_sum], sx) != "attend":
             # Step 2's keys [k_s2 ; k_r] are written into the projection itself, over the summary rows that
-            # step 1 has used (``_SegmentSoftmax`` allows it), and read through fresh views: no concatenated
+            # step 1 has used (its kernel allows it), and read through fresh views: no concatenated
             # (B, H, S+R, dh) copies kept for backward, and no as_strided gradients of stale views.
             qkv[:, :num_sum, self.dim :] = self.kv2_proj(_merge(s2))
             q, k, v = self._split(qkv)
-            r2 = attend(q[:, :, num_sum:], k, v, rx, self.impl, self.block_size, 0.0)
-        else:
-            k_s2, v_s2 = self.sum_kv2(s2)
-            if self.kv_sink is not None:
-                self.kv_sink.append((k, v, k_s2, v_s2))
-            r2 = self.update(q[:, :, num_sum:], k_s2, v_s2, k[:, :, num_sum:], v[:, :, num_sum:], rx)
-        # out-proj per stream: the attention output laid out (B, R, H, dh) merges heads without a copy, and
-        # out_proj then keeps for backward the same tensor the attention kernel keeps (not a second copy)
+            return s2, attend(q[:, :, num_sum:], k, v, rx, self.impl, self.block_size, 0.0)
+        k_s2, v_s2 = self.sum_kv2(s2)
+        if self.kv_sink is not None:
+            self.kv_sink.append((k, v, k_s2, v_s2))
+        return s2, self.update(q[:, :, num_sum:], k_s2, v_s2, k[:, :, num_sum:], v[:, :, num_sum:], rx)
+
+    def output(self, s2: torch.Tensor, r2: torch.Tensor) -> torch.Tensor:
+        """out-proj per stream -> (B, S+R, d): the attention output laid out (B, R, H, dh) merges heads
+        without a copy, and out_proj then keeps for backward the same tensor the attention kernel keeps."""
         return torch.cat([self.out_proj(_merge(s2)), self.out_proj(_merge(r2))], dim=1)
 
 

@@ -70,6 +70,7 @@ class MuseformerConfig:
     attention_impl: str = "auto"  # "auto" (gather on CUDA, reference elsewhere), "gather", "flex", "reference"
     block_size: int = 128
     gradient_checkpointing: bool = False
+    compile_blocks: bool = False  # torch.compile the layers' tensor-only stretches on CUDA (MuseformerLayer)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

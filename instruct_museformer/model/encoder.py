@@ -63,6 +63,7 @@ def make_layers(cfg: MuseformerConfig, num_layers: int, cross: bool) -> nn.Modul
             cfg.attention_impl,
             cfg.block_size,
             cross=cross,
+            compile_blocks=cfg.compile_blocks,
         )
         for _ in range(num_layers)
     )

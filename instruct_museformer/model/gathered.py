@@ -49,6 +49,7 @@ class Chunk:
     cu_k: torch.Tensor  # (G+1,) int32, key offsets
     max_q: int
     max_k: int
+    q_row: int  # the chunk's first flat query row when its queries are consecutive rows (a slice), else -1
 
 
 @dataclass(frozen=True)
@@ -77,12 +78,15 @@ def plan_for(layout: AttentionLayout, chunk_keys: int = CHUNK_KEYS) -> GatherPla
 
 
 def build_plan(layout: AttentionLayout, chunk_keys: int = CHUNK_KEYS) -> GatherPlan | None:
-    """Runs of equal query class, each with the keys of the classes its table row allows (and, causal,
-    none after the run).
+    """Runs of equal query class, each reading whole runs of equal key class, merged into ranges.
 
-    The host works per run and per (run, key class) pair only -- a few thousand of them at 65k tokens --
-    from one copy of the per-token classes; the per-key index (~8 keys per token) is expanded on the
-    device, so neither the host nor the copy scales with it.
+    Classes are constant along maximal runs of tokens (a bar's tokens, one summary slot, the specials at
+    either end), so a query run reads whole key runs: those its class's table row allows and, when causal,
+    that do not start after it (a key run lies entirely before the query run, is the run itself, or lies
+    entirely after it). Adjacent allowed key runs merge into one range of key rows. The host works over
+    (query run x key run) pairs of each sequence -- from one copy of the per-token classes -- and the
+    per-key index (~8 keys per token) is expanded on the device, so neither the host nor the copy scales
+    with it.
     """
     device = layout.q_class.device
     q_class = layout.q_class.cpu().numpy()
@@ -91,94 +95,97 @@ def build_plan(layout: AttentionLayout, chunk_keys: int = CHUNK_KEYS) -> GatherP
     causal = layout.k_pos is not None
     batch, q_len = q_class.shape
     k_len = k_class.shape[1]
-    classes = table.shape[1]
+    q_first, q_count, q_cls = _class_runs(q_class)  # flat rows b * Q + q
+    k_first, k_count, k_cls = _class_runs(k_class)  # flat rows b * K + kv
+    if causal and not np.array_equal(k_class[:, k_len - q_len :], q_class + table.shape[0]):
+        return None  # query q must be key K - Q + q (regular keys after the summaries) for the diagonal
+    k_pos = layout.k_pos.cpu().numpy() if causal else None
 
-    # runs: maximal stretches of one query class within a sequence
-    flat = q_class.reshape(-1)
-    seq = np.repeat(np.arange(batch), q_len)
-    starts = np.flatnonzero(np.r_[True, (flat[1:] != flat[:-1]) | (seq[1:] != seq[:-1])]) if flat.size else flat
-    lengths = np.diff(np.r_[starts, flat.size])
-    run_class, run_seq = flat[starts], seq[starts]
+    range_run, range_first, range_count = [], [], []
+    q_seq, k_seq = q_first // max(q_len, 1), k_first // max(k_len, 1)
+    for b in range(batch):
+        qs, ks = np.flatnonzero(q_seq == b), np.flatnonzero(k_seq == b)
+        allowed = table[q_cls[qs][:, None], k_cls[ks][None, :]]  # (runs, key runs)
+        if causal:  # key runs starting after the query run's last position are masked for all of it
+            run_last = q_first[qs] + q_count[qs] - 1 - b * q_len
+            allowed &= k_pos[k_first[ks] - b * k_len][None, :] <= run_last[:, None]
+        edges = np.diff(np.pad(allowed, ((0, 0), (1, 1))).astype(np.int8), axis=1)
+        run, start = np.nonzero(edges == 1)  # row-major: ranges in order within each run
+        _, stop = np.nonzero(edges == -1)  # one past the range's last key run
+        first = k_first[ks][start]
+        range_run.append(qs[run])
+        range_first.append(first)
+        range_count.append(k_first[ks][stop - 1] + k_count[ks][stop - 1] - first)
+    ranges = [np.concatenate(x) if x else np.zeros(0, np.int64) for x in (range_run, range_first, range_count)]
+    range_run, range_first, range_count = ranges
 
-    # keys grouped by (sequence, class), positions ascending within a group
-    codes = (np.arange(batch)[:, None] * classes + k_class).reshape(-1)
-    order = np.argsort(codes, kind="stable")  # flat key rows b * K + kv
-    counts = np.bincount(codes, minlength=batch * classes)
-    group_start = np.cumsum(counts) - counts
-
-    # every (run, allowed key class) pair reads the first `take` keys of that class's group
-    pair_run, pair_class = np.nonzero(table[run_class]) if flat.size else (flat, flat)
-    group = run_seq[pair_run] * classes + pair_class
-    take = counts[group]
-    if causal:  # keys after a run are after all its queries: masked for the whole run
-        k_pos = layout.k_pos.cpu().numpy().astype(np.int64)
-        # (group, position) of each key in group order: sorted, so a search counts the keys up to a position
-        sorted_keys = codes[order] * (k_len + 1) + k_pos[order % k_len] + 1
-        run_last = starts - run_seq * q_len + lengths - 1  # the run's last query position
-        bound = group * (k_len + 1) + run_last[pair_run] + 1
-        take = np.searchsorted(sorted_keys, bound, side="right") - group_start[group]
-        if not _own_bar_last(q_class, k_class, table.shape[0], pair_run, pair_class, take, run_class, lengths):
-            return None
-
-    num_keys = np.bincount(pair_run, weights=take, minlength=len(starts)).astype(np.int64)
+    num_keys = np.bincount(range_run, weights=range_count, minlength=len(q_first)).astype(np.int64)
     used = num_keys > 0  # padding runs and rows with nothing to read stay 0
-    q_count, k_count = lengths[used], num_keys[used]
-    shift = (group_start[group] - (np.cumsum(take) - take))[take > 0]  # per pair: group index - packed index
-    order_dev = torch.from_numpy(order).to(device)
-    shift_dev = torch.from_numpy(shift).to(device)
-    total = int(take.sum())
-    # k_rows[i] = order[i + shift of i's pair]
-    k_rows = order_dev[torch.arange(total, device=device) + shift_dev.repeat_interleave(
-        torch.from_numpy(take[take > 0]).to(device), output_size=total
-    )]  # fmt: skip
+    if causal and not _own_run_last(range_run, range_first + range_count, q_first, q_count, used, q_len, k_len):
+        return None
     return GatherPlan(
-        torch.from_numpy(_ranges(starts[used], q_count)).to(device),
-        k_rows,
-        _chunks(q_count, k_count, chunk_keys, device),
+        _expand(q_first[used], q_count[used], device),
+        _expand(range_first, range_count, device),
+        _chunks(q_first[used], q_count[used], num_keys[used], chunk_keys, device),
         causal,
         batch * q_len,
         batch * k_len,
     )
 
 
-def _ranges(first: np.ndarray, count: np.ndarray) -> np.ndarray:
-    """Concatenated ``arange(first[i], first[i] + count[i])``."""
-    offsets = np.arange(int(count.sum())) - np.repeat(np.cumsum(count) - count, count)
-    return np.repeat(first, count) + offsets
+def _class_runs(classes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Maximal runs of one class within each row of (B, L): (flat first index, length, class)."""
+    batch, length = classes.shape
+    flat = classes.reshape(-1)
+    if not flat.size:
+        return flat.astype(np.int64), flat.astype(np.int64), flat
+    change = np.empty(flat.size, bool)
+    change[0] = True
+    change[1:] = flat[1:] != flat[:-1]
+    change[::length] = True  # every row starts a run
+    first = np.flatnonzero(change)
+    return first, np.diff(np.r_[first, flat.size]), flat[first]
 
 
-def _own_bar_last(
-    q_class: np.ndarray,
-    k_class: np.ndarray,
-    num_query_classes: int,
-    pair_run: np.ndarray,
-    pair_class: np.ndarray,
-    take: np.ndarray,
-    run_class: np.ndarray,
-    lengths: np.ndarray,
+def _own_run_last(
+    range_run: np.ndarray,
+    range_end: np.ndarray,
+    q_first: np.ndarray,
+    q_count: np.ndarray,
+    used: np.ndarray,
+    q_len: int,
+    k_len: int,
 ) -> bool:
-    """Causal plans: does every run's gathered list end with the run's own tokens, in order?
+    """Causal plans: does every run's last range end with the run's own tokens?
 
-    Query q and key ``K - Q + q`` are the same token (regular keys follow the summary region), so a run's
-    own tokens are the latest keys of its own key class (query class + n + 2) up to the run's end. When that
-    class is the last one a run reads anything of, and it reads at least the run's length of it, the last
-    Lq gathered keys are the run's tokens and every key before them precedes the run: the bottom-right
-    diagonal is then exactly the causal rule. (Pairs come in ascending class order per run.)
+    Query q is key ``K - Q + q`` (checked by the caller), whose key run has the same extent as the query
+    run. Ranges are made of whole key runs in order, none starting after the query run; so when a run's
+    last range ends where its own tokens end, the last Lq keys are exactly those tokens and every key
+    before them precedes the run: the bottom-right diagonal is then exactly the causal rule.
     """
-    q_len, k_len = q_class.shape[1], k_class.shape[1]
-    if not np.array_equal(k_class[:, k_len - q_len :], q_class + num_query_classes):
-        return False
-    reads = take > 0
-    last_pair = np.full(len(run_class), -1)
-    last_pair[pair_run[reads]] = np.flatnonzero(reads)  # ascending: the last write per run wins
-    has = last_pair >= 0  # runs that read nothing (padding) stay 0, as on the reference path
-    own = pair_class[last_pair[has]] == run_class[has] + num_query_classes
-    return bool(np.all(own) and np.all(take[last_pair[has]] >= lengths[has]))
+    last_range = np.full(len(q_first), -1)
+    last_range[range_run] = np.arange(len(range_run))  # ascending: the last write per run wins
+    runs = np.flatnonzero(used)
+    seq = q_first[runs] // max(q_len, 1)
+    own_end = q_first[runs] + q_count[runs] + seq * (k_len - q_len) + (k_len - q_len)  # flat key row
+    return bool(np.array_equal(range_end[last_range[runs]], own_end))
 
 
-def _chunks(q_count: np.ndarray, k_count: np.ndarray, chunk_keys: int, device: torch.device) -> tuple[Chunk, ...]:
+def _expand(first: np.ndarray, count: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Concatenated ``arange(first[i], first[i] + count[i])`` as a long tensor on ``device``, expanded
+    there from the (short) per-range arrays."""
+    total = int(count.sum())
+    shift = torch.from_numpy(first - (np.cumsum(count) - count)).to(device)  # range start - packed start
+    count_dev = torch.from_numpy(count).to(device)
+    return torch.arange(total, device=device) + shift.repeat_interleave(count_dev, output_size=total)
+
+
+def _chunks(
+    q_first: np.ndarray, q_count: np.ndarray, k_count: np.ndarray, chunk_keys: int, device: torch.device
+) -> tuple[Chunk, ...]:
     """Consecutive runs grouped so that each call gathers at most ``chunk_keys`` keys (or one run)."""
     q_off, k_off = np.r_[0, np.cumsum(q_count)], np.r_[0, np.cumsum(k_count)]
+    gaps = np.r_[0, np.cumsum(q_first[1:] != q_first[:-1] + q_count[:-1])]  # query gaps before each run
     bounds, first = [], 0
     while first < len(k_count):
         last = int(np.searchsorted(k_off, k_off[first] + chunk_keys, side="right")) - 1
@@ -202,6 +209,7 @@ def _chunks(q_count: np.ndarray, k_count: np.ndarray, chunk_keys: int, device: t
                 cu[1],
                 int(q_count[a:b].max()),
                 int(k_count[a:b].max()),
+                int(q_first[a]) if gaps[b - 1] == gaps[a] else -1,
             )
         )
     return tuple(chunks)
@@ -322,6 +330,21 @@ def _scatter_kernel() -> Any:
     return _SCATTER[0]
 
 
+def _pick(x: torch.Tensor, rows: torch.Tensor, ch: Chunk) -> torch.Tensor:
+    """x's query rows of the chunk: a slice when they are consecutive, else gathered (N, H, dh)."""
+    if ch.q_row >= 0:
+        return x[ch.q_row : ch.q_row + rows.numel()]
+    return x.index_select(0, rows)
+
+
+def _put(x: torch.Tensor, rows: torch.Tensor, ch: Chunk, values: torch.Tensor) -> None:
+    """x[rows] = values for the chunk's query rows."""
+    if ch.q_row >= 0:
+        x[ch.q_row : ch.q_row + rows.numel()] = values
+    else:
+        x.index_copy_(0, rows, values.to(x.dtype))
+
+
 def _rows(x: torch.Tensor) -> torch.Tensor:
     """(B, H, L, dh) -> (B * L, H, dh), a view where the strides allow (batch 1 of a projection)."""
     b, h, n, dh = x.shape
@@ -349,14 +372,14 @@ class _GatheredAttention(torch.autograd.Function):
         lses, states = [], []
         for ch in plan.chunks:
             q_rows, k_rows = plan.q_rows[ch.q_start : ch.q_end], plan.k_rows[ch.k_start : ch.k_end]
-            qc, kc, vc = qf.index_select(0, q_rows), kf.index_select(0, k_rows), vf.index_select(0, k_rows)
+            qc, kc, vc = _pick(qf, q_rows, ch), kf.index_select(0, k_rows), vf.index_select(0, k_rows)
             if flash:
                 oc, lse, state = _flash_forward(qc, kc, vc, ch, plan.causal, dropout_p)
                 lses.append(lse)
                 states.append(state)
             else:
                 oc = _plain_forward(qc, kc, vc, ch, plan.causal)
-            out.index_copy_(0, q_rows, oc)
+            _put(out, q_rows, ch, oc)
         if keep_rows:  # q is a view of the same projection: kept on ctx too (the write does not touch it)
             ctx.save_for_backward(k[:, :, :keep_rows].clone(), v[:, :, :keep_rows].clone(), out, *lses)
             ctx.views = (q, k, v)
@@ -384,15 +407,15 @@ class _GatheredAttention(torch.autograd.Function):
         dv = torch.zeros(b * k_len, h, dh, dtype=acc, device=v.device)
         for i, ch in enumerate(plan.chunks):
             q_rows, k_rows = plan.q_rows[ch.q_start : ch.q_end], plan.k_rows[ch.k_start : ch.k_end]
-            qc, kc, vc = qf.index_select(0, q_rows), kf.index_select(0, k_rows), vf.index_select(0, k_rows)
-            gc = gf.index_select(0, q_rows)
+            qc, kc, vc = _pick(qf, q_rows, ch), kf.index_select(0, k_rows), vf.index_select(0, k_rows)
+            gc = _pick(gf, q_rows, ch)
             if ctx.flash:
-                oc = out.index_select(0, q_rows)
+                oc = _pick(out, q_rows, ch)
                 state, p = ctx.states[i], ctx.dropout_p
                 dqc, dkc, dvc = _flash_backward(gc, qc, kc, vc, oc, lses[i], ch, plan.causal, p, state)
             else:
                 dqc, dkc, dvc = _plain_backward(gc, qc, kc, vc, ch, plan.causal)
-            dq.index_copy_(0, q_rows, dqc.to(dq.dtype))
+            _put(dq, q_rows, ch, dqc)
             _add_rows(dk, dv, k_rows, dkc, dvc)
         ctx.states = None
 

@@ -52,7 +52,9 @@ from .trainer import LN2, StepResult, Trainer, seed_everything
 logger = logging.getLogger("imf.train")
 
 # Model fields that may change when resuming (they change no parameter shape or meaning).
-RUNTIME_MODEL_FIELDS = ("dropout", "attention_dropout", "attention_impl", "block_size", "gradient_checkpointing")
+RUNTIME_MODEL_FIELDS = (
+    "dropout", "attention_dropout", "attention_impl", "block_size", "gradient_checkpointing", "compile_blocks"
+)
 
 ModelFactory = Callable[[MuseformerConfig], torch.nn.Module]
 SourceFactory = Callable[[argparse.Namespace, str], DataSource]

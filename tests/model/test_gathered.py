@@ -128,3 +128,16 @@ def test_gathered_attention_refuses_dropout_without_flash():
         gathered_attention(q, kv, kv, plan, dropout_p=0.1)
     # attend() routes it to the reference path instead, which has dropout
     assert attend(q, kv, kv, layout, "gather", 16, dropout_p=0.1).shape == q.shape
+
+
+def test_chunks_take_query_slices_only_where_rows_are_consecutive():
+    """A chunk reads its queries as a slice when its runs are adjacent rows, else through the index."""
+    plans = [build_plan(layout, 40) for layout in _layouts(2, pad=16).values()]
+    chunks = [(plan, ch) for plan in plans if plan is not None for ch in plan.chunks]
+    assert {ch.q_row >= 0 for _, ch in chunks} == {True, False}
+    for plan, ch in chunks:
+        rows = plan.q_rows[ch.q_start : ch.q_end]
+        consecutive = bool((rows.diff() == 1).all())
+        assert (ch.q_row >= 0) == consecutive
+        if consecutive:
+            assert ch.q_row == int(rows[0])
