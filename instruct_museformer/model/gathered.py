@@ -69,8 +69,9 @@ class GatherPlan:
     num_keys: int  # B * K
 
 
-def plan_for(layout: AttentionLayout, chunk_keys: int = CHUNK_KEYS) -> GatherPlan | None:
+def plan_for(layout: AttentionLayout, chunk_keys: int | None = None) -> GatherPlan | None:
     """The layout's plan, built once and shared by every layer using the layout (None: not expressible)."""
+    chunk_keys = chunk_keys or CHUNK_KEYS
     cache = layout._gather
     if chunk_keys not in cache:
         cache[chunk_keys] = build_plan(layout, chunk_keys)
