@@ -89,10 +89,12 @@ def build_plan(layout: AttentionLayout, chunk_keys: int = CHUNK_KEYS) -> GatherP
     per-key index (~8 keys per token) is expanded on the device, so neither the host nor the copy scales
     with it.
     """
+    if layout.segments is not None:
+        return _segment_plan(layout, chunk_keys)
     device = layout.q_class.device
     q_class = layout.q_class.cpu().numpy()
     k_class = layout.k_class.cpu().numpy()
-    table = layout.table.cpu().numpy()  # (n+2, C): may query class i read key class j
+    table = layout.host_table()  # (n+2, C): may query class i read key class j
     causal = layout.k_pos is not None
     batch, q_len = q_class.shape
     k_len = k_class.shape[1]
@@ -106,13 +108,11 @@ def build_plan(layout: AttentionLayout, chunk_keys: int = CHUNK_KEYS) -> GatherP
     q_seq, k_seq = q_first // max(q_len, 1), k_first // max(k_len, 1)
     for b in range(batch):
         qs, ks = np.flatnonzero(q_seq == b), np.flatnonzero(k_seq == b)
-        allowed = table[q_cls[qs][:, None], k_cls[ks][None, :]]  # (runs, key runs)
+        allowed = table[q_cls[qs]][:, k_cls[ks]]  # (runs, key runs)
         if causal:  # key runs starting after the query run's last position are masked for all of it
             run_last = q_first[qs] + q_count[qs] - 1 - b * q_len
             allowed &= k_pos[k_first[ks] - b * k_len][None, :] <= run_last[:, None]
-        edges = np.diff(np.pad(allowed, ((0, 0), (1, 1))).astype(np.int8), axis=1)
-        run, start = np.nonzero(edges == 1)  # row-major: ranges in order within each run
-        _, stop = np.nonzero(edges == -1)  # one past the range's last key run
+        run, start, stop = _true_stretches(allowed)
         first = k_first[ks][start]
         range_run.append(qs[run])
         range_first.append(first)
@@ -132,6 +132,52 @@ def build_plan(layout: AttentionLayout, chunk_keys: int = CHUNK_KEYS) -> GatherP
         batch * q_len,
         batch * k_len,
     )
+
+
+def _segment_plan(layout: AttentionLayout, chunk_keys: int) -> GatherPlan:
+    """The plan of a summary layout in which every summary reads exactly itself and its own bar
+    (``layout.segments``): per valid slot, a run of one query over two ranges -- its own summary row and
+    its bar's tokens -- read straight off the slot of each token, with no (runs x key runs) table."""
+    token_slot, slot_valid = (t.cpu().numpy() for t in layout.segments)  # (B, R), (B, S)
+    device = layout.q_class.device
+    batch, s_len = slot_valid.shape
+    r_len = token_slot.shape[1]
+    k_len = s_len + r_len
+    seq, slot = np.nonzero(slot_valid)  # runs, in row order
+    bar_first = np.zeros(batch * max(s_len, 1), np.int64)
+    bar_count = np.zeros(batch * max(s_len, 1), np.int64)
+    first, count, run_slot = _class_runs(token_slot)  # a bar's tokens are consecutive
+    reads = run_slot >= 0
+    owner = (first[reads] // max(r_len, 1)) * s_len + run_slot[reads]
+    bar_first[owner] = first[reads] % max(r_len, 1)
+    bar_count[owner] = count[reads]
+    own = seq * s_len + slot
+    ranges_first = np.stack([seq * k_len + slot, seq * k_len + s_len + bar_first[own]], axis=1).reshape(-1)
+    ranges_count = np.stack([np.ones_like(own), bar_count[own]], axis=1).reshape(-1)
+    keep = ranges_count > 0
+    num_keys = 1 + bar_count[own]
+    ones = np.ones_like(own)
+    return GatherPlan(
+        _expand(own, ones, device),
+        _expand(ranges_first[keep], ranges_count[keep], device),
+        _chunks(own, ones, num_keys, chunk_keys, device),
+        False,
+        batch * s_len,
+        batch * k_len,
+    )
+
+
+def _true_stretches(allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Maximal stretches of True in each row of a (G, N) bool matrix: (row, first column, one past the last),
+    row-major. The rows are padded with False on both sides and searched as one flat array for changes."""
+    rows, width = allowed.shape
+    padded = np.zeros((rows, width + 2), bool)
+    padded[:, 1:-1] = allowed
+    flat = padded.reshape(-1)
+    change = np.flatnonzero(flat[1:] != flat[:-1]) + 1  # first index of each new value
+    rising = flat[change]
+    row, col = np.divmod(change, width + 2)
+    return row[rising], col[rising] - 1, col[~rising] - 1
 
 
 def _class_runs(classes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from ..data.batch import BarTokens
@@ -196,6 +197,14 @@ class AttentionLayout:
             self._table = _class_table(self.off, self.num_bars)
         return self._table
 
+    def host_table(self) -> np.ndarray:
+        """``table`` computed on the host with numpy (one small copy over instead of device launches)."""
+        if self._table is not None:
+            return self._table.cpu().numpy()
+        q_bar, q_kind, k_code = (t.numpy() for t in _class_representatives(self.num_bars, torch.device("cpu")))
+        off = self.off.cpu().numpy()
+        return _core(off, q_bar[:, None], q_kind[:, None], k_code[None, :], ROW_PREF * (2 * self.num_bars + 1))
+
     def dense(self) -> torch.Tensor:
         """(B, 1, Q, K) bool mask, True = may attend (the reference path's ground truth)."""
         if self._dense is None:
@@ -256,9 +265,14 @@ class AttentionLayout:
 
 def _class_table(off: torch.Tensor, n: int) -> torch.Tensor:
     """``AttentionLayout.table`` from the offset table, on its device."""
-    dev = off.device
+    q_bar, q_kind, k_code = _class_representatives(n, off.device)
+    return _core(off, q_bar[:, None], q_kind[:, None], k_code[None, :], ROW_PREF * (2 * n + 1))
+
+
+def _class_representatives(n: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(q_bar, q_kind) of one query per class 0..n+1 and the key code of one key per key class."""
     width = 2 * n + 1
-    classes = torch.arange(n + 2, device=dev, dtype=torch.int32)
+    classes = torch.arange(n + 2, device=device, dtype=torch.int32)
     real = (classes >= 1) & (classes <= n)
     zero = torch.zeros_like(classes)
     # query representatives: class 0 = prefix, 1..n = content of that bar, n+1 = padding
@@ -268,8 +282,7 @@ def _class_table(off: torch.Tensor, n: int) -> torch.Tensor:
     none = zero + ROW_NONE * width + n
     k_sum = torch.where(real, ROW_SUM * width + classes + n, none)
     k_reg = torch.where(real, ROW_REG * width + classes + n, torch.where(classes == 0, ROW_PREF * width + n, none))
-    k_code = torch.cat([k_sum, k_reg])
-    return _core(off, q_bar[:, None], q_kind[:, None], k_code[None, :], ROW_PREF * width)
+    return q_bar, q_kind, torch.cat([k_sum, k_reg])
 
 
 def _tile_kinds(

@@ -141,3 +141,12 @@ def test_chunks_take_query_slices_only_where_rows_are_consecutive():
         assert (ch.q_row >= 0) == consecutive
         if consecutive:
             assert ch.q_row == int(rows[0])
+
+
+@pytest.mark.parametrize("name", ["decoder original", "encoder", "cross", "summaries wide"])
+def test_host_table_is_the_class_table(name: str):
+    """The plan reads the class table computed with numpy on the host; it is the device table's twin."""
+    layout = _layouts(1)[name]
+    host = layout.host_table()
+    assert host.dtype == bool and host.any()
+    assert (host == layout.table.numpy()).all()
