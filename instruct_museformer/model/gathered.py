@@ -415,7 +415,8 @@ class _GatheredAttention(torch.autograd.Function):
         b, h, q_len, dh = q.shape
         flash = uses_flash(q)
         qf, kf, vf = _rows(q), _rows(k), _rows(v)
-        out = q.new_zeros(b * q_len, h, dh)
+        # rows that read nothing stay 0; when every row reads something, nothing needs clearing first
+        out = q.new_empty(b * q_len, h, dh) if plan.q_rows.numel() == b * q_len else q.new_zeros(b * q_len, h, dh)
         lses, states = [], []
         for ch in plan.chunks:
             q_rows, k_rows = plan.q_rows[ch.q_start : ch.q_end], plan.k_rows[ch.k_start : ch.k_end]
@@ -448,7 +449,8 @@ class _GatheredAttention(torch.autograd.Function):
         b, h, q_len, dh = q.shape
         k_len = k.shape[2]
         qf, kf, vf, gf = _rows(q), _rows(k), _rows(v), _rows(grad.to(out.dtype))
-        dq = torch.zeros_like(qf, memory_format=torch.contiguous_format)
+        every_row = plan.q_rows.numel() == b * q_len  # then every row of dq is written below
+        dq = (torch.empty if every_row else torch.zeros)(b * q_len, h, dh, dtype=q.dtype, device=q.device)
         acc = torch.promote_types(k.dtype, torch.float32)  # a key is read by several runs: sum in float32
         dk = torch.zeros(b * k_len, h, dh, dtype=acc, device=k.device)
         dv = torch.zeros(b * k_len, h, dh, dtype=acc, device=v.device)

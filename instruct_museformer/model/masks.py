@@ -56,6 +56,14 @@ class BarLayout:
     sum_ids: torch.Tensor
     num_bars: int
     num_summary: int = 1
+    _keys: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
+
+    def keys(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(codes, classes) of the keys [summaries ; regular tokens] for a table over bars 0..n, made once
+        and shared by the layouts that read this side (``_key_codes``, ``_key_classes``)."""
+        if n not in self._keys:
+            self._keys[n] = (_key_codes(self, n), _key_classes(self, n))
+        return self._keys[n]
 
     def reg_class(self, n: int) -> torch.Tensor:
         """(B, R) classes of the regular tokens for a table over bars 0..n."""
@@ -433,7 +441,8 @@ def regular_layout(
     if causal:
         s_len, r_len = side.sum_bar.shape[1], side.bar.shape[1]
         k_pos = torch.cat([torch.full((s_len,), -1, device=dev), torch.arange(r_len, device=dev)]).int()
-    return AttentionLayout(side.reg_class(n), _key_classes(side, n), q_bar, q_kind, _key_codes(side, n), off, n, k_pos)
+    k_code, k_class = side.keys(n)
+    return AttentionLayout(side.reg_class(n), k_class, q_bar, q_kind, k_code, off, n, k_pos)
 
 
 def summary_layout(side: BarLayout, sum2con: OffsetSet, sum2sum: OffsetSet) -> AttentionLayout:
@@ -453,9 +462,8 @@ def summary_layout(side: BarLayout, sum2con: OffsetSet, sum2sum: OffsetSet) -> A
         complete &= torch.gather(side.sum_valid, 1, (side.bar - 1).clamp(0, max(s_len - 1, 0))) if s_len else False
         token_slot = torch.where(complete, side.bar - 1, torch.full_like(side.bar, -1))
         segments = (token_slot, side.sum_valid)
-    return AttentionLayout(
-        side.sum_class(n), _key_classes(side, n), q_bar, q_kind, _key_codes(side, n), off, n, None, segments
-    )
+    k_code, k_class = side.keys(n)
+    return AttentionLayout(side.sum_class(n), k_class, q_bar, q_kind, k_code, off, n, None, segments)
 
 
 def self_attention_layouts(
@@ -493,7 +501,8 @@ def cross_layout(
     rows = {ROW_SUM: cross_con2sum.contains(offs), ROW_REG: cross_con2con.contains(offs), ROW_PREF: offs <= 0}
     off = _off_table(n, rows, dev)
     q_bar, q_kind = _query_codes(target.bar, target.valid, summary=False)
-    return AttentionLayout(target.reg_class(n), _key_classes(source, n), q_bar, q_kind, _key_codes(source, n), off, n)
+    k_code, k_class = source.keys(n)
+    return AttentionLayout(target.reg_class(n), k_class, q_bar, q_kind, k_code, off, n)
 
 
 def pad_bar_tokens(tokens: BarTokens, multiple: int) -> BarTokens:
