@@ -82,7 +82,7 @@ def build_plan(layout: AttentionLayout, chunk_keys: int = CHUNK_KEYS) -> GatherP
     """Runs of equal query class, each reading whole runs of equal key class, merged into ranges.
 
     Classes are constant along maximal runs of tokens (a bar's tokens, one summary slot, the specials at
-    either end), so a query run reads whole key runs: those its class's table row allows and, when causal,
+    either end), so a query run reads whole key runs: those the class table allows it and, when causal,
     that do not start after it (a key run lies entirely before the query run, is the run itself, or lies
     entirely after it). Adjacent allowed key runs merge into one range of key rows. The host works over
     (query run x key run) pairs of each sequence -- from one copy of the per-token classes -- and the
@@ -94,13 +94,12 @@ def build_plan(layout: AttentionLayout, chunk_keys: int = CHUNK_KEYS) -> GatherP
     device = layout.q_class.device
     q_class = layout.q_class.cpu().numpy()
     k_class = layout.k_class.cpu().numpy()
-    table = layout.host_table()  # (n+2, C): may query class i read key class j
     causal = layout.k_pos is not None
     batch, q_len = q_class.shape
     k_len = k_class.shape[1]
     q_first, q_count, q_cls = _class_runs(q_class)  # flat rows b * Q + q
     k_first, k_count, k_cls = _class_runs(k_class)  # flat rows b * K + kv
-    if causal and not np.array_equal(k_class[:, k_len - q_len :], q_class + table.shape[0]):
+    if causal and not np.array_equal(k_class[:, k_len - q_len :], q_class + layout.num_bars + 2):
         return None  # query q must be key K - Q + q (regular keys after the summaries) for the diagonal
     k_pos = layout.k_pos.cpu().numpy() if causal else None
 
@@ -108,7 +107,7 @@ def build_plan(layout: AttentionLayout, chunk_keys: int = CHUNK_KEYS) -> GatherP
     q_seq, k_seq = q_first // max(q_len, 1), k_first // max(k_len, 1)
     for b in range(batch):
         qs, ks = np.flatnonzero(q_seq == b), np.flatnonzero(k_seq == b)
-        allowed = table[q_cls[qs]][:, k_cls[ks]]  # (runs, key runs)
+        allowed = layout.host_table(q_cls[qs], k_cls[ks])  # (runs, key runs)
         if causal:  # key runs starting after the query run's last position are masked for all of it
             run_last = q_first[qs] + q_count[qs] - 1 - b * q_len
             allowed &= k_pos[k_first[ks] - b * k_len][None, :] <= run_last[:, None]

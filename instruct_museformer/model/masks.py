@@ -205,13 +205,14 @@ class AttentionLayout:
             self._table = _class_table(self.off, self.num_bars)
         return self._table
 
-    def host_table(self) -> np.ndarray:
-        """``table`` computed on the host with numpy (one small copy over instead of device launches)."""
-        if self._table is not None:
-            return self._table.cpu().numpy()
-        q_bar, q_kind, k_code = (t.numpy() for t in _class_representatives(self.num_bars, torch.device("cpu")))
+    def host_table(self, q_classes: np.ndarray, k_classes: np.ndarray) -> np.ndarray:
+        """``table[q_classes][:, k_classes]`` evaluated on the host with numpy, for these classes only
+        (the predicate on their representatives; no device launches, no full (n+2, 2(n+2)) table)."""
+        n = self.num_bars
+        q_bar, q_kind, k_code = (t.numpy() for t in _class_representatives(n, torch.device("cpu")))
         off = self.off.cpu().numpy()
-        return _core(off, q_bar[:, None], q_kind[:, None], k_code[None, :], ROW_PREF * (2 * self.num_bars + 1))
+        q_bar, q_kind, k_code = q_bar[q_classes][:, None], q_kind[q_classes][:, None], k_code[k_classes][None, :]
+        return _core(off, q_bar, q_kind, k_code, ROW_PREF * (2 * n + 1))
 
     def dense(self) -> torch.Tensor:
         """(B, 1, Q, K) bool mask, True = may attend (the reference path's ground truth)."""
@@ -385,11 +386,12 @@ def _ordered(selected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _off_table(n: int, rows: dict[int, torch.Tensor], device: torch.device) -> torch.Tensor:
-    """(4 (2n+1),) bool from per-row membership over offsets -n..n."""
-    off = torch.zeros(4, 2 * n + 1, dtype=torch.bool, device=device)
+    """(4 (2n+1),) bool from per-row membership over offsets -n..n (built on the CPU, where the scheme's
+    intervals cost a few tiny ops each rather than device launches, then copied over once)."""
+    off = torch.zeros(4, 2 * n + 1, dtype=torch.bool)
     for row, members in rows.items():
         off[row] = members
-    return off.reshape(-1)
+    return off.reshape(-1).to(device)
 
 
 def _offsets(n: int, device: torch.device) -> torch.Tensor:
@@ -433,7 +435,7 @@ def regular_layout(
     when ``causal`` a regular key must not come after the query.
     """
     n, dev = side.num_bars, side.bar.device
-    offs = _offsets(n, dev)
+    offs = _offsets(n, torch.device("cpu"))
     pref_row = (offs < 0) | ((offs == 0) & (pref2pref != "none"))  # offset = 0 - query bar
     off = _off_table(n, {ROW_SUM: con2sum.contains(offs), ROW_REG: con2con.contains(offs), ROW_PREF: pref_row}, dev)
     q_bar, q_kind = _query_codes(side.bar, side.valid, summary=False)
@@ -452,7 +454,7 @@ def summary_layout(side: BarLayout, sum2con: OffsetSet, sum2sum: OffsetSet) -> A
     prefix (sum2pref none).
     """
     n, dev = side.num_bars, side.bar.device
-    offs = _offsets(n, dev)
+    offs = _offsets(n, torch.device("cpu"))
     off = _off_table(n, {ROW_SUM: sum2sum.contains(offs), ROW_REG: sum2con.contains(offs)}, dev)
     q_bar, q_kind = _query_codes(side.sum_bar, side.sum_valid, summary=True)
     segments = None
@@ -497,7 +499,7 @@ def cross_layout(
     (its trailing EOS), so no real query row is ever empty.
     """
     n, dev = max(target.num_bars, source.num_bars), target.bar.device
-    offs = _offsets(n, dev)
+    offs = _offsets(n, torch.device("cpu"))
     rows = {ROW_SUM: cross_con2sum.contains(offs), ROW_REG: cross_con2con.contains(offs), ROW_PREF: offs <= 0}
     off = _off_table(n, rows, dev)
     q_bar, q_kind = _query_codes(target.bar, target.valid, summary=False)

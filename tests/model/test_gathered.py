@@ -1,5 +1,6 @@
 """The gather path: its plan reads exactly the layout's mask, and its chunked forward/backward are exact."""
 
+import numpy as np
 import pytest
 import torch
 from model_helpers import random_layout_batch
@@ -145,8 +146,11 @@ def test_chunks_take_query_slices_only_where_rows_are_consecutive():
 
 @pytest.mark.parametrize("name", ["decoder original", "encoder", "cross", "summaries wide"])
 def test_host_table_is_the_class_table(name: str):
-    """The plan reads the class table computed with numpy on the host; it is the device table's twin."""
+    """The plan reads the class table's entries computed with numpy on the host: the device table's twin."""
     layout = _layouts(1)[name]
-    host = layout.host_table()
+    rows, cols = layout.table.shape
+    host = layout.host_table(np.arange(rows), np.arange(cols))
     assert host.dtype == bool and host.any()
     assert (host == layout.table.numpy()).all()
+    some_q, some_k = np.array([2, 0, rows - 1, 2]), np.array([cols - 1, 3, 3, 0, 1])
+    assert (layout.host_table(some_q, some_k) == layout.table.numpy()[some_q][:, some_k]).all()
