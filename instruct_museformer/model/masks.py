@@ -211,8 +211,12 @@ class AttentionLayout:
         n = self.num_bars
         q_bar, q_kind, k_code = (t.numpy() for t in _class_representatives(n, torch.device("cpu")))
         off = self.off.cpu().numpy()
-        q_bar, q_kind, k_code = q_bar[q_classes][:, None], q_kind[q_classes][:, None], k_code[k_classes][None, :]
-        return _core(off, q_bar, q_kind, k_code, ROW_PREF * (2 * n + 1))
+        q_bar, q_kind, k_code = q_bar[q_classes], q_kind[q_classes], k_code[k_classes]
+        allowed = off[k_code[None, :] - q_bar[:, None]]
+        # ``_core``'s query-kind rule changes only the rows of prefix and padding queries (content reads all)
+        other = np.flatnonzero(q_kind != KIND_CONTENT)
+        allowed[other] = _core(off, q_bar[other, None], q_kind[other, None], k_code[None, :], ROW_PREF * (2 * n + 1))
+        return allowed
 
     def dense(self) -> torch.Tensor:
         """(B, 1, Q, K) bool mask, True = may attend (the reference path's ground truth)."""
