@@ -32,8 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from instruct_museformer.data.batch import BarTokens, Batch, bar_ids_of  # noqa: E402
 from instruct_museformer.model import MuseformerConfig, build_model  # noqa: E402
-from instruct_museformer.model.attention import prepare_layouts  # noqa: E402
+from instruct_museformer.model.attention import attend, prepare_layouts  # noqa: E402
 from instruct_museformer.model.embeddings import BarEmbeddings  # noqa: E402
+from instruct_museformer.model.gathered import gathered_attention, plan_for  # noqa: E402
 from instruct_museformer.model.layers import FeedForward  # noqa: E402
 from instruct_museformer.model.masks import bar_layout, pad_bar_tokens, regular_layout, summary_layout  # noqa: E402
 from instruct_museformer.model.scheme import parse_scheme  # noqa: E402
@@ -167,9 +168,12 @@ def check_equivalence(task: str, length: int, device: str, impls: list[str]) -> 
     ref_bf16 = run(ref, True)
     result = {"reference_bf16_logits_rel_err": rel(ref_bf16[0], base[0]),
               "reference_bf16_grad_rel_err": rel(ref_bf16[1], base[1])}
+    if any(impl.startswith("gather") for impl in impls):
+        result.update(check_gather_kernel(batch, device))
     for impl in impls:
         model = build_model(fc_config(impl, **cfg)).to(device)
         model.load_state_dict(ref.state_dict())
+        # float32 on the GPU: the gather path hands over to flex (FlashAttention has no float32 kernel)
         for bf16 in (False, True):
             logits, grads = run(model, bf16)
             tag = f"{impl}_bf16" if bf16 else impl
@@ -183,6 +187,35 @@ def check_equivalence(task: str, length: int, device: str, impls: list[str]) -> 
         result["gather_dropout_finite"] = bool(logits.isfinite().all() and grads.isfinite().all())
         result["gather_dropout_logits_rel_change"] = rel(logits, base[0])
     return result
+
+
+def check_gather_kernel(batch: Batch, device: str) -> dict[str, float]:
+    """The gathered FlashAttention call itself on the decoder's regular-token layout: bf16 q, k, v through
+    ``gathered_attention`` against the reference path on the same values in float32 (outputs and
+    gradients); bf16 rounding of the output bounds what agreement means (~4e-3)."""
+    cfg = MuseformerConfig(vocab_size=VOCAB)
+    c2c = parse_scheme("con2con", cfg.con2con, 1, cfg.con2con_self)[0]
+    c2s = parse_scheme("con2sum", cfg.con2sum, 1, cfg.con2sum_self)[0]
+    side = bar_layout(pad_bar_tokens(batch.prev_output, 128), 1, 128)
+    layout = regular_layout(side, c2c, c2s, causal=True)
+    plan = plan_for(layout)
+    gen = torch.Generator(device=device).manual_seed(0)
+    b, q_len = layout.q_class.shape
+    k_len = layout.k_class.shape[1]
+    shapes = [(b, 8, q_len, 64), (b, 8, k_len, 64), (b, 8, k_len, 64)]
+    base = [torch.randn(*shape, device=device, generator=gen).bfloat16() for shape in shapes]
+    weights = torch.randn(b, 8, q_len, 64, device=device, generator=gen)
+    outs, grads = [], []
+    for fast in (False, True):
+        q, k, v = (t.clone().requires_grad_() if fast else t.float().requires_grad_() for t in base)
+        out = gathered_attention(q, k, v, plan) if fast else attend(q, k, v, layout, "reference", 128)
+        (out.float() * weights).sum().backward()
+        outs.append(out.detach().float())
+        grads.append(torch.cat([t.grad.float().flatten() for t in (q, k, v)]))
+    return {
+        "gather_kernel_bf16_out_rel_err": rel(outs[1], outs[0]),
+        "gather_kernel_bf16_grad_rel_err": rel(grads[1], grads[0]),
+    }
 
 
 def time_steps(model: nn.Module, batch: Batch, steps: int, warmup: int) -> dict[str, float]:

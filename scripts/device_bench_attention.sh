@@ -6,4 +6,4 @@ set -euo pipefail
 source scripts/device_env.sh
 timeout -k 10 560 python3 benchmarks/bench_attention.py --lengths 4096 15360 65536 \
     --impls gather gather+cb flex --dense-compiled --translation-length 15360 --extra-block-sizes \
-    --compiled-lengths --profile-length 15360 --profile-impl gather+cb --out "${OUT:-.}/bench" "$@"
+    --compiled-lengths --profile-length 15360 --profile-impl gather --out "${OUT:-.}/bench" "$@"

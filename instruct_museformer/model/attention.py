@@ -55,6 +55,12 @@ def resolve_impl(impl: str, device: torch.device) -> str:
     return impl
 
 
+def gather_runs(q: torch.Tensor, dropout_p: float) -> bool:
+    """Whether the gather path takes a problem: on the GPU through FlashAttention (half precision, attention
+    dropout included); on the CPU through its plain softmax (tests), without attention dropout."""
+    return uses_flash(q) if q.is_cuda else dropout_p == 0.0
+
+
 def prepare_layouts(layouts: tuple[AttentionLayout, ...], impl: str, block_size: int) -> None:
     """Build what the kernels need once per forward, outside the layers (and any compiled region): the
     gather plans, or BlockMasks where a layout has no plan. On the flex path, summaries reading exactly
@@ -109,10 +115,11 @@ def attend(
     impl = resolve_impl(impl, q.device)
     if impl == "gather":
         plan = plan_for(layout)
-        if plan is not None and (dropout_p == 0.0 or uses_flash(q)):
+        if plan is not None and gather_runs(q, dropout_p):
             return gathered_attention(q, k, v, plan, dropout_p)
-        # no plan (a causal run that does not read its own bar): FlexAttention; dropout off the GPU: reference
-        impl = "flex" if plan is None else "reference"
+        # FlexAttention where there is no plan (a causal run that does not read its own bar) or on the GPU in
+        # float32; the reference path for attention dropout on the CPU
+        impl = "reference" if plan is not None and not q.is_cuda else "flex"
     if impl == "reference":
         mask = layout.dense()  # (B, 1, Q, K) bool
         inference = dropout_p == 0.0 and not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad))
@@ -375,7 +382,7 @@ class V2S1Attention(nn.Module):
         summaries reading exactly their own bar: ``segment_summaries``) or ``attend``. The first two let the
         caller overwrite the summary key rows afterwards (the fused step 2 of ``forward``)."""
         impl = resolve_impl(self.impl, q_s.device)
-        if impl == "gather" and plan_for(sx) is not None and (self._p() == 0.0 or uses_flash(q_s)):
+        if impl == "gather" and gather_runs(q_s, self._p()) and plan_for(sx) is not None:
             return "gather"
         if impl in FAST_IMPLS and sx.segments is not None:
             return "segments"
