@@ -31,7 +31,11 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from instruct_museformer.data.batch import BarTokens, Batch, bar_ids_of  # noqa: E402
-from instruct_museformer.model import MuseformerConfig, build_model  # noqa: E402
+from instruct_museformer.model import (  # noqa: E402
+    MuseformerConfig,
+    build_model,
+    gathered,  # noqa: E402
+)
 from instruct_museformer.model.attention import attend, prepare_layouts  # noqa: E402
 from instruct_museformer.model.embeddings import BarEmbeddings  # noqa: E402
 from instruct_museformer.model.gathered import gathered_attention, plan_for  # noqa: E402
@@ -292,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lengths", type=int, nargs="+", default=[4096, 15360, 65536])
     parser.add_argument("--impls", nargs="+", default=["gather", "flex"], choices=IMPLS)
     parser.add_argument("--dense-compiled", action="store_true", help="also time the dense model compiled")
+    parser.add_argument("--chunk-keys", type=int, default=None, help="gathered keys per kernel call (gather)")
     parser.add_argument("--translation-length", type=int, default=15360)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
@@ -306,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
         print("needs CUDA", file=sys.stderr)
         return 2
     warnings.simplefilter("ignore")
+    if args.chunk_keys:
+        gathered.CHUNK_KEYS = args.chunk_keys
     torch._dynamo.config.cache_size_limit = 64  # one compiled flex kernel per attention problem and shape
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -67,6 +67,7 @@ class GatherPlan:
     causal: bool
     num_queries: int  # B * Q
     num_keys: int  # B * K
+    distinct_keys: bool = False  # no key is read by two runs: gradients are written, not summed
 
 
 def plan_for(layout: AttentionLayout, chunk_keys: int | None = None) -> GatherPlan | None:
@@ -130,6 +131,7 @@ def build_plan(layout: AttentionLayout, chunk_keys: int = CHUNK_KEYS) -> GatherP
         causal,
         batch * q_len,
         batch * k_len,
+        _disjoint(range_first, range_count),
     )
 
 
@@ -163,6 +165,7 @@ def _segment_plan(layout: AttentionLayout, chunk_keys: int) -> GatherPlan:
         False,
         batch * s_len,
         batch * k_len,
+        True,  # a token is read by its own bar's summary only, a summary by itself
     )
 
 
@@ -177,6 +180,13 @@ def _true_stretches(allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
     rising = flat[change]
     row, col = np.divmod(change, width + 2)
     return row[rising], col[rising] - 1, col[~rising] - 1
+
+
+def _disjoint(first: np.ndarray, count: np.ndarray) -> bool:
+    """Do the key ranges [first, first + count) overlap nowhere?"""
+    order = np.argsort(first, kind="stable")
+    first, count = first[order], count[order]
+    return bool(np.all(first[1:] >= first[:-1] + count[:-1]))
 
 
 def _class_runs(classes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -450,7 +460,8 @@ class _GatheredAttention(torch.autograd.Function):
         qf, kf, vf, gf = _rows(q), _rows(k), _rows(v), _rows(grad.to(out.dtype))
         every_row = plan.q_rows.numel() == b * q_len  # then every row of dq is written below
         dq = (torch.empty if every_row else torch.zeros)(b * q_len, h, dh, dtype=q.dtype, device=q.device)
-        acc = torch.promote_types(k.dtype, torch.float32)  # a key is read by several runs: sum in float32
+        # a key read by several runs gets its gradient summed in float32; distinct keys get it written
+        acc = k.dtype if plan.distinct_keys else torch.promote_types(k.dtype, torch.float32)
         dk = torch.zeros(b * k_len, h, dh, dtype=acc, device=k.device)
         dv = torch.zeros(b * k_len, h, dh, dtype=acc, device=v.device)
         for i, ch in enumerate(plan.chunks):
@@ -464,7 +475,11 @@ class _GatheredAttention(torch.autograd.Function):
             else:
                 dqc, dkc, dvc = _plain_backward(gc, qc, kc, vc, ch, plan.causal)
             _put(dq, q_rows, ch, dqc)
-            _add_rows(dk, dv, k_rows, dkc, dvc)
+            if plan.distinct_keys:
+                dk.index_copy_(0, k_rows, dkc.to(acc))
+                dv.index_copy_(0, k_rows, dvc.to(acc))
+            else:
+                _add_rows(dk, dv, k_rows, dkc, dvc)
         ctx.states = None
 
         def heads(x: torch.Tensor, n: int, dtype: torch.dtype) -> torch.Tensor:

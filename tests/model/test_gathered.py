@@ -83,6 +83,7 @@ def test_plan_reads_exactly_the_layout_mask(name: str, chunk_keys: int, seed: in
     if chunk_keys == 40:
         assert len(plan.chunks) > 1
     assert torch.equal(_plan_mask(plan), _dense_rows(layout))
+    assert plan.distinct_keys == (plan.k_rows.unique().numel() == plan.k_rows.numel())
 
 
 def test_causal_layout_whose_bars_skip_themselves_has_no_plan(cpu_flex_backward: None):
@@ -98,7 +99,7 @@ def test_causal_layout_whose_bars_skip_themselves_has_no_plan(cpu_flex_backward:
 
 
 @pytest.mark.parametrize("chunk_keys", [1 << 16, 50])
-@pytest.mark.parametrize("name", ["decoder original", "encoder", "cross", "summaries wide"])
+@pytest.mark.parametrize("name", ["decoder original", "encoder", "cross", "summaries", "summaries wide"])
 def test_gathered_attention_matches_reference_outputs_and_gradients(name: str, chunk_keys: int):
     layout = _layouts(2, pad=16)[name]
     plan = build_plan(layout, chunk_keys)
