@@ -11,10 +11,11 @@ run reads the first Lk - Lq + j + 1 keys), which is exactly FlashAttention's cau
 No mask is evaluated at all.
 
 The keys are gathered per chunk of runs (``CHUNK_KEYS``) and gathered again in backward instead of being
-kept, so the extra memory is one chunk's; key/value gradients are summed back into place with
-``index_add_`` in float32. On CUDA in bfloat16/float16 the kernel is FlashAttention (attention dropout
-included, its RNG state kept for backward); otherwise a plain padded softmax does the same arithmetic
-(float32 checks on the GPU, tests on the CPU).
+kept, so the extra memory is one chunk's; key/value gradients are summed back into place in float32 (a
+Triton kernel on CUDA, ``index_add_`` elsewhere), or written where no key is read twice. On CUDA in
+bfloat16/float16 the kernel is FlashAttention (attention dropout included, its RNG state kept for
+backward); otherwise a plain padded softmax does the same arithmetic (the CPU tests; ``attention.attend``
+sends float32 problems on the GPU to FlexAttention instead).
 
 The plan is read off the layout's own class table and ``k_pos`` -- the predicate of the reference path --
 and checked: a causal layout in which some run does not read its own bar (so the diagonal cannot sit
