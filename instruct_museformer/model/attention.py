@@ -55,6 +55,11 @@ def resolve_impl(impl: str, device: torch.device) -> str:
     return impl
 
 
+def _inference(q: torch.Tensor, k: torch.Tensor, dropout_p: float) -> bool:
+    """No gradient wanted and no dropout: the reference path can run blocked (``_blocked_reference``)."""
+    return dropout_p == 0.0 and not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad))
+
+
 def gather_runs(q: torch.Tensor, dropout_p: float) -> bool:
     """Whether the gather path takes a problem: on the GPU through FlashAttention (half precision, attention
     dropout included); on the CPU through its plain softmax (tests), without attention dropout."""
@@ -117,13 +122,13 @@ def attend(
         plan = plan_for(layout)
         if plan is not None and gather_runs(q, dropout_p):
             return gathered_attention(q, k, v, plan, dropout_p)
-        # FlexAttention where there is no plan (a causal run that does not read its own bar) or on the GPU in
-        # float32; the reference path for attention dropout on the CPU
-        impl = "reference" if plan is not None and not q.is_cuda else "flex"
+        # FlexAttention where there is no plan (a causal run that does not read its own bar) or for training
+        # on the GPU in float32; the reference path for float32 inference on the GPU (blocked, no compile)
+        # and for attention dropout on the CPU
+        impl = "reference" if plan is not None and (not q.is_cuda or _inference(q, k, dropout_p)) else "flex"
     if impl == "reference":
         mask = layout.dense()  # (B, 1, Q, K) bool
-        inference = dropout_p == 0.0 and not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad))
-        if inference and q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2] >= BLOCKED_MIN_SCORES:
+        if _inference(q, k, dropout_p) and q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2] >= BLOCKED_MIN_SCORES:
             return _blocked_reference(q, k, v, mask)
         scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))  # (B, H, Q, K)
         row_any = mask.any(dim=-1, keepdim=True)  # (B, 1, Q, 1)
@@ -382,8 +387,11 @@ class V2S1Attention(nn.Module):
         summaries reading exactly their own bar: ``segment_summaries``) or ``attend``. The first two let the
         caller overwrite the summary key rows afterwards (the fused step 2 of ``forward``)."""
         impl = resolve_impl(self.impl, q_s.device)
-        if impl == "gather" and gather_runs(q_s, self._p()) and plan_for(sx) is not None:
-            return "gather"
+        if impl == "gather" and plan_for(sx) is not None:
+            if gather_runs(q_s, self._p()):
+                return "gather"
+            if q_s.is_cuda and _inference(q_s, q_s, self._p()):
+                return "attend"  # float32 inference on the GPU: attend's reference hand-over, no compile
         if impl in FAST_IMPLS and sx.segments is not None:
             return "segments"
         return "attend"
