@@ -1,4 +1,4 @@
-"""Museformer's two-step v2s1 attention, bar-organised cross-attention, and the two kernels behind them.
+"""Museformer's two-step v2s1 attention, bar-organised cross-attention, and the kernels behind them.
 
 ``attend`` computes masked attention. ``reference``: an explicit boolean mask from the layout's predicate
 and a dense softmax (ground truth, any device, supports attention dropout). ``gather``: each bar's queries
