@@ -43,7 +43,7 @@ def _flex_attention(device: torch.device) -> Callable[..., Any]:
 
 
 IMPLS = ("auto", "gather", "flex", "reference")
-FAST_IMPLS = ("gather", "flex")  # padded to the tile size; default summaries as a segment softmax
+FAST_IMPLS = ("gather", "flex")  # sequences padded to the tile size (flex tiles; gather's hand-over to flex)
 
 
 def resolve_impl(impl: str, device: torch.device) -> str:

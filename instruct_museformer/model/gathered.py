@@ -73,14 +73,13 @@ class GatherPlan:
 
 def plan_for(layout: AttentionLayout, chunk_keys: int | None = None) -> GatherPlan | None:
     """The layout's plan, built once and shared by every layer using the layout (None: not expressible)."""
-    chunk_keys = chunk_keys or CHUNK_KEYS
-    cache = layout._gather
-    if chunk_keys not in cache:
-        cache[chunk_keys] = build_plan(layout, chunk_keys)
-    return cache[chunk_keys]
+    chunk_keys = chunk_keys or CHUNK_KEYS  # resolved here: the cache is keyed by it
+    if chunk_keys not in layout._gather:
+        layout._gather[chunk_keys] = build_plan(layout, chunk_keys)
+    return layout._gather[chunk_keys]
 
 
-def build_plan(layout: AttentionLayout, chunk_keys: int = CHUNK_KEYS) -> GatherPlan | None:
+def build_plan(layout: AttentionLayout, chunk_keys: int | None = None) -> GatherPlan | None:
     """Runs of equal query class, each reading whole runs of equal key class, merged into ranges.
 
     Classes are constant along maximal runs of tokens (a bar's tokens, one summary slot, the specials at
@@ -91,6 +90,7 @@ def build_plan(layout: AttentionLayout, chunk_keys: int = CHUNK_KEYS) -> GatherP
     per-key index (~8 keys per token) is expanded on the device, so neither the host nor the copy scales
     with it.
     """
+    chunk_keys = chunk_keys or CHUNK_KEYS
     if layout.segments is not None:
         return _segment_plan(layout, chunk_keys)
     device = layout.q_class.device
@@ -425,8 +425,8 @@ class _GatheredAttention(torch.autograd.Function):
         b, h, q_len, dh = q.shape
         flash = uses_flash(q)
         qf, kf, vf = _rows(q), _rows(k), _rows(v)
-        # rows that read nothing stay 0; when every row reads something, nothing needs clearing first
-        out = q.new_empty(b * q_len, h, dh) if plan.q_rows.numel() == b * q_len else q.new_zeros(b * q_len, h, dh)
+        every_row = plan.q_rows.numel() == b * q_len  # then every row of out is written below
+        out = (torch.empty if every_row else torch.zeros)(b * q_len, h, dh, dtype=q.dtype, device=q.device)
         lses, states = [], []
         for ch in plan.chunks:
             q_rows, k_rows = plan.q_rows[ch.q_start : ch.q_end], plan.k_rows[ch.k_start : ch.k_end]

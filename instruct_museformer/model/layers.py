@@ -36,9 +36,10 @@ class MuseformerLayer(nn.Module):
 
     With ``compile_blocks`` (CUDA only), the tensor-only stretches between the attention kernels -- norm +
     Q/K/V projection, out-proj + residual, norm + FFN + residual -- run ``torch.compile``d (dynamic
-    shapes): a few fused kernels each instead of dozens of eager ops, whose launch cost otherwise bounds a
-    15k-token training step on the host. The attention calls themselves stay eager (their plans and
-    block masks are per-batch Python objects).
+    shapes): a few fused kernels each instead of dozens of eager ops, less GPU time and memory. Each
+    compiled call costs host time of its own (guards, autograd wrappers), so it pays where the step is
+    GPU-bound (65k tokens) and not at 15k (docs/benchmarks.md). The attention calls themselves stay eager
+    (their plans and block masks are per-batch Python objects).
     """
 
     def __init__(

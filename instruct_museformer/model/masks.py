@@ -148,6 +148,7 @@ class AttentionLayout:
     _table: torch.Tensor | None = field(default=None, repr=False)
     _block: dict[tuple[int, int], object] = field(default_factory=dict, repr=False)
     _gather: dict[int, object] = field(default_factory=dict, repr=False)  # gathered.plan_for's cache
+    _host: tuple[np.ndarray, ...] | None = field(default=None, repr=False)  # host_table's inputs, on the host
 
     def mask_mod(self) -> MaskMod:
         """The predicate, in FlexAttention's ``mask_mod(b, h, q_idx, kv_idx)`` form, as cheap as it can be.
@@ -209,8 +210,10 @@ class AttentionLayout:
         """``table[q_classes][:, k_classes]`` evaluated on the host with numpy, for these classes only
         (the predicate on their representatives; no device launches, no full (n+2, 2(n+2)) table)."""
         n = self.num_bars
-        q_bar, q_kind, k_code = (t.numpy() for t in _class_representatives(n, torch.device("cpu")))
-        off = self.off.cpu().numpy()
+        if self._host is None:  # once per layout (a plan asks once per sequence of the batch)
+            codes = (t.numpy() for t in _class_representatives(n, torch.device("cpu")))
+            self._host = (*codes, self.off.cpu().numpy())
+        q_bar, q_kind, k_code, off = self._host
         q_bar, q_kind, k_code = q_bar[q_classes], q_kind[q_classes], k_code[k_classes]
         allowed = off[k_code[None, :] - q_bar[:, None]]
         # ``_core``'s query-kind rule changes only the rows of prefix and padding queries (content reads all)
