@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_attention import VOCAB, fc_config, make_batch, time_steps  # noqa: E402
+from bench_attention import VOCAB, fc_config, make_batch, profile, time_steps  # noqa: E402
 
 from instruct_museformer.model import build_model, gathered  # noqa: E402
 from instruct_museformer.model.masks import bar_layout, pad_bar_tokens, regular_layout, summary_layout  # noqa: E402
@@ -69,32 +69,6 @@ def prepare_phases(length: int, reps: int = 10) -> dict[str, float]:
     return result
 
 
-def step_profile(length: int, impl: str, out_dir: Path) -> None:
-    from torch.profiler import ProfilerActivity, profile
-
-    model = build_model(fc_config(impl, vocab_size=VOCAB, task="language_modeling", attention_dropout=0.0))
-    model = model.cuda().train()
-    batch = make_batch(length, 2, False, "cuda")
-
-    def step() -> None:
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            logits = model(batch)
-        torch.nn.functional.cross_entropy(logits.view(-1, VOCAB), batch.target.view(-1)).backward()
-        for p in model.parameters():
-            p.grad = None
-
-    for _ in range(3):
-        step()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        for _ in range(2):
-            step()
-        torch.cuda.synchronize()
-    table = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=22, max_name_column_width=60)
-    print(f"\nprofile {impl} {length}, 2 steps (by self CUDA time)\n{table}", flush=True)
-    (out_dir / f"profile_{impl}_{length}.txt").write_text(table)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--lengths", type=int, nargs="+", default=[15360, 65536])
@@ -111,7 +85,7 @@ def main() -> int:
         results[f"prepare_ms_{length}"] = prepare_phases(length)
         print(length, results[f"prepare_ms_{length}"], flush=True)
     if args.profile_length:
-        step_profile(args.profile_length, args.impl, out_dir)
+        profile(args.profile_length, "cuda", out_dir, args.impl)  # bench_attention's, into profile.txt
     default = gathered.CHUNK_KEYS
     for chunk in args.chunks:
         gathered.CHUNK_KEYS = chunk
