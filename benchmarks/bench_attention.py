@@ -45,12 +45,16 @@ from instruct_museformer.model.scheme import parse_scheme  # noqa: E402
 from instruct_museformer.tokens.specials import BAR, EOS  # noqa: E402
 
 VOCAB = 560
-IMPLS = ("gather", "gather+cb", "flex", "flex+cb")  # "+cb": MuseformerConfig.compile_blocks
+# "+cb": MuseformerConfig.compile_blocks; "gather-flash": the gather path with FlashAttention on chunks of
+# gathered keys instead of the indexed Triton kernels (gathered.KERNEL)
+IMPLS = ("gather", "gather+cb", "gather-flash", "gather-flash+cb", "flex", "flex+cb")
 
 
 def fc_config(impl: str, **values: Any) -> MuseformerConfig:
-    """The FC model's config for an ``--impls`` entry."""
+    """The FC model's config for an ``--impls`` entry; sets the gather path's kernel for it."""
     name, _, blocks = impl.partition("+")
+    name, _, kernel = name.partition("-")
+    gathered.KERNEL = kernel or "auto"
     return MuseformerConfig(**values, attention_impl=name, compile_blocks=blocks == "cb")
 
 
@@ -184,6 +188,7 @@ def check_equivalence(task: str, length: int, device: str, impls: list[str]) -> 
             result[f"{tag}_logits_rel_err"] = rel(logits, base[0])
             result[f"{tag}_grad_rel_err"] = rel(grads, base[1])
     if "gather" in impls:  # attention dropout goes through FlashAttention's own (its RNG state kept for backward)
+        gathered.KERNEL = "auto"
         model = build_model(MuseformerConfig(**{**cfg, "attention_dropout": 0.1}, attention_impl="gather")).to(device)
         model.load_state_dict(ref.state_dict())
         model.train()
@@ -194,9 +199,10 @@ def check_equivalence(task: str, length: int, device: str, impls: list[str]) -> 
 
 
 def check_gather_kernel(batch: Batch, device: str) -> dict[str, float]:
-    """The gathered FlashAttention call itself on the decoder's regular-token layout: bf16 q, k, v through
-    ``gathered_attention`` against the reference path on the same values in float32 (outputs and
-    gradients); bf16 rounding of the output bounds what agreement means (~4e-3)."""
+    """The gather path's kernels themselves on the decoder's regular-token layout: bf16 q, k, v through
+    ``gathered_attention`` (FlashAttention on gathered chunks, and the indexed Triton kernels) against the
+    reference path on the same values in float32 (outputs and gradients); bf16 rounding of the output
+    bounds what agreement means (~4e-3)."""
     cfg = MuseformerConfig(vocab_size=VOCAB)
     c2c = parse_scheme("con2con", cfg.con2con, 1, cfg.con2con_self)[0]
     c2s = parse_scheme("con2sum", cfg.con2sum, 1, cfg.con2sum_self)[0]
@@ -209,17 +215,20 @@ def check_gather_kernel(batch: Batch, device: str) -> dict[str, float]:
     shapes = [(b, 8, q_len, 64), (b, 8, k_len, 64), (b, 8, k_len, 64)]
     base = [torch.randn(*shape, device=device, generator=gen).bfloat16() for shape in shapes]
     weights = torch.randn(b, 8, q_len, 64, device=device, generator=gen)
-    outs, grads = [], []
-    for fast in (False, True):
-        q, k, v = (t.clone().requires_grad_() if fast else t.float().requires_grad_() for t in base)
-        out = gathered_attention(q, k, v, plan) if fast else attend(q, k, v, layout, "reference", 128)
+    result = {}
+    for kernel in ("reference", "flash", "indexed"):
+        gathered.KERNEL = kernel if kernel != "reference" else "auto"
+        q, k, v = (t.clone().requires_grad_() if kernel != "reference" else t.float().requires_grad_() for t in base)
+        out = gathered_attention(q, k, v, plan) if kernel != "reference" else attend(q, k, v, layout, "reference", 128)
         (out.float() * weights).sum().backward()
-        outs.append(out.detach().float())
-        grads.append(torch.cat([t.grad.float().flatten() for t in (q, k, v)]))
-    return {
-        "gather_kernel_bf16_out_rel_err": rel(outs[1], outs[0]),
-        "gather_kernel_bf16_grad_rel_err": rel(grads[1], grads[0]),
-    }
+        got = (out.detach().float(), torch.cat([t.grad.float().flatten() for t in (q, k, v)]))
+        if kernel == "reference":
+            ref = got
+            continue
+        result[f"gather_{kernel}_bf16_out_rel_err"] = rel(got[0], ref[0])
+        result[f"gather_{kernel}_bf16_grad_rel_err"] = rel(got[1], ref[1])
+    gathered.KERNEL = "auto"
+    return result
 
 
 def time_steps(model: nn.Module, batch: Batch, steps: int, warmup: int) -> dict[str, float]:

@@ -1,5 +1,4 @@
-"""Bar-gathered attention: each run of queries of one bar reads its keys gathered into one dense block,
-through FlashAttention's variable-length kernel.
+"""Bar-gathered attention: each run of queries of one bar reads exactly its keys, as one dense problem.
 
 Museformer's layouts are unions of whole bars: the tokens of bar i read a few bars token by token, one
 summary per other bar, the specials, and (causally) their own bar. On the token grid those bars rarely
@@ -10,12 +9,14 @@ dense: a run of Lq queries over Lk keys, causal with the diagonal aligned bottom
 run reads the first Lk - Lq + j + 1 keys), which is exactly FlashAttention's causal varlen semantics.
 No mask is evaluated at all.
 
-The keys are gathered per chunk of runs (``CHUNK_KEYS``) and gathered again in backward instead of being
-kept, so the extra memory is one chunk's; key/value gradients are summed back into place in float32 (a
-Triton kernel on CUDA, ``index_add_`` elsewhere), or written where no key is read twice. On CUDA in
-bfloat16/float16 the kernel is FlashAttention (attention dropout included, its RNG state kept for
-backward); otherwise a plain padded softmax does the same arithmetic (the CPU tests; ``attention.attend``
-sends float32 problems on the GPU to FlexAttention instead).
+Three kernels compute it (``kernel_for``). On CUDA in bfloat16/float16 without attention dropout: the
+indexed Triton kernels (``indexed``), which read each run's keys in place through the plan's key index --
+one launch forward, two backward, no copies. With attention dropout: FlashAttention's varlen kernel on
+keys gathered per chunk of runs (``CHUNK_KEYS``; gathered again in backward instead of kept, so the extra
+memory is one chunk's), its RNG state kept for backward, key/value gradients summed back into place in
+float32 (a Triton kernel) or written where no key is read twice. Elsewhere a plain padded softmax does
+the same arithmetic on the same chunks (the CPU tests; ``attention.attend`` sends float32 problems on the
+GPU to FlexAttention or the reference path instead).
 
 The plan is read off the layout's own class table and ``k_pos`` -- the predicate of the reference path --
 and checked: a causal layout in which some run does not read its own bar (so the diagonal cannot sit
@@ -31,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import indexed
 from .masks import AttentionLayout
 
 # Gathered keys per kernel call: bounds the extra memory (keys + values, and their gradients in backward:
@@ -68,6 +70,9 @@ class GatherPlan:
     causal: bool
     num_queries: int  # B * Q
     num_keys: int  # B * K
+    runs: torch.Tensor  # (G, 4) int32: first flat query row, queries, offset into k_rows, keys -- per run
+    max_q: int  # the most queries of a run
+    max_k: int  # the most keys of a run
     distinct_keys: bool = False  # no key is read by two runs: gradients are written, not summed
 
 
@@ -132,6 +137,7 @@ def build_plan(layout: AttentionLayout, chunk_keys: int | None = None) -> Gather
         causal,
         batch * q_len,
         batch * k_len,
+        *_runs(q_first[used], q_count[used], num_keys[used], device),
         _disjoint(range_first, range_count),
     )
 
@@ -166,6 +172,7 @@ def _segment_plan(layout: AttentionLayout, chunk_keys: int) -> GatherPlan:
         False,
         batch * s_len,
         batch * k_len,
+        *_runs(own, ones, num_keys, device),
         True,  # a token is read by its own bar's summary only, a summary by itself
     )
 
@@ -237,6 +244,19 @@ def _expand(first: np.ndarray, count: np.ndarray, device: torch.device) -> torch
     return torch.arange(total, device=device) + shift.repeat_interleave(count_dev, output_size=total)
 
 
+def _runs(
+    q_first: np.ndarray, q_count: np.ndarray, k_count: np.ndarray, device: torch.device
+) -> tuple[torch.Tensor, int, int]:
+    """The per-run table of the indexed kernels (``indexed``), with the largest run's queries and keys."""
+    k_off = np.cumsum(k_count) - k_count
+    table = np.stack([q_first, q_count, k_off, k_count], axis=1).astype(np.int32).reshape(-1, 4)
+    return (
+        torch.from_numpy(table).to(device),
+        int(q_count.max()) if q_count.size else 0,
+        int(k_count.max()) if k_count.size else 0,
+    )
+
+
 def _chunks(
     q_first: np.ndarray, q_count: np.ndarray, k_count: np.ndarray, chunk_keys: int, device: torch.device
 ) -> tuple[Chunk, ...]:
@@ -279,6 +299,21 @@ def _chunks(
 def uses_flash(q: torch.Tensor) -> bool:
     """FlashAttention runs on CUDA in half precision; anything else takes the plain softmax."""
     return q.is_cuda and q.dtype in (torch.bfloat16, torch.float16)
+
+
+# Which kernel runs the gathered problems: "auto" = the indexed Triton kernels (``indexed``) where they
+# apply -- CUDA, half precision, no attention dropout -- else FlashAttention on chunks of gathered keys
+# (CUDA, half precision), else the plain softmax. The other values force one (benchmarks, kernel tests).
+KERNEL = "auto"
+KERNELS = ("auto", "indexed", "flash", "plain")
+
+
+def kernel_for(q: torch.Tensor, dropout_p: float) -> str:
+    if KERNEL != "auto":
+        return KERNEL
+    if uses_flash(q) and dropout_p == 0.0 and indexed.available() and indexed.supports_head_dim(q.shape[-1]):
+        return "indexed"
+    return "flash" if uses_flash(q) else "plain"
 
 
 def _flash_forward(
@@ -408,6 +443,68 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(b * n, h, dh)
 
 
+def _chunked_forward(
+    qf: torch.Tensor,
+    kf: torch.Tensor,
+    vf: torch.Tensor,
+    out: torch.Tensor,
+    plan: GatherPlan,
+    kernel: str,
+    dropout_p: float,
+) -> tuple[list[torch.Tensor], list[tuple[torch.Tensor, ...]]]:
+    """Forward chunk by chunk (FlashAttention or the plain softmax) on (rows, H, dh) tensors: writes out,
+    returns FlashAttention's per-chunk log-sum-exps and RNG states (empty lists for the plain softmax)."""
+    lses, states = [], []
+    for ch in plan.chunks:
+        q_rows, k_rows = plan.q_rows[ch.q_start : ch.q_end], plan.k_rows[ch.k_start : ch.k_end]
+        qc, kc, vc = _pick(qf, q_rows, ch), kf.index_select(0, k_rows), vf.index_select(0, k_rows)
+        if kernel == "flash":
+            oc, lse, state = _flash_forward(qc, kc, vc, ch, plan.causal, dropout_p)
+            lses.append(lse)
+            states.append(state)
+        else:
+            oc = _plain_forward(qc, kc, vc, ch, plan.causal)
+        _put(out, q_rows, ch, oc)
+    return lses, states
+
+
+def _chunked_backward(
+    gf: torch.Tensor,
+    qf: torch.Tensor,
+    kf: torch.Tensor,
+    vf: torch.Tensor,
+    out: torch.Tensor,
+    lses: list[torch.Tensor],
+    dq: torch.Tensor,
+    plan: GatherPlan,
+    kernel: str,
+    dropout_p: float,
+    states: list[tuple[torch.Tensor, ...]],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Backward chunk by chunk (FlashAttention or the plain softmax) on (rows, H, dh) tensors: writes dq,
+    returns the key/value gradients (in float32 where a key is read by several runs: summed there)."""
+    acc = kf.dtype if plan.distinct_keys else torch.promote_types(kf.dtype, torch.float32)
+    dk = torch.zeros(plan.num_keys, *kf.shape[1:], dtype=acc, device=kf.device)
+    dv = torch.zeros(plan.num_keys, *vf.shape[1:], dtype=acc, device=vf.device)
+    for i, ch in enumerate(plan.chunks):
+        q_rows, k_rows = plan.q_rows[ch.q_start : ch.q_end], plan.k_rows[ch.k_start : ch.k_end]
+        qc, kc, vc = _pick(qf, q_rows, ch), kf.index_select(0, k_rows), vf.index_select(0, k_rows)
+        gc = _pick(gf, q_rows, ch)
+        if kernel == "flash":
+            dqc, dkc, dvc = _flash_backward(
+                gc, qc, kc, vc, _pick(out, q_rows, ch), lses[i], ch, plan.causal, dropout_p, states[i]
+            )
+        else:
+            dqc, dkc, dvc = _plain_backward(gc, qc, kc, vc, ch, plan.causal)
+        _put(dq, q_rows, ch, dqc)
+        if plan.distinct_keys:
+            dk.index_copy_(0, k_rows, dkc.to(acc))
+            dv.index_copy_(0, k_rows, dvc.to(acc))
+        else:
+            _add_rows(dk, dv, k_rows, dkc, dvc)
+    return dk, dv
+
+
 class _GatheredAttention(torch.autograd.Function):
     """Forward and backward chunk by chunk; saves q, k, v, the output and per-chunk log-sum-exps only.
 
@@ -423,64 +520,48 @@ class _GatheredAttention(torch.autograd.Function):
         ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: GatherPlan, dropout_p: float, keep_rows: int
     ) -> torch.Tensor:
         b, h, q_len, dh = q.shape
-        flash = uses_flash(q)
         qf, kf, vf = _rows(q), _rows(k), _rows(v)
         every_row = plan.q_rows.numel() == b * q_len  # then every row of out is written below
         out = (torch.empty if every_row else torch.zeros)(b * q_len, h, dh, dtype=q.dtype, device=q.device)
-        lses, states = [], []
-        for ch in plan.chunks:
-            q_rows, k_rows = plan.q_rows[ch.q_start : ch.q_end], plan.k_rows[ch.k_start : ch.k_end]
-            qc, kc, vc = _pick(qf, q_rows, ch), kf.index_select(0, k_rows), vf.index_select(0, k_rows)
-            if flash:
-                oc, lse, state = _flash_forward(qc, kc, vc, ch, plan.causal, dropout_p)
-                lses.append(lse)
-                states.append(state)
-            else:
-                oc = _plain_forward(qc, kc, vc, ch, plan.causal)
-            _put(out, q_rows, ch, oc)
+        kernel = kernel_for(q, dropout_p)
+        if kernel == "indexed":
+            lses, states = [indexed.forward(qf, kf, vf, plan.k_rows, plan.runs, plan.max_q, plan.causal, out)], []
+        else:
+            lses, states = _chunked_forward(qf, kf, vf, out, plan, kernel, dropout_p)
         if keep_rows:  # q is a view of the same projection: kept on ctx too (the write does not touch it)
             ctx.save_for_backward(k[:, :, :keep_rows].clone(), v[:, :, :keep_rows].clone(), out, *lses)
             ctx.views = (q, k, v)
         else:
             ctx.save_for_backward(q, k, v, out, *lses)
-        ctx.plan, ctx.states, ctx.dropout_p, ctx.flash, ctx.keep_rows = plan, states, dropout_p, flash, keep_rows
+        ctx.plan, ctx.states, ctx.dropout_p, ctx.kernel, ctx.keep_rows = plan, states, dropout_p, kernel, keep_rows
         return out.view(b, q_len, h, dh).transpose(1, 2)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
-        if ctx.keep_rows:  # the kept rows, then the rest of the views (a transient copy)
-            k, v, out, *lses = ctx.saved_tensors
-            (q, k_view, v_view), rest = ctx.views, ctx.keep_rows
-            k, v = torch.cat([k, k_view[:, :, rest:]], dim=2), torch.cat([v, v_view[:, :, rest:]], dim=2)
+        plan: GatherPlan = ctx.plan
+        kept = None
+        if ctx.keep_rows:  # the kept rows, and the views of the rest
+            k_kept, v_kept, out, *lses = ctx.saved_tensors
+            (q, k, v), n = ctx.views, ctx.keep_rows
             ctx.views = None
+            if ctx.kernel == "indexed":  # reads the kept rows in place of the overwritten ones
+                kept = indexed.Kept(_rows(k_kept), _rows(v_kept), k.shape[2], n)
+            else:  # a transient copy with the kept rows in place
+                k, v = torch.cat([k_kept, k[:, :, n:]], dim=2), torch.cat([v_kept, v[:, :, n:]], dim=2)
         else:
             q, k, v, out, *lses = ctx.saved_tensors
-        plan: GatherPlan = ctx.plan
         b, h, q_len, dh = q.shape
         k_len = k.shape[2]
         qf, kf, vf, gf = _rows(q), _rows(k), _rows(v), _rows(grad.to(out.dtype))
         every_row = plan.q_rows.numel() == b * q_len  # then every row of dq is written below
         dq = (torch.empty if every_row else torch.zeros)(b * q_len, h, dh, dtype=q.dtype, device=q.device)
-        # a key read by several runs gets its gradient summed in float32; distinct keys get it written
-        acc = k.dtype if plan.distinct_keys else torch.promote_types(k.dtype, torch.float32)
-        dk = torch.zeros(b * k_len, h, dh, dtype=acc, device=k.device)
-        dv = torch.zeros(b * k_len, h, dh, dtype=acc, device=v.device)
-        for i, ch in enumerate(plan.chunks):
-            q_rows, k_rows = plan.q_rows[ch.q_start : ch.q_end], plan.k_rows[ch.k_start : ch.k_end]
-            qc, kc, vc = _pick(qf, q_rows, ch), kf.index_select(0, k_rows), vf.index_select(0, k_rows)
-            gc = _pick(gf, q_rows, ch)
-            if ctx.flash:
-                oc = _pick(out, q_rows, ch)
-                state, p = ctx.states[i], ctx.dropout_p
-                dqc, dkc, dvc = _flash_backward(gc, qc, kc, vc, oc, lses[i], ch, plan.causal, p, state)
-            else:
-                dqc, dkc, dvc = _plain_backward(gc, qc, kc, vc, ch, plan.causal)
-            _put(dq, q_rows, ch, dqc)
-            if plan.distinct_keys:
-                dk.index_copy_(0, k_rows, dkc.to(acc))
-                dv.index_copy_(0, k_rows, dvc.to(acc))
-            else:
-                _add_rows(dk, dv, k_rows, dkc, dvc)
+        if ctx.kernel == "indexed":
+            dk, dv = indexed.backward(
+                gf, qf, kf, vf, out, lses[0], plan.k_rows, plan.runs, plan.max_q, plan.max_k, plan.causal, dq,
+                plan.distinct_keys, kept,
+            )  # fmt: skip
+        else:
+            dk, dv = _chunked_backward(gf, qf, kf, vf, out, lses, dq, plan, ctx.kernel, ctx.dropout_p, ctx.states)
         ctx.states = None
 
         def heads(x: torch.Tensor, n: int, dtype: torch.dtype) -> torch.Tensor:

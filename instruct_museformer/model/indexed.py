@@ -1,0 +1,346 @@
+"""Attention over keys read in place through an index list: the gather path's Triton kernels.
+
+A plan's run ``r`` -- queries ``[q_first, q_first + q_len)`` of the flat rows -- reads the keys
+``k_rows[k_off : k_off + k_len]`` (causal plans: its own bar last, so query ``m`` of the run reads keys
+``j <= m + k_len - q_len``). FlashAttention's varlen kernel needs those keys copied out, one chunk of runs
+at a time, and their gradients summed back by a second kernel; these kernels load each tile of keys
+through the index list instead, and add the key/value gradients into place themselves. One launch for the
+forward, two for the backward (queries' gradients; keys' and values'), no chunks and no gathered copies,
+and query tiles of 64 rows rather than 128 (a bar has 30-300 tokens: less of each tile is padding).
+
+Flash-attention arithmetic: online softmax in base 2, the per-row log-sum-exp kept for backward, the
+probabilities recomputed there. Needs Triton (CUDA builds of torch ship it); ``available()`` says so.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU builds of torch: the gather path uses FlashAttention or its plain softmax
+    triton = None
+    tl = None
+
+LOG2E = 1.4426950408889634
+
+
+def available() -> bool:
+    return triton is not None
+
+
+def supports_head_dim(head_dim: int) -> bool:
+    """Tiles span the head dimension: a power of two from 16 (the smallest tensor-core product) to 256."""
+    return 16 <= head_dim <= 256 and head_dim & (head_dim - 1) == 0
+
+
+if triton is not None:
+
+    @triton.jit
+    def _run(runs, r):
+        """(first flat query row, queries, offset into the key index, keys) of run r."""
+        return tl.load(runs + 4 * r), tl.load(runs + 4 * r + 1), tl.load(runs + 4 * r + 2), tl.load(runs + 4 * r + 3)
+
+    @triton.jit
+    def _rows_tile(X, rows, ok, stride, head, h, D: tl.constexpr):
+        """The (len(rows), D) tile of head h of the rows ``rows`` (0 where not ``ok``)."""
+        offs_d = tl.arange(0, D)
+        return tl.load(X + rows[:, None] * stride + h * head + offs_d[None, :], mask=ok[:, None], other=0.0)
+
+    @triton.jit
+    def _keys_tile(K, V, KS, VS, krow, ok, stride, head, kept_stride, kept_head, h, k_seq, n_kept,
+                   D: tl.constexpr, KEPT: tl.constexpr):  # fmt: skip
+        """Key and value tiles of the flat key rows ``krow``; with KEPT, the first ``n_kept`` rows of every
+        sequence (``k_seq`` rows) come from KS / VS (copies kept before the caller overwrote them)."""
+        offs_d = tl.arange(0, D)
+        k_ptr = K + krow[:, None] * stride + h * head + offs_d[None, :]
+        v_ptr = V + krow[:, None] * stride + h * head + offs_d[None, :]
+        if KEPT:
+            seq = krow // k_seq
+            pos = krow - seq * k_seq
+            kept = (pos < n_kept)[:, None]
+            kept_rows = (seq * n_kept + pos)[:, None] * kept_stride + h * kept_head + offs_d[None, :]
+            k_ptr = tl.where(kept, KS + kept_rows, k_ptr)
+            v_ptr = tl.where(kept, VS + kept_rows, v_ptr)
+        return tl.load(k_ptr, mask=ok[:, None], other=0.0), tl.load(v_ptr, mask=ok[:, None], other=0.0)
+
+    @triton.jit
+    def _forward_kernel(
+        Q, K, V, O, LSE, KROWS, RUNS,  # noqa: N803
+        stride_q, head_q, stride_k, head_k, qk_scale,
+        H: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
+    ):  # fmt: skip
+        r, mb, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        q_first, q_len, k_off, k_len = _run(RUNS, r)
+        m0 = mb * BLOCK_M
+        if m0 < q_len:
+            offs_m = m0 + tl.arange(0, BLOCK_M)
+            m_ok = offs_m < q_len
+            rows = (q_first + offs_m).to(tl.int64)
+            q = _rows_tile(Q, rows, m_ok, stride_q, head_q, h, D)
+            shift = k_len - q_len  # causal: query m reads keys j <= m + shift
+            hi = k_len
+            if CAUSAL:
+                hi = tl.minimum(k_len, m0 + BLOCK_M + shift)
+            m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+            l_i = tl.zeros([BLOCK_M], tl.float32)
+            acc = tl.zeros([BLOCK_M, D], tl.float32)
+            for n0 in range(0, hi, BLOCK_N):
+                offs_n = n0 + tl.arange(0, BLOCK_N)
+                n_ok = offs_n < hi
+                krow = tl.load(KROWS + k_off + offs_n, mask=n_ok, other=0).to(tl.int64)
+                k, v = _keys_tile(K, V, K, V, krow, n_ok, stride_k, head_k, 0, 0, h, 1, 0, D, False)
+                s = tl.dot(q, tl.trans(k)) * qk_scale  # (BLOCK_M, BLOCK_N), log2 units
+                ok = n_ok[None, :]
+                if CAUSAL:
+                    ok = ok & (offs_n[None, :] <= offs_m[:, None] + shift)
+                s = tl.where(ok, s, float("-inf"))
+                m_new = tl.maximum(m_i, tl.max(s, 1))
+                m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with no key yet
+                alpha = tl.math.exp2(m_i - m_safe)
+                p = tl.math.exp2(s - m_safe[:, None])
+                l_i = l_i * alpha + tl.sum(p, 1)
+                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+                m_i = m_new
+            l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+            out = (acc / l_safe[:, None]).to(O.dtype.element_ty)
+            offs_d = tl.arange(0, D)
+            tl.store(O + rows[:, None] * (H * D) + h * D + offs_d[None, :], out, mask=m_ok[:, None])
+            tl.store(LSE + rows * H + h, m_i + tl.math.log2(l_safe), mask=m_ok)
+
+    @triton.jit
+    def _grad_q_kernel(
+        Q, K, V, KS, VS, O, DO, DQ, LSE, DELTA, KROWS, RUNS,  # noqa: N803
+        stride_q, head_q, stride_k, head_k, stride_do, head_do, kept_stride, kept_head, k_seq, n_kept,
+        qk_scale, sm_scale,
+        H: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
+        KEPT: tl.constexpr,
+    ):  # fmt: skip
+        r, mb, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        q_first, q_len, k_off, k_len = _run(RUNS, r)
+        m0 = mb * BLOCK_M
+        if m0 < q_len:
+            offs_m = m0 + tl.arange(0, BLOCK_M)
+            m_ok = offs_m < q_len
+            rows = (q_first + offs_m).to(tl.int64)
+            q = _rows_tile(Q, rows, m_ok, stride_q, head_q, h, D)
+            do = _rows_tile(DO, rows, m_ok, stride_do, head_do, h, D)
+            o = _rows_tile(O, rows, m_ok, H * D, D, h, D)
+            delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)  # sum over keys of p * dp, per query
+            tl.store(DELTA + rows * H + h, delta, mask=m_ok)  # for the key/value kernel, launched next
+            lse = tl.load(LSE + rows * H + h, mask=m_ok, other=0.0)
+            shift = k_len - q_len
+            hi = k_len
+            if CAUSAL:
+                hi = tl.minimum(k_len, m0 + BLOCK_M + shift)
+            dq = tl.zeros([BLOCK_M, D], tl.float32)
+            for n0 in range(0, hi, BLOCK_N):
+                offs_n = n0 + tl.arange(0, BLOCK_N)
+                n_ok = offs_n < hi
+                krow = tl.load(KROWS + k_off + offs_n, mask=n_ok, other=0).to(tl.int64)
+                k, v = _keys_tile(
+                    K, V, KS, VS, krow, n_ok, stride_k, head_k, kept_stride, kept_head, h, k_seq, n_kept, D, KEPT
+                )
+                ok = n_ok[None, :] & m_ok[:, None]
+                if CAUSAL:
+                    ok = ok & (offs_n[None, :] <= offs_m[:, None] + shift)
+                p = tl.math.exp2(tl.dot(q, tl.trans(k)) * qk_scale - lse[:, None])
+                p = tl.where(ok, p, 0.0)
+                dp = tl.dot(do, tl.trans(v))
+                ds = p * (dp - delta[:, None])
+                dq += tl.dot(ds.to(k.dtype), k)
+            dq = (dq * sm_scale).to(DQ.dtype.element_ty)
+            offs_d = tl.arange(0, D)
+            tl.store(DQ + rows[:, None] * (H * D) + h * D + offs_d[None, :], dq, mask=m_ok[:, None])
+
+    @triton.jit
+    def _grad_kv_kernel(
+        Q, K, V, KS, VS, DO, DK, DV, LSE, DELTA, KROWS, RUNS,  # noqa: N803
+        stride_q, head_q, stride_k, head_k, stride_do, head_do, kept_stride, kept_head, k_seq, n_kept,
+        qk_scale, sm_scale, h0,
+        H: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
+        KEPT: tl.constexpr, ADD: tl.constexpr, HG: tl.constexpr,
+    ):  # fmt: skip
+        r, nb, hg = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        h = h0 + hg  # heads [h0, h0 + HG) in this launch; DK and DV hold those heads only
+        q_first, q_len, k_off, k_len = _run(RUNS, r)
+        n0 = nb * BLOCK_N
+        if n0 < k_len:
+            offs_n = n0 + tl.arange(0, BLOCK_N)
+            n_ok = offs_n < k_len
+            krow = tl.load(KROWS + k_off + offs_n, mask=n_ok, other=0).to(tl.int64)
+            k, v = _keys_tile(
+                K, V, KS, VS, krow, n_ok, stride_k, head_k, kept_stride, kept_head, h, k_seq, n_kept, D, KEPT
+            )
+            shift = k_len - q_len
+            lo = 0
+            if CAUSAL:  # key j is read by queries m >= j - shift
+                lo = tl.maximum(n0 - shift, 0) // BLOCK_M * BLOCK_M
+            dk = tl.zeros([BLOCK_N, D], tl.float32)
+            dv = tl.zeros([BLOCK_N, D], tl.float32)
+            for m0 in range(lo, q_len, BLOCK_M):
+                offs_m = m0 + tl.arange(0, BLOCK_M)
+                m_ok = offs_m < q_len
+                rows = (q_first + offs_m).to(tl.int64)
+                q = _rows_tile(Q, rows, m_ok, stride_q, head_q, h, D)
+                do = _rows_tile(DO, rows, m_ok, stride_do, head_do, h, D)
+                lse = tl.load(LSE + rows * H + h, mask=m_ok, other=0.0)
+                delta = tl.load(DELTA + rows * H + h, mask=m_ok, other=0.0)
+                ok = n_ok[:, None] & m_ok[None, :]
+                if CAUSAL:
+                    ok = ok & (offs_n[:, None] <= offs_m[None, :] + shift)
+                pt = tl.math.exp2(tl.dot(k, tl.trans(q)) * qk_scale - lse[None, :])  # (BLOCK_N, BLOCK_M)
+                pt = tl.where(ok, pt, 0.0)
+                dv += tl.dot(pt.to(do.dtype), do)
+                dpt = tl.dot(v, tl.trans(do))
+                dst = pt * (dpt - delta[None, :])
+                dk += tl.dot(dst.to(q.dtype), q)
+            dk = dk * sm_scale
+            offs_d = tl.arange(0, D)
+            dst_ptr = krow[:, None] * (HG * D) + hg * D + offs_d[None, :]
+            if ADD:  # a key read by several runs: float32 sums
+                tl.atomic_add(DK + dst_ptr, dk, mask=n_ok[:, None], sem="relaxed")
+                tl.atomic_add(DV + dst_ptr, dv, mask=n_ok[:, None], sem="relaxed")
+            else:  # every key read once: written in place
+                tl.store(DK + dst_ptr, dk.to(DK.dtype.element_ty), mask=n_ok[:, None])
+                tl.store(DV + dst_ptr, dv.to(DV.dtype.element_ty), mask=n_ok[:, None])
+
+
+BLOCK_M = 64
+BLOCK_N = 64
+NUM_WARPS = 4
+NUM_STAGES = 3  # the best of a sweep on an H100 (benchmarks/bench_gather_kernels.py --sweep)
+# Float32 key/value gradient sums of one backward launch at most (both): at 65,536 tokens all 8 heads would
+# take 268 MB on top of the activations, one head at a time 34 MB; at 15,360 all 8 heads fit in one launch.
+ACCUMULATOR_BYTES = 1 << 26
+
+
+def _block_m(max_q: int) -> int:
+    """Query tile rows: 64, or 16 for plans of one-query runs (summaries reading their bar)."""
+    return 16 if max_q <= 16 else BLOCK_M
+
+
+def _cdiv(a: int, b: int) -> int:
+    return (a + b - 1) // b
+
+
+def _strides(*xs: torch.Tensor) -> list[int]:
+    """Row and head strides of (rows, H, dh) tensors whose head dimension is contiguous."""
+    if any(x.stride(2) != 1 for x in xs):
+        raise ValueError("indexed attention needs (rows, H, dh) tensors with a contiguous last dimension")
+    return [stride for x in xs for stride in (x.stride(0), x.stride(1))]
+
+
+def _key_strides(k: torch.Tensor, v: torch.Tensor) -> list[int]:
+    """Keys and values are read with one set of strides (views of one projection, or alike)."""
+    if k.stride() != v.stride():
+        raise ValueError(
+            f"indexed attention needs keys and values with equal strides, got {k.stride()} and {v.stride()}"
+        )
+    return _strides(k)
+
+
+def _outputs(*xs: torch.Tensor) -> None:
+    if not all(x.is_contiguous() for x in xs):
+        raise ValueError("indexed attention writes into contiguous (rows, H, dh) outputs")
+
+
+def forward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    k_rows: torch.Tensor,
+    runs: torch.Tensor,
+    max_q: int,
+    causal: bool,
+    out: torch.Tensor,
+) -> torch.Tensor:
+    """q (Nq, H, dh), k and v (Nk, H, dh) rows -> writes ``out`` (Nq, H, dh) for the runs' queries and
+    returns the log-sum-exp (Nq, H) float32 (base 2, scaled), which backward needs."""
+    _outputs(out)
+    n_q, h, dh = q.shape
+    lse = torch.empty(n_q, h, dtype=torch.float32, device=q.device)
+    block_m = _block_m(max_q)
+    grid = (runs.shape[0], _cdiv(max_q, block_m), h)
+    qk_scale = LOG2E / math.sqrt(dh)
+    _forward_kernel[grid](
+        q, k, v, out, lse, k_rows, runs, *_strides(q), *_key_strides(k, v), qk_scale,
+        h, dh, block_m, BLOCK_N, causal, num_warps=NUM_WARPS, num_stages=NUM_STAGES,
+    )  # fmt: skip
+    return lse
+
+
+class Kept(NamedTuple):
+    """Key/value rows that the caller overwrote after the forward, as they were in it.
+
+    ``k`` and ``v`` (B * n, H, dh) hold the first n rows of every sequence of ``k_seq`` key rows; backward
+    reads those rows from here and the rest from the keys and values it is given."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+    k_seq: int
+    n: int
+
+
+def backward(
+    grad: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    k_rows: torch.Tensor,
+    runs: torch.Tensor,
+    max_q: int,
+    max_k: int,
+    causal: bool,
+    dq: torch.Tensor,
+    distinct_keys: bool,
+    kept: Kept | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Writes dq (Nq, H, dh) for the runs' queries; returns the key/value gradients (Nk, H, dh) in k's dtype,
+    0 for keys no run reads.
+
+    Keys read by several runs get their gradients summed in float32, a group of heads at a time so that the
+    float32 sums stay within ``ACCUMULATOR_BYTES``; keys read once (``distinct_keys``) get them written."""
+    _outputs(out, dq)
+    n_q, h, dh = q.shape
+    n_k = k.shape[0]
+    delta = torch.empty(n_q, h, dtype=torch.float32, device=q.device)
+    block_m = _block_m(max_q)
+    qk_scale, sm_scale = LOG2E / math.sqrt(dh), 1.0 / math.sqrt(dh)
+    g = runs.shape[0]
+    kept_args = (
+        [kept.k, kept.v, *_key_strides(kept.k, kept.v), kept.k_seq, kept.n] if kept is not None else [k, v, 0, 0, 1, 0]
+    )
+    strides = [*_strides(q), *_key_strides(k, v), *_strides(grad)]
+    common: dict[str, Any] = {"num_warps": NUM_WARPS, "num_stages": NUM_STAGES}
+    ks, vs, *kept_ints = kept_args
+    _grad_q_kernel[(g, _cdiv(max_q, block_m), h)](
+        q, k, v, ks, vs, out, grad, dq, lse, delta, k_rows, runs, *strides, *kept_ints, qk_scale, sm_scale,
+        h, dh, block_m, BLOCK_N, causal, kept is not None, **common,
+    )  # fmt: skip
+    dk = (torch.zeros if distinct_keys else torch.empty)(n_k, h, dh, dtype=k.dtype, device=k.device)
+    dv = (torch.zeros if distinct_keys else torch.empty)(n_k, h, dh, dtype=k.dtype, device=k.device)
+    group = h if distinct_keys else max(1, min(h, ACCUMULATOR_BYTES // max(2 * n_k * dh * 4, 1)))
+    sums = None if distinct_keys else torch.empty(2, n_k, group, dh, dtype=torch.float32, device=k.device)
+    for h0 in range(0, h, group):
+        hg = min(group, h - h0)
+        if sums is None:
+            dk_out, dv_out = dk, dv
+        else:
+            sums.zero_()
+            dk_out, dv_out = sums[0, :, :hg], sums[1, :, :hg]
+        _grad_kv_kernel[(g, _cdiv(max_k, BLOCK_N), hg)](
+            q, k, v, ks, vs, grad, dk_out, dv_out, lse, delta, k_rows, runs, *strides, *kept_ints,
+            qk_scale, sm_scale, h0,
+            h, dh, block_m, BLOCK_N, causal, kept is not None, sums is not None, group, **common,
+        )  # fmt: skip
+        if sums is not None:
+            dk[:, h0 : h0 + hg] = sums[0, :, :hg]
+            dv[:, h0 : h0 + hg] = sums[1, :, :hg]
+    return dk, dv

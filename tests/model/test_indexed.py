@@ -1,0 +1,153 @@
+"""The indexed Triton kernels of the gather path against the reference path, run in Triton's interpreter.
+
+The kernels run on CUDA in the package; here they run on the CPU through ``TRITON_INTERPRET=1``, which has
+to be set before Triton compiles anything, so the checks run in a child process (this file as a script).
+They compare in float32 (the interpreter computes ``tl.dot`` exactly), on the test layouts of
+``test_gathered`` and through whole models, whose summary step exercises the kept key rows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+HERE = Path(__file__).resolve().parent
+
+
+def _interpreter_ready() -> str | None:
+    """Why the check cannot run here, or None. Triton's interpreter before 3.9 breaks on NumPy 2 scalars."""
+    try:
+        import triton
+    except ImportError:
+        return "Triton is not installed (pip install -e '.[test]' brings it on Linux)"
+    major, minor = (int(x) for x in triton.__version__.split(".")[:2])
+    return None if (major, minor) >= (3, 9) else f"Triton {triton.__version__}'s interpreter is too old (needs 3.9)"
+
+
+def _run(check: str) -> dict[str, dict[str, float]]:
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__)), check], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(_interpreter_ready() is not None, reason=str(_interpreter_ready()))
+@pytest.mark.parametrize("check", ["layouts", "models"])
+def test_indexed_kernels_match_reference(check: str):
+    result = _run(check)
+    errors, calls = result["errors"], result["calls"]
+    assert errors, "no comparison ran"
+    assert max(errors.values()) < 2e-5, errors
+    # the kernels themselves ran, forward and backward; in the models also on kept (overwritten) key rows
+    assert calls["forward"] > 0 and calls["backward"] == calls["forward"], calls
+    if check == "models":
+        assert calls["kept"] > 0, calls
+
+
+def test_indexed_kernels_need_a_power_of_two_head_size():
+    from instruct_museformer.model import indexed
+
+    assert indexed.supports_head_dim(64) and indexed.supports_head_dim(16)
+    assert not indexed.supports_head_dim(8) and not indexed.supports_head_dim(48)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The child process
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm().clamp_min(1e-12))
+
+
+def _check_layouts() -> dict[str, float]:
+    """Every test layout; keys' gradients summed a head at a time (the smallest accumulator budget)."""
+    from test_gathered import _layouts
+
+    from instruct_museformer.model import gathered, indexed
+    from instruct_museformer.model.attention import attend
+    from instruct_museformer.model.gathered import build_plan, gathered_attention
+
+    gathered.KERNEL = "indexed"
+    indexed.ACCUMULATOR_BYTES = 1
+    errors = {}
+    for name, layout in _layouts(2, pad=16).items():
+        plan = build_plan(layout)
+        b, q_len = layout.q_class.shape
+        k_len = layout.k_class.shape[1]
+        gen = torch.Generator().manual_seed(5)
+        tensors = [torch.randn(b, 2, n, 16, generator=gen) for n in (q_len, k_len, k_len)]
+        weights = torch.randn(b, 2, q_len, 16, generator=gen)
+        results = []
+        for fast in (False, True):
+            q, k, v = (t.clone().requires_grad_() for t in tensors)
+            out = gathered_attention(q, k, v, plan) if fast else attend(q, k, v, layout, "reference", 16)
+            (out * weights).sum().backward()
+            results.append([out.detach(), q.grad, k.grad, v.grad])
+        for part, got, want in zip(("out", "dq", "dk", "dv"), *results, strict=True):
+            errors[f"{name} {part}"] = _rel(got, want)
+    return errors
+
+
+def _check_models() -> dict[str, float]:
+    """Both tasks, the original scheme, batch 3 with padding: logits and every parameter's gradient."""
+    from model_helpers import random_layout_batch, small_config
+
+    from instruct_museformer.model import build_model, gathered
+
+    gathered.KERNEL = "indexed"
+    scheme = {
+        "con2con": "((((-2, 0), -4, -8, -12, -16, -24, -32),),)",
+        "con2sum": "((((None, -32), (-31, -24), (-23, -16), (-15, -12), (-11, -8), (-7, -4), -3,),),)",
+    }
+    errors = {}
+    for task in ("language_modeling", "translation"):
+        torch.manual_seed(0)
+        sizes = {"attention_embed_dim": 64, "num_attention_heads": 4}  # head size 16: the kernels' smallest
+        ref = build_model(small_config(task, attention_impl="reference", **sizes, **scheme))
+        fast = build_model(small_config(task, attention_impl="gather", **sizes, **scheme))
+        fast.load_state_dict(ref.state_dict())
+        batch = random_layout_batch(1, translation=task == "translation")
+        weights = torch.randn(*batch.target.shape, ref.cfg.vocab_size, generator=torch.Generator().manual_seed(1))
+        results = []
+        for model in (ref, fast):
+            logits = model(batch)
+            (logits * weights).sum().backward()
+            results.append((logits.detach(), torch.cat([p.grad.flatten() for p in model.parameters()])))
+        errors[f"{task} logits"] = _rel(results[1][0], results[0][0])
+        errors[f"{task} grads"] = _rel(results[1][1], results[0][1])
+    return errors
+
+
+def _counting() -> dict[str, int]:
+    """Counts the calls of the kernels' entry points (to tell them from a silent fallback)."""
+    from instruct_museformer.model import indexed
+
+    calls = {"forward": 0, "backward": 0, "kept": 0}
+    forward, backward = indexed.forward, indexed.backward
+
+    def counted_forward(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls["forward"] += 1
+        return forward(*args, **kwargs)
+
+    def counted_backward(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls["backward"] += 1
+        calls["kept"] += (args[13] if len(args) > 13 else kwargs.get("kept")) is not None
+        return backward(*args, **kwargs)
+
+    indexed.forward, indexed.backward = counted_forward, counted_backward
+    return calls
+
+
+if __name__ == "__main__":
+    sys.path[:0] = [str(HERE)]
+    calls = _counting()
+    errors = {"layouts": _check_layouts, "models": _check_models}[sys.argv[1]]()
+    print(json.dumps({"errors": errors, "calls": calls}))
