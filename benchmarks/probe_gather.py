@@ -1,7 +1,8 @@
 """GPU probe for the gather path (issue #3): where the host time of a forward's preparation goes, where a
-training step's GPU time goes, and how the chunk size trades speed for memory.
+training step's GPU time goes, where its memory peaks (against the dense model), and how the chunk size of
+the FlashAttention kernel trades speed for memory.
 
-    python benchmarks/probe_gather.py [--lengths 15360 65536] [--chunks 16384 65536 262144] [--out DIR]
+    python benchmarks/probe_gather.py [--lengths 15360 65536] [--chunks 16384 65536] [--memory-length 65536]
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_attention import VOCAB, fc_config, make_batch, profile, time_steps  # noqa: E402
+from bench_attention import VOCAB, DenseLM, fc_config, make_batch, profile, time_steps  # noqa: E402
 
 from instruct_museformer.model import build_model, gathered  # noqa: E402
 from instruct_museformer.model.masks import bar_layout, pad_bar_tokens, regular_layout, summary_layout  # noqa: E402
@@ -69,10 +70,55 @@ def prepare_phases(length: int, reps: int = 10) -> dict[str, float]:
     return result
 
 
+def memory_phases(length: int, variant: str) -> dict[str, float]:
+    """GiB allocated at points of a training step (bf16 autocast), after one warm-up step: at the end of the
+    forward, the peak in it, before each layer's backward, and the peak of the step; weights and their
+    gradients included (gradients kept from the warm-up step, as in training between optimiser steps)."""
+    kind, _, impl = variant.partition(":")
+    cfg = fc_config(impl or "gather", vocab_size=VOCAB, task="language_modeling", attention_dropout=0.0)
+    torch.manual_seed(0)
+    model = (DenseLM(cfg) if kind == "dense" else build_model(cfg)).cuda().train()
+    if kind == "dense" and impl == "compiled":
+        for layer in model.layers:
+            layer.compile()
+    batch = make_batch(length, 2, False, "cuda")
+    gib = 2.0**30
+    marks: dict[str, float] = {}
+    layers = model.layers if kind == "dense" else model.decoder.layers
+
+    def mark(name: str) -> None:
+        marks[name] = torch.cuda.memory_allocated() / gib
+
+    for i, layer in enumerate(layers):  # when the gradient of the layer's output arrives: before its backward
+        layer.register_forward_hook(lambda _m, _in, out, i=i: out.register_hook(lambda _g: mark(f"bwd_layer{i}")))
+
+    def step() -> None:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            logits = model(batch)
+        marks["forward_end"] = torch.cuda.memory_allocated() / gib
+        marks["forward_peak"] = torch.cuda.max_memory_allocated() / gib
+        loss = torch.nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), batch.target.view(-1))
+        del logits
+        loss.backward()
+        marks["step_peak"] = torch.cuda.max_memory_allocated() / gib
+
+    step()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    marks.clear()
+    marks["start"] = torch.cuda.memory_allocated() / gib
+    step()
+    return {k: round(v, 4) for k, v in marks.items()}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--lengths", type=int, nargs="+", default=[15360, 65536])
-    parser.add_argument("--chunks", type=int, nargs="*", default=[16384, 65536, 262144])
+    parser.add_argument("--chunks", type=int, nargs="*", default=[])
+    parser.add_argument("--memory-length", type=int, default=65536)
+    parser.add_argument(
+        "--memory-variants", nargs="*", default=["dense", "dense:compiled", "fc:gather", "fc:gather+cb"]
+    )
     parser.add_argument("--impl", default="gather+cb")
     parser.add_argument("--profile-length", type=int, default=65536)
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
@@ -84,6 +130,11 @@ def main() -> int:
     for length in args.lengths:
         results[f"prepare_ms_{length}"] = prepare_phases(length)
         print(length, results[f"prepare_ms_{length}"], flush=True)
+    if args.memory_length:
+        for variant in args.memory_variants:
+            results[f"memory_{variant}"] = memory_phases(args.memory_length, variant)
+            print(variant, json.dumps(results[f"memory_{variant}"]), flush=True)
+            torch.cuda.empty_cache()
     if args.profile_length:
         profile(args.profile_length, "cuda", out_dir, args.impl)  # bench_attention's, into profile.txt
     default = gathered.CHUNK_KEYS
