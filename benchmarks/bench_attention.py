@@ -1,8 +1,9 @@
 """GPU benchmark: Museformer's fine-/coarse-grained (FC) attention vs dense causal attention.
 
 Training-step throughput (forward + backward, bf16 autocast) and peak memory of the default decoder-only
-model (4 layers, width 512, 8 heads, FFN 2048) with FC attention -- through the bar-gathered FlashAttention
-path (``gather``, the default on CUDA) and through FlexAttention (``flex``) -- against the same model with
+model (4 layers, width 512, 8 heads, FFN 2048) with FC attention -- through the bar-gathered path (``gather``,
+the default on CUDA: the indexed Triton kernels; ``gather-flash``: FlashAttention on gathered chunks) and
+through FlexAttention (``flex``) -- against the same model with
 dense causal attention through ``scaled_dot_product_attention`` (FlashAttention), on realistic bar layouts
 (bars of 30-300 tokens), plus the translation model. Before timing, each FC path is checked against the
 dense reference path on the GPU: in float32 (outputs and gradients), and in bf16 against the float32

@@ -16,6 +16,7 @@ import pstats
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -89,8 +90,14 @@ def memory_phases(length: int, variant: str) -> dict[str, float]:
     def mark(name: str) -> None:
         marks[name] = torch.cuda.memory_allocated() / gib
 
-    for i, layer in enumerate(layers):  # when the gradient of the layer's output arrives: before its backward
-        layer.register_forward_hook(lambda _m, _in, out, i=i: out.register_hook(lambda _g: mark(f"bwd_layer{i}")))
+    def watch(i: int) -> Callable[..., None]:
+        def hook(_module: torch.nn.Module, _inputs: object, out: torch.Tensor) -> None:
+            out.register_hook(lambda _grad: mark(f"bwd_layer{i}"))  # before the layer's backward
+
+        return hook
+
+    for i, layer in enumerate(layers):
+        layer.register_forward_hook(watch(i))
 
     def step() -> None:
         with torch.autocast("cuda", dtype=torch.bfloat16):
