@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -55,25 +56,49 @@ class Chunk:
     q_row: int  # the chunk's first flat query row when its queries are consecutive rows (a slice), else -1
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class GatherPlan:
     """Which keys each run of queries reads, packed run after run.
 
-    q_rows: (Nq,) long, flat query row ``b * Q + q`` of every query that reads anything (runs in order)
-    k_rows: (Nk,) long, flat key row ``b * K + kv`` of every gathered key (per run; causal: own bar last)
-    Queries not in ``q_rows`` (padding, rows with no allowed key) get 0, as on the reference path.
+    A run is ``run_queries[i]`` consecutive query rows from flat row ``run_first[i]`` (``b * Q + q``), reading
+    the next ``run_keys[i]`` entries of ``k_rows`` (flat key rows ``b * K + kv``; causal: its own bar last).
+    Queries in no run (padding, rows with no allowed key) get 0, as on the reference path. The indexed
+    kernels read ``runs`` and ``k_rows``; the chunked kernels' ``q_rows`` and ``chunks`` are made from the
+    host arrays on first use, so the default path does not pay for them.
     """
 
-    q_rows: torch.Tensor
-    k_rows: torch.Tensor
-    chunks: tuple[Chunk, ...]
+    k_rows: torch.Tensor  # (Nk,) long
+    runs: torch.Tensor  # (G, 4) int32 on the device: run_first, run_queries, offset into k_rows, run_keys
+    run_first: np.ndarray  # (G,) host copies of the table
+    run_queries: np.ndarray
+    run_keys: np.ndarray
     causal: bool
     num_queries: int  # B * Q
     num_keys: int  # B * K
-    runs: torch.Tensor  # (G, 4) int32: first flat query row, queries, offset into k_rows, keys -- per run
-    max_q: int  # the most queries of a run
-    max_k: int  # the most keys of a run
+    chunk_keys: int  # gathered keys per chunked kernel call
     distinct_keys: bool = False  # no key is read by two runs: gradients are written, not summed
+
+    @property
+    def max_q(self) -> int:
+        return int(self.run_queries.max()) if self.run_queries.size else 0
+
+    @property
+    def max_k(self) -> int:
+        return int(self.run_keys.max()) if self.run_keys.size else 0
+
+    @property
+    def read_queries(self) -> int:
+        """How many query rows read anything: all of them, or some are left 0."""
+        return int(self.run_queries.sum())
+
+    @cached_property
+    def q_rows(self) -> torch.Tensor:
+        """(Nq,) long, the flat query row of every query that reads anything, runs in order."""
+        return _expand(self.run_first, self.run_queries, self.k_rows.device)
+
+    @cached_property
+    def chunks(self) -> tuple[Chunk, ...]:
+        return _chunks(self.run_first, self.run_queries, self.run_keys, self.chunk_keys, self.k_rows.device)
 
 
 def plan_for(layout: AttentionLayout, chunk_keys: int | None = None) -> GatherPlan | None:
@@ -130,15 +155,18 @@ def build_plan(layout: AttentionLayout, chunk_keys: int | None = None) -> Gather
     used = num_keys > 0  # padding runs and rows with nothing to read stay 0
     if causal and not _own_run_last(range_run, range_first + range_count, q_first, q_count, used, q_len, k_len):
         return None
+    run_first, run_queries, run_keys = q_first[used], q_count[used], num_keys[used]
     return GatherPlan(
-        _expand(q_first[used], q_count[used], device),
-        _expand(range_first, range_count, device),
-        _chunks(q_first[used], q_count[used], num_keys[used], chunk_keys, device),
-        causal,
-        batch * q_len,
-        batch * k_len,
-        *_runs(q_first[used], q_count[used], num_keys[used], device),
-        _disjoint(range_first, range_count),
+        k_rows=_expand(range_first, range_count, device),
+        runs=_run_table(run_first, run_queries, run_keys, device),
+        run_first=run_first,
+        run_queries=run_queries,
+        run_keys=run_keys,
+        causal=causal,
+        num_queries=batch * q_len,
+        num_keys=batch * k_len,
+        chunk_keys=chunk_keys,
+        distinct_keys=_disjoint(range_first, range_count),
     )
 
 
@@ -166,14 +194,16 @@ def _segment_plan(layout: AttentionLayout, chunk_keys: int) -> GatherPlan:
     num_keys = 1 + bar_count[own]
     ones = np.ones_like(own)
     return GatherPlan(
-        _expand(own, ones, device),
-        _expand(ranges_first[keep], ranges_count[keep], device),
-        _chunks(own, ones, num_keys, chunk_keys, device),
-        False,
-        batch * s_len,
-        batch * k_len,
-        *_runs(own, ones, num_keys, device),
-        True,  # a token is read by its own bar's summary only, a summary by itself
+        k_rows=_expand(ranges_first[keep], ranges_count[keep], device),
+        runs=_run_table(own, ones, num_keys, device),
+        run_first=own,
+        run_queries=ones,
+        run_keys=num_keys,
+        causal=False,
+        num_queries=batch * s_len,
+        num_keys=batch * k_len,
+        chunk_keys=chunk_keys,
+        distinct_keys=True,  # a token is read by its own bar's summary only, a summary by itself
     )
 
 
@@ -244,17 +274,11 @@ def _expand(first: np.ndarray, count: np.ndarray, device: torch.device) -> torch
     return torch.arange(total, device=device) + shift.repeat_interleave(count_dev, output_size=total)
 
 
-def _runs(
-    q_first: np.ndarray, q_count: np.ndarray, k_count: np.ndarray, device: torch.device
-) -> tuple[torch.Tensor, int, int]:
-    """The per-run table of the indexed kernels (``indexed``), with the largest run's queries and keys."""
+def _run_table(q_first: np.ndarray, q_count: np.ndarray, k_count: np.ndarray, device: torch.device) -> torch.Tensor:
+    """The per-run table the indexed kernels (``indexed``) read, on the device."""
     k_off = np.cumsum(k_count) - k_count
     table = np.stack([q_first, q_count, k_off, k_count], axis=1).astype(np.int32).reshape(-1, 4)
-    return (
-        torch.from_numpy(table).to(device),
-        int(q_count.max()) if q_count.size else 0,
-        int(k_count.max()) if k_count.size else 0,
-    )
+    return torch.from_numpy(table).to(device)
 
 
 def _chunks(
@@ -309,6 +333,8 @@ KERNELS = ("auto", "indexed", "flash", "plain")
 
 
 def kernel_for(q: torch.Tensor, dropout_p: float) -> str:
+    if KERNEL not in KERNELS:
+        raise ValueError(f"unknown gathered-attention kernel {KERNEL!r} (expected {', '.join(KERNELS)})")
     if KERNEL != "auto":
         return KERNEL
     if uses_flash(q) and dropout_p == 0.0 and indexed.available() and indexed.supports_head_dim(q.shape[-1]):
@@ -521,7 +547,7 @@ class _GatheredAttention(torch.autograd.Function):
     ) -> torch.Tensor:
         b, h, q_len, dh = q.shape
         qf, kf, vf = _rows(q), _rows(k), _rows(v)
-        every_row = plan.q_rows.numel() == b * q_len  # then every row of out is written below
+        every_row = plan.read_queries == b * q_len  # then every row of out is written below
         out = (torch.empty if every_row else torch.zeros)(b * q_len, h, dh, dtype=q.dtype, device=q.device)
         kernel = kernel_for(q, dropout_p)
         if kernel == "indexed":
@@ -553,7 +579,7 @@ class _GatheredAttention(torch.autograd.Function):
         b, h, q_len, dh = q.shape
         k_len = k.shape[2]
         qf, kf, vf, gf = _rows(q), _rows(k), _rows(v), _rows(grad.to(out.dtype))
-        every_row = plan.q_rows.numel() == b * q_len  # then every row of dq is written below
+        every_row = plan.read_queries == b * q_len  # then every row of dq is written below
         dq = (torch.empty if every_row else torch.zeros)(b * q_len, h, dh, dtype=q.dtype, device=q.device)
         if ctx.kernel == "indexed":
             dk, dv = indexed.backward(
@@ -587,6 +613,6 @@ def gathered_attention(
     """
     if dropout_p > 0.0 and not uses_flash(q):
         raise ValueError("gathered attention applies dropout only through FlashAttention (CUDA, half precision)")
-    if not plan.chunks:  # nothing reads anything (all padding)
+    if not plan.read_queries:  # nothing reads anything (all padding)
         return q.new_zeros(q.shape)
     return _GatheredAttention.apply(q, k.to(q.dtype), v.to(q.dtype), plan, dropout_p, keep_rows)
