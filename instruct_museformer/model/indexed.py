@@ -52,6 +52,22 @@ if triton is not None:
         return tl.load(X + rows[:, None] * stride + h * head + offs_d[None, :], mask=ok[:, None], other=0.0)
 
     @triton.jit
+    def _key_limit(k_len, q_len, m0, BLOCK_M: tl.constexpr, CAUSAL: tl.constexpr):  # noqa: N803
+        """How many of the run's keys the query tile from m0 reads: all, or causally up to its last query's."""
+        limit = k_len
+        if CAUSAL:
+            limit = tl.minimum(k_len, m0 + BLOCK_M + k_len - q_len)
+        return limit
+
+    @triton.jit
+    def _key_block(KROWS, k_off, n0, limit, BLOCK_N: tl.constexpr):  # noqa: N803
+        """Positions n0.. of the run's key index (< limit), whether each is one, and their flat key rows."""
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        n_ok = offs_n < limit
+        krow = tl.load(KROWS + k_off + offs_n, mask=n_ok, other=0).to(tl.int64)
+        return offs_n, n_ok, krow
+
+    @triton.jit
     def _keys_tile(K, V, KS, VS, krow, ok, stride, head, kept_stride, kept_head, h, k_seq, n_kept,
                    D: tl.constexpr, KEPT: tl.constexpr):  # fmt: skip
         """Key and value tiles of the flat key rows ``krow``; with KEPT, the first ``n_kept`` rows of every
@@ -83,16 +99,12 @@ if triton is not None:
             rows = (q_first + offs_m).to(tl.int64)
             q = _rows_tile(Q, rows, m_ok, stride_q, head_q, h, D)
             shift = k_len - q_len  # causal: query m reads keys j <= m + shift
-            hi = k_len
-            if CAUSAL:
-                hi = tl.minimum(k_len, m0 + BLOCK_M + shift)
+            hi = _key_limit(k_len, q_len, m0, BLOCK_M, CAUSAL)
             m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
             l_i = tl.zeros([BLOCK_M], tl.float32)
             acc = tl.zeros([BLOCK_M, D], tl.float32)
             for n0 in range(0, hi, BLOCK_N):
-                offs_n = n0 + tl.arange(0, BLOCK_N)
-                n_ok = offs_n < hi
-                krow = tl.load(KROWS + k_off + offs_n, mask=n_ok, other=0).to(tl.int64)
+                offs_n, n_ok, krow = _key_block(KROWS, k_off, n0, hi, BLOCK_N)
                 k, v = _keys_tile(K, V, K, V, krow, n_ok, stride_k, head_k, 0, 0, h, 1, 0, D, False)
                 s = tl.dot(q, tl.trans(k)) * qk_scale  # (BLOCK_M, BLOCK_N), log2 units
                 ok = n_ok[None, :]
@@ -134,14 +146,10 @@ if triton is not None:
             tl.store(DELTA + rows * H + h, delta, mask=m_ok)  # for the key/value kernel, launched next
             lse = tl.load(LSE + rows * H + h, mask=m_ok, other=0.0)
             shift = k_len - q_len
-            hi = k_len
-            if CAUSAL:
-                hi = tl.minimum(k_len, m0 + BLOCK_M + shift)
+            hi = _key_limit(k_len, q_len, m0, BLOCK_M, CAUSAL)
             dq = tl.zeros([BLOCK_M, D], tl.float32)
             for n0 in range(0, hi, BLOCK_N):
-                offs_n = n0 + tl.arange(0, BLOCK_N)
-                n_ok = offs_n < hi
-                krow = tl.load(KROWS + k_off + offs_n, mask=n_ok, other=0).to(tl.int64)
+                offs_n, n_ok, krow = _key_block(KROWS, k_off, n0, hi, BLOCK_N)
                 k, v = _keys_tile(
                     K, V, KS, VS, krow, n_ok, stride_k, head_k, kept_stride, kept_head, h, k_seq, n_kept, D, KEPT
                 )
@@ -170,9 +178,7 @@ if triton is not None:
         q_first, q_len, k_off, k_len = _run(RUNS, r)
         n0 = nb * BLOCK_N
         if n0 < k_len:
-            offs_n = n0 + tl.arange(0, BLOCK_N)
-            n_ok = offs_n < k_len
-            krow = tl.load(KROWS + k_off + offs_n, mask=n_ok, other=0).to(tl.int64)
+            offs_n, n_ok, krow = _key_block(KROWS, k_off, n0, k_len, BLOCK_N)
             k, v = _keys_tile(
                 K, V, KS, VS, krow, n_ok, stride_k, head_k, kept_stride, kept_head, h, k_seq, n_kept, D, KEPT
             )
@@ -314,12 +320,12 @@ def backward(
     block_m = _block_m(max_q)
     qk_scale, sm_scale = LOG2E / math.sqrt(dh), 1.0 / math.sqrt(dh)
     g = runs.shape[0]
-    kept_args = (
-        [kept.k, kept.v, *_key_strides(kept.k, kept.v), kept.k_seq, kept.n] if kept is not None else [k, v, 0, 0, 1, 0]
-    )
     strides = [*_strides(q), *_key_strides(k, v), *_strides(grad)]
+    if kept is None:  # the kernels' kept-row arguments, unused
+        ks, vs, kept_ints = k, v, [0, 0, 1, 0]
+    else:
+        ks, vs, kept_ints = kept.k, kept.v, [*_key_strides(kept.k, kept.v), kept.k_seq, kept.n]
     common: dict[str, Any] = {"num_warps": NUM_WARPS, "num_stages": NUM_STAGES}
-    ks, vs, *kept_ints = kept_args
     _grad_q_kernel[(g, _cdiv(max_q, block_m), h)](
         q, k, v, ks, vs, out, grad, dq, lse, delta, k_rows, runs, *strides, *kept_ints, qk_scale, sm_scale,
         h, dh, block_m, BLOCK_N, causal, kept is not None, **common,

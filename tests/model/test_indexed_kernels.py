@@ -25,7 +25,7 @@ def _interpreter_ready() -> str | None:
     try:
         import triton
     except ImportError:
-        return "Triton is not installed (pip install -e '.[test]' brings it on Linux)"
+        return "Triton is not installed (pip install -e '.[interpret]' brings it)"
     major, minor = (int(x) for x in triton.__version__.split(".")[:2])
     return None if (major, minor) >= (3, 9) else f"Triton {triton.__version__}'s interpreter is too old (needs 3.9)"
 
