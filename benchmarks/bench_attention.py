@@ -232,6 +232,22 @@ def check_gather_kernel(batch: Batch, device: str) -> dict[str, float]:
     return result
 
 
+def timed(fn: Any, reps: int = 10, warmup: int = 2) -> float:
+    """Median milliseconds of ``fn()`` on the GPU (CUDA events around each call), after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
 def time_steps(model: nn.Module, batch: Batch, steps: int, warmup: int) -> dict[str, float]:
     """Median forward+backward time (bf16 autocast) and peak memory over ``steps`` steps."""
     model.train()

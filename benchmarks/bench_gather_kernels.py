@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_attention import VOCAB, make_batch  # noqa: E402
+from bench_attention import VOCAB, make_batch, timed  # noqa: E402
 
 from instruct_museformer.model import MuseformerConfig, gathered, indexed  # noqa: E402
 from instruct_museformer.model.gathered import gathered_attention, plan_for  # noqa: E402
@@ -57,20 +56,6 @@ def inputs(layout: Any) -> tuple[torch.Tensor, ...]:
     return q, k, v
 
 
-def timed(fn: Any, reps: int = 20) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(reps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
-
-
 def measure(layout: Any, kernel: str) -> dict[str, Any]:
     gathered.KERNEL = kernel
     plan = plan_for(layout)
@@ -86,7 +71,7 @@ def measure(layout: Any, kernel: str) -> dict[str, Any]:
         out.backward(grad)
         q.grad = k.grad = v.grad = None
 
-    row = {"kernel": kernel, "fwd_ms": timed(forward), "fwd_bwd_ms": timed(both)}
+    row = {"kernel": kernel, "fwd_ms": timed(forward, 20, 3), "fwd_bwd_ms": timed(both, 20, 3)}
     out = gathered_attention(q, k, v, plan)
     out.backward(grad)
     row["result"] = [out.detach().float(), *(t.grad.float() for t in (q, k, v))]
@@ -108,8 +93,8 @@ def main() -> int:
     for length in args.lengths:
         for name, layout in layouts(length).items():
             plan = plan_for(layout)
-            runs = plan.runs.long().cpu()
-            pairs = int((runs[:, 1] * runs[:, 3] - (runs[:, 1] * (runs[:, 1] - 1) // 2 if plan.causal else 0)).sum())
+            q, k = plan.run_queries, plan.run_keys
+            pairs = int((q * k - (q * (q - 1) // 2 if plan.causal else 0)).sum())
             rows = {kernel: measure(layout, kernel) for kernel in ("flash", "indexed")}
             ref = rows["flash"].pop("result")
             got = rows["indexed"].pop("result")

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_attention import make_batch  # noqa: E402
+from benchmarks.bench_attention import make_batch, timed  # noqa: E402
 from instruct_museformer.model import MuseformerConfig  # noqa: E402
 from instruct_museformer.model.masks import (  # noqa: E402
     _ordered,
@@ -120,21 +119,6 @@ def bits32_mask_mod(layout: Any) -> Any:
         return (((word >> (idx & 31)) & 1) != 0) & (k_pos[kv] <= q)
 
     return allowed
-
-
-def timed(fn: Any, reps: int = 10) -> float:
-    for _ in range(2):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
 
 
 def probe_length(length: int, names: list[str], deadline: float, c2c: Any, c2s: Any) -> list[dict[str, Any]]:
