@@ -13,7 +13,7 @@ signature) get 0. Which token is which comes from a per-vocabulary table built b
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -40,13 +40,26 @@ class BarTokens:
     beat_ids: torch.Tensor
     padding_mask: torch.Tensor
     num_complete_bars: torch.Tensor
+    # the CPU original of a batch moved to an accelerator: the model derives its attention layouts from it
+    # (host work of a few ms) instead of reading the bar ids back from the device, which would wait for the
+    # device to finish everything queued before
+    host: BarTokens | None = field(default=None, repr=False, compare=False)
 
     @property
     def lengths(self) -> torch.Tensor:
         return (~self.padding_mask).sum(dim=1)
 
     def to(self, device: torch.device | str) -> BarTokens:
-        return BarTokens(*(t.to(device) for t in self.as_tuple()))
+        """On ``device``; off the CPU, copied without waiting (``host`` keeps the CPU original)."""
+        device = torch.device(device)
+        if device.type == "cpu":
+            return BarTokens(*(t.to(device) for t in self.as_tuple()))
+        host = self.host if self.host is not None else self if self.tokens.device.type == "cpu" else None
+        return BarTokens(*(t.to(device, non_blocking=True) for t in self.as_tuple()), host=host)
+
+    def on_host(self) -> BarTokens:
+        """The CPU copy of these tokens where there is one (``host``), else these tokens."""
+        return self if self.host is None else self.host
 
     def as_tuple(self) -> tuple[torch.Tensor, ...]:
         return (self.tokens, self.bar_ids, self.beat_ids, self.padding_mask, self.num_complete_bars)

@@ -48,7 +48,9 @@ class MuseformerDecoder(nn.Module):
         impl = resolve_impl(cfg.attention_impl, prev_output.tokens.device)
         multiple = cfg.block_size if impl in FAST_IMPLS else 1
         tokens = pad_bar_tokens(prev_output, multiple)
-        side = bar_layout(tokens, cfg.num_summary_tokens_each_chunk, multiple)
+        # the layouts come from the host copy where there is one (no waiting for the device), then move
+        host = pad_bar_tokens(prev_output.on_host(), multiple)
+        side = bar_layout(host, cfg.num_summary_tokens_each_chunk, multiple).to(tokens.tokens.device)
         r = self.embed.regular(tokens.tokens, tokens.bar_ids, tokens.beat_ids)  # (B, R, d)
         s = self.embed.summaries(side.sum_ids, side.sum_bar)  # (B, S, d)
         num_sum = s.shape[1]

@@ -97,8 +97,9 @@ class MuseformerEncoder(nn.Module):
         cfg = self.cfg
         impl = resolve_impl(cfg.attention_impl, source.tokens.device)
         multiple = cfg.block_size if impl in FAST_IMPLS else 1
+        host = pad_bar_tokens(source.on_host(), multiple)  # layouts from the host copy (see the decoder)
         source = pad_bar_tokens(source, multiple)
-        side = bar_layout(source, cfg.num_summary_tokens_each_chunk, multiple)
+        side = bar_layout(host, cfg.num_summary_tokens_each_chunk, multiple).to(source.tokens.device)
         r = self.embed.regular(source.tokens, source.bar_ids, source.beat_ids)  # (B, R, d)
         s = self.embed.summaries(side.sum_ids, side.sum_bar)  # (B, S, d)
         num_sum = s.shape[1]

@@ -123,9 +123,9 @@ def build_plan(layout: AttentionLayout, chunk_keys: int | None = None) -> Gather
     chunk_keys = chunk_keys or CHUNK_KEYS
     if layout.segments is not None:
         return _segment_plan(layout, chunk_keys)
-    device = layout.q_class.device
-    q_class = layout.q_class.cpu().numpy()
-    k_class = layout.k_class.cpu().numpy()
+    device, host = layout.q_class.device, layout.on_host()  # read on the host: no copies back, no waiting
+    q_class = host.q_class.cpu().numpy()
+    k_class = host.k_class.cpu().numpy()
     causal = layout.k_pos is not None
     batch, q_len = q_class.shape
     k_len = k_class.shape[1]
@@ -133,7 +133,7 @@ def build_plan(layout: AttentionLayout, chunk_keys: int | None = None) -> Gather
     k_first, k_count, k_cls = _class_runs(k_class)  # flat rows b * K + kv
     if causal and not np.array_equal(k_class[:, k_len - q_len :], q_class + layout.num_bars + 2):
         return None  # query q must be key K - Q + q (regular keys after the summaries) for the diagonal
-    k_pos = layout.k_pos.cpu().numpy() if causal else None
+    k_pos = host.k_pos.cpu().numpy() if host.k_pos is not None else None
 
     range_run, range_first, range_count = [], [], []
     q_seq, k_seq = q_first // max(q_len, 1), k_first // max(k_len, 1)
@@ -174,7 +174,7 @@ def _segment_plan(layout: AttentionLayout, chunk_keys: int) -> GatherPlan:
     """The plan of a summary layout in which every summary reads exactly itself and its own bar
     (``layout.segments``): per valid slot, a run of one query over two ranges -- its own summary row and
     its bar's tokens -- read straight off the slot of each token, with no (runs x key runs) table."""
-    token_slot, slot_valid = (t.cpu().numpy() for t in layout.segments)  # (B, R), (B, S)
+    token_slot, slot_valid = (t.cpu().numpy() for t in layout.on_host().segments)  # (B, R), (B, S)
     device = layout.q_class.device
     batch, s_len = slot_valid.shape
     r_len = token_slot.shape[1]
@@ -269,8 +269,8 @@ def _expand(first: np.ndarray, count: np.ndarray, device: torch.device) -> torch
     """Concatenated ``arange(first[i], first[i] + count[i])`` as a long tensor on ``device``, expanded
     there from the (short) per-range arrays."""
     total = int(count.sum())
-    shift = torch.from_numpy(first - (np.cumsum(count) - count)).to(device)  # range start - packed start
-    count_dev = torch.from_numpy(count).to(device)
+    shift = _to_device(first - (np.cumsum(count) - count), device)  # range start - packed start
+    count_dev = _to_device(count, device)
     return torch.arange(total, device=device) + shift.repeat_interleave(count_dev, output_size=total)
 
 
@@ -278,7 +278,12 @@ def _run_table(q_first: np.ndarray, q_count: np.ndarray, k_count: np.ndarray, de
     """The per-run table the indexed kernels (``indexed``) read, on the device."""
     k_off = np.cumsum(k_count) - k_count
     table = np.stack([q_first, q_count, k_off, k_count], axis=1).astype(np.int32).reshape(-1, 4)
-    return torch.from_numpy(table).to(device)
+    return _to_device(table, device)
+
+
+def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A host array on ``device``, copied without waiting for the device (the copy is staged at once)."""
+    return torch.from_numpy(array).to(device, non_blocking=True)
 
 
 def _chunks(
@@ -295,7 +300,7 @@ def _chunks(
     # every chunk's offsets, relative to its start, in one copy to the device
     offsets = [np.stack([q_off[a : b + 1] - q_off[a], k_off[a : b + 1] - k_off[a]]) for a, b in bounds]
     both = torch.from_numpy(np.concatenate(offsets, axis=1).astype(np.int32) if offsets else np.zeros((2, 0), np.int32))
-    both = both.to(device)
+    both = both.to(device, non_blocking=True)
     chunks, at = [], 0
     for a, b in bounds:
         cu = both[:, at : at + b - a + 1]

@@ -56,7 +56,18 @@ class BarLayout:
     sum_ids: torch.Tensor
     num_bars: int
     num_summary: int = 1
+    host: BarLayout | None = field(default=None, repr=False)  # the CPU original of a moved layout
     _keys: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
+
+    def to(self, device: torch.device) -> BarLayout:
+        """This layout on ``device`` (itself if there already); a moved copy keeps this one as ``host``."""
+        if self.bar.device == device:
+            return self
+        moved = (_moved(t, device) for t in (self.bar, self.valid, self.sum_bar, self.sum_valid, self.sum_ids))
+        return BarLayout(*moved, self.num_bars, self.num_summary, host=self)
+
+    def on_host(self) -> BarLayout:
+        return self if self.host is None else self.host
 
     def keys(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(codes, classes) of the keys [summaries ; regular tokens] for a table over bars 0..n, made once
@@ -72,6 +83,11 @@ class BarLayout:
     def sum_class(self, n: int) -> torch.Tensor:
         """(B, S) classes of the summary slots."""
         return torch.where(self.sum_valid, self.sum_bar, torch.full_like(self.sum_bar, n + 1))
+
+
+def _moved(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host-to-device copy that does not wait for the device (the host copy is staged at once)."""
+    return t.to(device, non_blocking=True)
 
 
 def bar_layout(tokens: BarTokens, num_summary: int, pad_multiple: int = 1) -> BarLayout:
@@ -149,6 +165,21 @@ class AttentionLayout:
     _block: dict[tuple[int, int], object] = field(default_factory=dict, repr=False)
     _gather: dict[int, object] = field(default_factory=dict, repr=False)  # gathered.plan_for's cache
     _host: tuple[np.ndarray, ...] | None = field(default=None, repr=False)  # host_table's inputs, on the host
+    host: AttentionLayout | None = field(default=None, repr=False)  # the CPU original of a moved layout
+
+    def to(self, device: torch.device) -> AttentionLayout:
+        """This layout on ``device`` (itself if there already). A moved copy keeps this one as ``host``:
+        the gather plans are read off it, with no copy back from the device."""
+        if self.q_class.device == device:
+            return self
+        tensors = (self.q_class, self.k_class, self.q_bar, self.q_kind, self.k_code, self.off)
+        k_pos = None if self.k_pos is None else _moved(self.k_pos, device)
+        segments = None if self.segments is None else tuple(_moved(t, device) for t in self.segments)
+        moved = (_moved(t, device) for t in tensors)
+        return AttentionLayout(*moved, self.num_bars, k_pos, segments, _host=self._host, host=self)  # type: ignore[arg-type]
+
+    def on_host(self) -> AttentionLayout:
+        return self if self.host is None else self.host
 
     def mask_mod(self) -> MaskMod:
         """The predicate, in FlexAttention's ``mask_mod(b, h, q_idx, kv_idx)`` form, as cheap as it can be.
@@ -189,7 +220,7 @@ class AttentionLayout:
         ``clamp(d - lo + 1, 0, 63)`` of ``words[r]`` is set; None when some row changes value over a wider
         window than 62 distances (then the table is needed)."""
         n = self.num_bars
-        allow = self.off.view(4, 2 * n + 1).flip(1).cpu()  # [row, d + n], d = -offset
+        allow = self.on_host().off.view(4, 2 * n + 1).flip(1).cpu()  # [row, d + n], d = -offset
         changes = (allow[:, 1:] != allow[:, :-1]).any(0).nonzero().flatten()  # d - n - 1 + 1 where it changes
         lo = int(changes[0]) - n + 1 if len(changes) else 0
         if len(changes) and int(changes[-1]) - int(changes[0]) > 62:
@@ -197,7 +228,7 @@ class AttentionLayout:
         d = (torch.arange(64) + lo - 1).clamp(-n, n)  # the distance each bit stands for
         words = [sum(1 << i for i, on in enumerate(row.tolist()) if on) for row in allow[:, d + n]]
         words = [w - (1 << 64) if w >= 1 << 63 else w for w in words]  # as int64 (bit 63 = sign)
-        return lo, torch.tensor(words, dtype=torch.int64, device=self.off.device)
+        return lo, _moved(torch.tensor(words, dtype=torch.int64), self.off.device)
 
     @property
     def table(self) -> torch.Tensor:
@@ -212,7 +243,7 @@ class AttentionLayout:
         n = self.num_bars
         if self._host is None:  # once per layout (a plan asks once per sequence of the batch)
             codes = (t.numpy() for t in _class_representatives(n, torch.device("cpu")))
-            self._host = (*codes, self.off.cpu().numpy())
+            self._host = (*codes, self.on_host().off.cpu().numpy())
         q_bar, q_kind, k_code, off = self._host
         q_bar, q_kind, k_code = q_bar[q_classes], q_kind[q_classes], k_code[k_classes]
         allowed = off[k_code[None, :] - q_bar[:, None]]
@@ -257,7 +288,7 @@ class AttentionLayout:
             from torch.nn.attention.flex_attention import BlockMask
 
             dev = self.q_class.device
-            table = _class_table(self.off.to("cpu"), self.num_bars).to(dev, non_blocking=True)
+            table = _class_table(self.on_host().off.cpu(), self.num_bars).to(dev, non_blocking=True)
             partial, full = _tile_kinds(self.q_class, self.k_class, table, self.k_pos, block_size)
             num, idx = _ordered(partial)
             full_num, full_idx = _ordered(full)
@@ -357,7 +388,7 @@ def _bit_mask_mod(layout: AttentionLayout, lo: int, words: torch.Tensor) -> Mask
     k_word = words[row.long()].reshape(-1)
     k_low = ((k_word & 0xFFFFFFFF) ^ 0x80000000) - 0x80000000  # bits 0-31, as a signed int32
     k_low, k_high = k_low.int(), (k_word >> 32).int()
-    rows_needed = bool(layout.off.view(4, width)[:, n + 1 :].any())  # some row allows a future bar
+    rows_needed = bool(layout.on_host().off.view(4, width)[:, n + 1 :].any())  # some row allows a future bar
     q_kind = layout.q_kind
     q_val = layout.q_bar - lo + 1
     if not rows_needed:
@@ -365,7 +396,7 @@ def _bit_mask_mod(layout: AttentionLayout, lo: int, words: torch.Tensor) -> Mask
     q_val, k_bar, k_pos = q_val.reshape(-1).int(), k_bar.reshape(-1).int(), layout.k_pos
     # which key rows a query may read at all: content all, prefix the prefix keys, padding none
     rows_of_kind = torch.tensor([0, 1 << ROW_PREF, (1 << ROW_SUM) | (1 << ROW_REG) | (1 << ROW_PREF)])
-    q_rows = rows_of_kind.to(q_kind.device)[q_kind.long()].reshape(-1).int()
+    q_rows = _moved(rows_of_kind, q_kind.device)[q_kind.long()].reshape(-1).int()
     k_rows = (1 << row).reshape(-1).int()
 
     def allowed(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
@@ -398,7 +429,7 @@ def _off_table(n: int, rows: dict[int, torch.Tensor], device: torch.device) -> t
     off = torch.zeros(4, 2 * n + 1, dtype=torch.bool)
     for row, members in rows.items():
         off[row] = members
-    return off.reshape(-1).to(device)
+    return _moved(off.reshape(-1), device)
 
 
 def _offsets(n: int, device: torch.device) -> torch.Tensor:
@@ -484,15 +515,16 @@ def self_attention_layouts(
     causal: bool,
     pref2pref: str = "lt",
 ) -> tuple[AttentionLayout, AttentionLayout]:
-    """(sx, rx) layouts of one layer; layers that repeat a scheme share the layouts built in ``cache``."""
+    """(sx, rx) layouts of one layer on ``side``'s device; layers that repeat a scheme share the layouts
+    in ``cache``. A side moved from the host has its layouts built there (``side.host``) and moved."""
     sum_key = ("sx", schemes["sum2con"][layer], schemes["sum2sum"][layer])
     reg_key = ("rx", schemes["con2con"][layer], schemes["con2sum"][layer])
+    where, device = side.on_host(), side.bar.device
     if sum_key not in cache:
-        cache[sum_key] = summary_layout(side, schemes["sum2con"][layer], schemes["sum2sum"][layer])
+        cache[sum_key] = summary_layout(where, schemes["sum2con"][layer], schemes["sum2sum"][layer]).to(device)
     if reg_key not in cache:
-        cache[reg_key] = regular_layout(
-            side, schemes["con2con"][layer], schemes["con2sum"][layer], causal, pref2pref
-        )
+        layout = regular_layout(where, schemes["con2con"][layer], schemes["con2sum"][layer], causal, pref2pref)
+        cache[reg_key] = layout.to(device)
     return cache[sum_key], cache[reg_key]
 
 
@@ -503,8 +535,11 @@ def cross_layout(
 
     Target bar j reads source bars j + cross_con2con token by token and the summaries of source bars
     j + cross_con2sum; every non-padding target token (the BOS included) reads the source's specials
-    (its trailing EOS), so no real query row is ever empty.
+    (its trailing EOS), so no real query row is ever empty. Built on the host where both sides have a host
+    original, then moved to the target's device.
     """
+    if target.host is not None and source.host is not None:
+        return cross_layout(target.host, source.host, cross_con2con, cross_con2sum).to(target.bar.device)
     n, dev = max(target.num_bars, source.num_bars), target.bar.device
     offs = _offsets(n, torch.device("cpu"))
     rows = {ROW_SUM: cross_con2sum.contains(offs), ROW_REG: cross_con2con.contains(offs), ROW_PREF: offs <= 0}
