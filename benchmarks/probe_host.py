@@ -80,14 +80,11 @@ def launches_and_busy(step, steps: int = 2) -> tuple[float, float]:
 
 def measure(variant: str, length: int, steps: int, top: int) -> None:
     """``variant`` = KIND[:IMPL][/FLAG...]; flags: ``nohost`` (the batch without its host copy: layouts
-    read back from the device), ``tritonlaunch`` (every indexed-kernel launch through Triton's own path),
-    ``cprofile`` (also print a cProfile of three steps, ``top`` rows by own and by cumulative time)."""
-    from instruct_museformer.model import indexed
-
+    read back from the device), ``cprofile`` (also a cProfile of three steps: ``top`` rows by own time and
+    by cumulative time)."""
     variant, *flags = variant.split("/")
     kind, _, impl = variant.partition(":")
     compiled = impl == "compiled"
-    indexed.DIRECT_LAUNCH = "tritonlaunch" not in flags
     cfg = fc_config("gather" if kind == "dense" else impl, vocab_size=VOCAB, task="language_modeling")
     cfg.attention_dropout = 0.0
     torch.manual_seed(0)
@@ -163,11 +160,16 @@ def launch_costs(length: int) -> None:
         "gathered fwd (no grad)": lambda: gathered_attention(q.detach(), k.detach(), v.detach(), plan),
         "gathered fwd+bwd": both,
     }
-    calls["indexed.forward, Triton's launch"] = lambda: indexed.forward(
-        qf, kf, vf, plan.k_rows, plan.runs, plan.max_q, True, out
-    )
+    dense = [t.detach().clone().requires_grad_() for t in (q, q, q)]
+
+    def sdpa_both() -> None:
+        out = nn.functional.scaled_dot_product_attention(*dense, is_causal=True)
+        out.backward(grad)
+        for t in dense:
+            t.grad = None
+
+    calls["dense SDPA fwd+bwd (same q shape)"] = sdpa_both
     for name, fn in calls.items():
-        indexed.DIRECT_LAUNCH = "Triton's launch" not in name
         for _ in range(3):
             fn()
         torch.cuda.synchronize()
@@ -178,15 +180,33 @@ def launch_costs(length: int) -> None:
         host = (time.perf_counter() - t0) / n * 1e6
         torch.cuda.synchronize()
         print(f"host per call: {name}: {host:.0f} us", flush=True)
-    indexed.DIRECT_LAUNCH = True
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(3):
+        both()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(10):
+            both()
+        torch.cuda.synchronize()
+    prof_py = cProfile.Profile()
+    prof_py.enable()
+    for _ in range(20):
+        both()
+    torch.cuda.synchronize()
+    prof_py.disable()
+    text = io.StringIO()
+    pstats.Stats(prof_py, stream=text).sort_stats("tottime").print_stats(25)
+    print("gathered fwd+bwd, 20 calls, cProfile:")
+    print("\n".join(line for line in text.getvalue().splitlines() if line.strip()), flush=True)
+    print("gathered fwd+bwd, 10 calls, host time by op:")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30, max_name_column_width=60))
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--length", type=int, default=15360)
-    parser.add_argument(
-        "--variants", nargs="+", default=["dense", "dense:compiled", "fc:gather", "fc:gather/nohost/tritonlaunch"]
-    )
+    parser.add_argument("--variants", nargs="+", default=["dense", "dense:compiled", "fc:gather", "fc:gather/nohost"])
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--cprofile", type=int, default=30, help="rows of the cProfile tables (variants /cprofile)")
     args = parser.parse_args()

@@ -225,46 +225,6 @@ NUM_STAGES = 3  # the best of a sweep on an H100 (benchmarks/bench_gather_kernel
 ACCUMULATOR_BYTES = 1 << 26
 
 
-# Launch the compiled kernels directly after their first call (``_launch``); False: always through Triton's
-# own launch path (benchmarks compare the two).
-DIRECT_LAUNCH = True
-_COMPILED: dict[tuple, Any] = {}
-
-
-def _specialisation(arg: Any) -> Any:
-    """What Triton specialises a runtime argument on: a tensor's dtype and 16-byte alignment; an integer
-    being 1, divisible by 16, and its width; a float's type."""
-    if isinstance(arg, torch.Tensor):
-        return arg.dtype, arg.data_ptr() % 16 == 0
-    if isinstance(arg, int):
-        return arg == 1, arg % 16 == 0, -(1 << 31) <= arg < 1 << 31
-    return type(arg)
-
-
-def _launch(kernel: Any, grid: tuple[int, int, int], args: tuple, constexprs: tuple) -> None:
-    """``kernel[grid](*args, *constexprs)``, through the compiled kernel itself after the first call.
-
-    Triton's launch path re-derives every argument's specialisation and looks the kernel up on each call:
-    ~0.1 ms of host time for these kernels' ~30 arguments, and a training step makes 24 launches (at 15,360
-    tokens the step is bound by its host time). The key here is the same specialisation (and the
-    constexprs, options and device), so the kernel Triton compiled for it is launched straight away:
-    ``CompiledKernel[grid](...)`` with the current stream. Triton's interpreter returns no compiled
-    kernel, so there every call goes through Triton."""
-    options = {"num_warps": NUM_WARPS, "num_stages": NUM_STAGES}
-    if not DIRECT_LAUNCH:
-        kernel[grid](*args, *constexprs, **options)
-        return
-    device = args[0].device
-    key = (kernel, device, constexprs, NUM_WARPS, NUM_STAGES, *map(_specialisation, args))
-    compiled = _COMPILED.get(key)
-    if compiled is None:
-        compiled = kernel[grid](*args, *constexprs, **options)
-        if compiled is not None and hasattr(compiled, "__getitem__"):
-            _COMPILED[key] = compiled
-        return
-    compiled[grid](*args, *constexprs, stream=torch.cuda.current_stream(device).cuda_stream)
-
-
 def _block_m(max_q: int) -> int:
     """Query tile rows: 64, or 16 for plans of one-query runs (summaries reading their bar)."""
     return 16 if max_q <= 16 else BLOCK_M
@@ -313,12 +273,10 @@ def forward(
     block_m = _block_m(max_q)
     grid = (runs.shape[0], _cdiv(max_q, block_m), h)
     qk_scale = LOG2E / math.sqrt(dh)
-    _launch(
-        _forward_kernel,
-        grid,
-        (q, k, v, out, lse, k_rows, runs, *_strides(q), *_key_strides(k, v), qk_scale),
-        (h, dh, block_m, BLOCK_N, causal),
-    )
+    _forward_kernel[grid](
+        q, k, v, out, lse, k_rows, runs, *_strides(q), *_key_strides(k, v), qk_scale,
+        h, dh, block_m, BLOCK_N, causal, num_warps=NUM_WARPS, num_stages=NUM_STAGES,
+    )  # fmt: skip
     return lse
 
 
@@ -367,10 +325,10 @@ def backward(
         ks, vs, kept_ints = k, v, [0, 0, 1, 0]
     else:
         ks, vs, kept_ints = kept.k, kept.v, [*_key_strides(kept.k, kept.v), kept.k_seq, kept.n]
-    _launch(
-        _grad_q_kernel, (g, _cdiv(max_q, block_m), h),
-        (q, k, v, ks, vs, out, grad, dq, lse, delta, k_rows, runs, *strides, *kept_ints, qk_scale, sm_scale),
-        (h, dh, block_m, BLOCK_N, causal, kept is not None),
+    common: dict[str, Any] = {"num_warps": NUM_WARPS, "num_stages": NUM_STAGES}
+    _grad_q_kernel[(g, _cdiv(max_q, block_m), h)](
+        q, k, v, ks, vs, out, grad, dq, lse, delta, k_rows, runs, *strides, *kept_ints, qk_scale, sm_scale,
+        h, dh, block_m, BLOCK_N, causal, kept is not None, **common,
     )  # fmt: skip
     dk = (torch.zeros if distinct_keys else torch.empty)(n_k, h, dh, dtype=k.dtype, device=k.device)
     dv = (torch.zeros if distinct_keys else torch.empty)(n_k, h, dh, dtype=k.dtype, device=k.device)
@@ -383,11 +341,10 @@ def backward(
         else:
             sums.zero_()
             dk_out, dv_out = sums[0, :, :hg], sums[1, :, :hg]
-        _launch(
-            _grad_kv_kernel, (g, _cdiv(max_k, BLOCK_N), hg),
-            (q, k, v, ks, vs, grad, dk_out, dv_out, lse, delta, k_rows, runs, *strides, *kept_ints,
-             qk_scale, sm_scale, h0),
-            (h, dh, block_m, BLOCK_N, causal, kept is not None, sums is not None, group),
+        _grad_kv_kernel[(g, _cdiv(max_k, BLOCK_N), hg)](
+            q, k, v, ks, vs, grad, dk_out, dv_out, lse, delta, k_rows, runs, *strides, *kept_ints,
+            qk_scale, sm_scale, h0,
+            h, dh, block_m, BLOCK_N, causal, kept is not None, sums is not None, group, **common,
         )  # fmt: skip
         if sums is not None:
             dk[:, h0 : h0 + hg] = sums[0, :, :hg]
