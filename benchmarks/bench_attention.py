@@ -286,7 +286,7 @@ def time_steps(model: nn.Module, batch: Batch, steps: int, warmup: int) -> dict[
 
 def time_mask_build(batch: Batch, cfg: MuseformerConfig, reps: int = 10) -> float:
     """Milliseconds to derive one forward's decoder layouts and the kernels' inputs (shared by all layers):
-    BlockMasks for flex, gather plans for gather."""
+    BlockMasks for flex, gather plans for gather (host time: nothing waits for the GPU)."""
     c2c = parse_scheme("con2con", cfg.con2con, 1, cfg.con2con_self)[0]
     c2s = parse_scheme("con2sum", cfg.con2sum, 1, cfg.con2sum_self)[0]
     sr = parse_scheme("sum2con", cfg.sum2con, 1, cfg.sum2con_self)[0]
@@ -295,10 +295,12 @@ def time_mask_build(batch: Batch, cfg: MuseformerConfig, reps: int = 10) -> floa
     for _ in range(reps + 2):
         torch.cuda.synchronize()
         t0 = time.perf_counter()
-        tokens = pad_bar_tokens(batch.prev_output, cfg.block_size)
+        # as the model does it: from the batch's host copy, moved to the GPU without waiting
+        tokens = pad_bar_tokens(batch.prev_output.on_host(), cfg.block_size)
         side = bar_layout(tokens, 1, cfg.block_size)
-        rx = regular_layout(side, c2c, c2s, causal=True)
-        sx = summary_layout(side, sr, ss)
+        device = batch.prev_output.tokens.device
+        rx = regular_layout(side, c2c, c2s, causal=True).to(device)
+        sx = summary_layout(side, sr, ss).to(device)
         prepare_layouts((sx, rx), cfg.attention_impl, cfg.block_size)
         torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
