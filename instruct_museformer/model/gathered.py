@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..data.batch import to_device
 from . import indexed
 from .masks import AttentionLayout
 
@@ -282,8 +283,8 @@ def _run_table(q_first: np.ndarray, q_count: np.ndarray, k_count: np.ndarray, de
 
 
 def _to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
-    """A host array on ``device``, copied without waiting for the device (the copy is staged at once)."""
-    return torch.from_numpy(array).to(device, non_blocking=True)
+    """A host array on ``device``, copied without making the host wait for the device."""
+    return to_device(torch.from_numpy(array), device)
 
 
 def _chunks(
@@ -300,7 +301,7 @@ def _chunks(
     # every chunk's offsets, relative to its start, in one copy to the device
     offsets = [np.stack([q_off[a : b + 1] - q_off[a], k_off[a : b + 1] - k_off[a]]) for a, b in bounds]
     both = torch.from_numpy(np.concatenate(offsets, axis=1).astype(np.int32) if offsets else np.zeros((2, 0), np.int32))
-    both = both.to(device, non_blocking=True)
+    both = to_device(both, device)
     chunks, at = [], 0
     for a, b in bounds:
         cu = both[:, at : at + b - a + 1]

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..data.batch import BarTokens
+from ..data.batch import BarTokens, to_device
 from .scheme import OffsetSet
 
 MaskMod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -63,7 +63,7 @@ class BarLayout:
         """This layout on ``device`` (itself if there already); a moved copy keeps this one as ``host``."""
         if self.bar.device == device:
             return self
-        moved = (_moved(t, device) for t in (self.bar, self.valid, self.sum_bar, self.sum_valid, self.sum_ids))
+        moved = (to_device(t, device) for t in (self.bar, self.valid, self.sum_bar, self.sum_valid, self.sum_ids))
         return BarLayout(*moved, self.num_bars, self.num_summary, host=self)
 
     def on_host(self) -> BarLayout:
@@ -83,11 +83,6 @@ class BarLayout:
     def sum_class(self, n: int) -> torch.Tensor:
         """(B, S) classes of the summary slots."""
         return torch.where(self.sum_valid, self.sum_bar, torch.full_like(self.sum_bar, n + 1))
-
-
-def _moved(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A host-to-device copy that does not wait for the device (the host copy is staged at once)."""
-    return t.to(device, non_blocking=True)
 
 
 def bar_layout(tokens: BarTokens, num_summary: int, pad_multiple: int = 1) -> BarLayout:
@@ -173,9 +168,9 @@ class AttentionLayout:
         if self.q_class.device == device:
             return self
         tensors = (self.q_class, self.k_class, self.q_bar, self.q_kind, self.k_code, self.off)
-        k_pos = None if self.k_pos is None else _moved(self.k_pos, device)
-        segments = None if self.segments is None else tuple(_moved(t, device) for t in self.segments)
-        moved = (_moved(t, device) for t in tensors)
+        k_pos = None if self.k_pos is None else to_device(self.k_pos, device)
+        segments = None if self.segments is None else tuple(to_device(t, device) for t in self.segments)
+        moved = (to_device(t, device) for t in tensors)
         return AttentionLayout(*moved, self.num_bars, k_pos, segments, _host=self._host, host=self)  # type: ignore[arg-type]
 
     def on_host(self) -> AttentionLayout:
@@ -228,7 +223,7 @@ class AttentionLayout:
         d = (torch.arange(64) + lo - 1).clamp(-n, n)  # the distance each bit stands for
         words = [sum(1 << i for i, on in enumerate(row.tolist()) if on) for row in allow[:, d + n]]
         words = [w - (1 << 64) if w >= 1 << 63 else w for w in words]  # as int64 (bit 63 = sign)
-        return lo, _moved(torch.tensor(words, dtype=torch.int64), self.off.device)
+        return lo, to_device(torch.tensor(words, dtype=torch.int64), self.off.device)
 
     @property
     def table(self) -> torch.Tensor:
@@ -288,7 +283,7 @@ class AttentionLayout:
             from torch.nn.attention.flex_attention import BlockMask
 
             dev = self.q_class.device
-            table = _class_table(self.on_host().off.cpu(), self.num_bars).to(dev, non_blocking=True)
+            table = to_device(_class_table(self.on_host().off.cpu(), self.num_bars), dev)
             partial, full = _tile_kinds(self.q_class, self.k_class, table, self.k_pos, block_size)
             num, idx = _ordered(partial)
             full_num, full_idx = _ordered(full)
@@ -396,7 +391,7 @@ def _bit_mask_mod(layout: AttentionLayout, lo: int, words: torch.Tensor) -> Mask
     q_val, k_bar, k_pos = q_val.reshape(-1).int(), k_bar.reshape(-1).int(), layout.k_pos
     # which key rows a query may read at all: content all, prefix the prefix keys, padding none
     rows_of_kind = torch.tensor([0, 1 << ROW_PREF, (1 << ROW_SUM) | (1 << ROW_REG) | (1 << ROW_PREF)])
-    q_rows = _moved(rows_of_kind, q_kind.device)[q_kind.long()].reshape(-1).int()
+    q_rows = to_device(rows_of_kind, q_kind.device)[q_kind.long()].reshape(-1).int()
     k_rows = (1 << row).reshape(-1).int()
 
     def allowed(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
@@ -429,7 +424,7 @@ def _off_table(n: int, rows: dict[int, torch.Tensor], device: torch.device) -> t
     off = torch.zeros(4, 2 * n + 1, dtype=torch.bool)
     for row, members in rows.items():
         off[row] = members
-    return _moved(off.reshape(-1), device)
+    return to_device(off.reshape(-1), device)
 
 
 def _offsets(n: int, device: torch.device) -> torch.Tensor:
