@@ -42,21 +42,24 @@ from instruct_museformer.model.embeddings import BarEmbeddings  # noqa: E402
 from instruct_museformer.model.gathered import gathered_attention, plan_for  # noqa: E402
 from instruct_museformer.model.layers import FeedForward  # noqa: E402
 from instruct_museformer.model.masks import bar_layout, pad_bar_tokens, regular_layout, summary_layout  # noqa: E402
+from instruct_museformer.model.planning import LayoutPlanner  # noqa: E402
 from instruct_museformer.model.scheme import parse_scheme  # noqa: E402
 from instruct_museformer.tokens.specials import BAR, EOS  # noqa: E402
 
 VOCAB = 560
+# "+prep": the batch's layouts and plans built beforehand, as `imf train`'s data loader workers build them
+# (model.planning.LayoutPlanner; each step still moves them to the GPU);
 # "+cb": MuseformerConfig.compile_blocks; "gather-flash": the gather path with FlashAttention on chunks of
 # gathered keys instead of the indexed Triton kernels (gathered.KERNEL)
-IMPLS = ("gather", "gather+cb", "gather-flash", "gather-flash+cb", "flex", "flex+cb")
+IMPLS = ("gather", "gather+cb", "gather+prep", "gather+cb+prep", "gather-flash", "gather-flash+cb", "flex", "flex+cb")
 
 
 def fc_config(impl: str, **values: Any) -> MuseformerConfig:
     """The FC model's config for an ``--impls`` entry; sets the gather path's kernel for it."""
-    name, _, blocks = impl.partition("+")
+    name, *flags = impl.split("+")
     name, _, kernel = name.partition("-")
     gathered.KERNEL = kernel or "auto"
-    return MuseformerConfig(**values, attention_impl=name, compile_blocks=blocks == "cb")
+    return MuseformerConfig(**values, attention_impl=name, compile_blocks="cb" in flags)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -393,6 +396,8 @@ def main(argv: list[str] | None = None) -> int:
                     for layer in layers:
                         layer.compile()
             batch = make_batch(length, 2, task == "translation", device)
+            if "+prep" in impl:
+                batch.layouts = LayoutPlanner(cfg, "cuda")(batch)
             row.update(time_steps(model, batch, args.steps, args.warmup))
             if kind == "fc" and task == "language_modeling" and not compiled and block_size == 128:
                 row["mask_build_ms"] = time_mask_build(batch, cfg)

@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_attention import VOCAB, DenseLM, _layer_lists, fc_config, make_batch  # noqa: E402
 
 from instruct_museformer.model import build_model  # noqa: E402
+from instruct_museformer.model.planning import LayoutPlanner  # noqa: E402
 
 
 def make_step(model: nn.Module, batch) -> callable:
@@ -80,8 +81,8 @@ def launches_and_busy(step, steps: int = 2) -> tuple[float, float]:
 
 def measure(variant: str, length: int, steps: int, top: int) -> None:
     """``variant`` = KIND[:IMPL][/FLAG...]; flags: ``nohost`` (the batch without its host copy: layouts
-    read back from the device), ``cprofile`` (also a cProfile of three steps: ``top`` rows by own time and
-    by cumulative time)."""
+    read back from the device), ``prep`` (layouts built beforehand, as by the data loader), ``cprofile``
+    (also a cProfile of three steps: ``top`` rows by own time and by cumulative time)."""
     variant, *flags = variant.split("/")
     kind, _, impl = variant.partition(":")
     compiled = impl == "compiled"
@@ -96,6 +97,8 @@ def measure(variant: str, length: int, steps: int, top: int) -> None:
     batch = make_batch(length, 2, False, "cuda")
     if "nohost" in flags:
         batch.prev_output.host = None
+    if "prep" in flags:  # layouts and plans built beforehand, as the data loader's workers build them
+        batch.layouts = LayoutPlanner(cfg, "cuda")(batch)
     step = make_step(model, batch)
     for _ in range(3):
         step()

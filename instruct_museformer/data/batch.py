@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -134,6 +135,8 @@ class Batch:
     source:      encoder input (score tokens + EOS); None for the decoder-only language model
     ntokens:     number of non-pad target tokens (the loss is a mean over them)
     ids:         (B,) long, dataset indices of the samples
+    layouts:     the model's attention layouts for this batch, built on the host by the data loader
+                 (``model.planning.BatchLayouts``); None: the model builds them itself
     """
 
     prev_output: BarTokens
@@ -141,12 +144,15 @@ class Batch:
     source: BarTokens | None
     ntokens: int
     ids: torch.Tensor
+    layouts: Any = field(default=None, repr=False, compare=False)
 
     def to(self, device: torch.device | str) -> Batch:
+        device = torch.device(device)
         return Batch(
             self.prev_output.to(device),
-            self.target.to(device),
+            to_device(self.target, device),
             None if self.source is None else self.source.to(device),
             self.ntokens,
-            self.ids.to(device),
+            to_device(self.ids, device),
+            self.layouts,  # moved by the model, which knows what its path needs of them
         )

@@ -13,11 +13,11 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..data.batch import BarTokens
-from .attention import FAST_IMPLS, prepare_layouts, resolve_impl
+from .attention import prepare_layouts, resolve_impl
 from .config import MuseformerConfig
-from .encoder import EncoderOut, layer_schemes, make_embeddings, make_layers
-from .masks import AttentionLayout, bar_layout, cross_layout, pad_bar_tokens, self_attention_layouts
-from .scheme import parse_scheme
+from .encoder import EncoderOut, make_embeddings, make_layers
+from .masks import pad_bar_tokens
+from .planning import StackLayouts, check_layouts, decoder_schemes, pad_multiple, stack_layouts
 
 
 class MuseformerDecoder(nn.Module):
@@ -27,10 +27,7 @@ class MuseformerDecoder(nn.Module):
             raise ValueError(f"pref2pref_mode {cfg.pref2pref_mode!r} is not one of lt, full, none")
         self.cfg = cfg
         n = cfg.num_layers
-        self.schemes = layer_schemes(cfg, n, cfg.con2con, cfg.con2sum)
-        if cross:
-            self.schemes["cross_con2con"] = parse_scheme("cross_con2con", cfg.cross_con2con, n)
-            self.schemes["cross_con2sum"] = parse_scheme("cross_con2sum", cfg.cross_con2sum, n)
+        self.schemes = decoder_schemes(cfg, cross)
         self.embed = make_embeddings(cfg)
         self.layers = make_layers(cfg, n, cross=cross)
         use_final = cfg.normalize_before and not cfg.no_final_norm
@@ -41,34 +38,40 @@ class MuseformerDecoder(nn.Module):
         else:
             nn.init.normal_(self.output.weight, std=cfg.attention_embed_dim**-0.5)
 
-    def forward(self, prev_output: BarTokens, encoder_out: EncoderOut | None = None) -> torch.Tensor:
-        """prev_output (B, T) -> logits (B, T, V) in float32."""
+    def forward(
+        self, prev_output: BarTokens, encoder_out: EncoderOut | None = None, layouts: StackLayouts | None = None
+    ) -> torch.Tensor:
+        """prev_output (B, T) -> logits (B, T, V) in float32.
+
+        ``layouts``: built beforehand (``planning.LayoutPlanner``, the data loader); else built here, from the
+        host copy of ``prev_output`` where it has one, so that nothing is read back from the device."""
         cfg = self.cfg
         length = prev_output.tokens.shape[1]
-        impl = resolve_impl(cfg.attention_impl, prev_output.tokens.device)
-        multiple = cfg.block_size if impl in FAST_IMPLS else 1
+        device = prev_output.tokens.device
+        impl = resolve_impl(cfg.attention_impl, device)
+        multiple = pad_multiple(cfg, impl)
+        cross = self.layers[0].cross is not None if len(self.layers) else False
+        if cross and encoder_out is None:
+            raise ValueError("the translation decoder needs the encoder output")
+        if layouts is None:
+            layouts = stack_layouts(
+                prev_output.on_host(), self.schemes, len(self.layers), num_summary=cfg.num_summary_tokens_each_chunk,
+                multiple=multiple, causal=cfg.con2con_causal, pref2pref=cfg.pref2pref_mode,
+                source=encoder_out.side.on_host() if cross and encoder_out is not None else None,
+            )  # fmt: skip
+        layouts = layouts.to(device)
+        side = layouts.side
         tokens = pad_bar_tokens(prev_output, multiple)
-        # the layouts come from the host copy where there is one (no waiting for the device), then move
-        host = pad_bar_tokens(prev_output.on_host(), multiple)
-        side = bar_layout(host, cfg.num_summary_tokens_each_chunk, multiple).to(tokens.tokens.device)
+        check_layouts(side, tokens)
         r = self.embed.regular(tokens.tokens, tokens.bar_ids, tokens.beat_ids)  # (B, R, d)
         s = self.embed.summaries(side.sum_ids, side.sum_bar)  # (B, S, d)
         num_sum = s.shape[1]
         x = torch.cat([s.to(r.dtype), r], dim=1)  # (B, S+R, d): the joint stream the layers carry
-        sc = self.schemes
-        cache: dict[tuple, AttentionLayout] = {}
         for i, layer in enumerate(self.layers):
-            sx, rx = self_attention_layouts(
-                cache, side, sc, i, causal=cfg.con2con_causal, pref2pref=cfg.pref2pref_mode
-            )
+            sx, rx, *cross_layouts = layouts.layers[i]
             extra: tuple = ()
-            if layer.cross is not None:
-                if encoder_out is None:
-                    raise ValueError("the translation decoder needs the encoder output")
-                kc = ("cross", sc["cross_con2con"][i], sc["cross_con2sum"][i])
-                if kc not in cache:
-                    cache[kc] = cross_layout(side, encoder_out.side, sc["cross_con2con"][i], sc["cross_con2sum"][i])
-                extra = (layer.cross.memory_kv(encoder_out.memory), cache[kc])
+            if layer.cross is not None and encoder_out is not None:
+                extra = (layer.cross.memory_kv(encoder_out.memory), cross_layouts[0])
             prepare_layouts((sx, rx, *extra[1:]), impl, cfg.block_size)
             if cfg.gradient_checkpointing and self.training:
                 x = checkpoint(layer, x, num_sum, sx, rx, *extra, use_reentrant=False)

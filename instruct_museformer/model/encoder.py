@@ -15,12 +15,12 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..data.batch import BarTokens
-from .attention import FAST_IMPLS, prepare_layouts, resolve_impl
+from .attention import prepare_layouts, resolve_impl
 from .config import MuseformerConfig
 from .embeddings import BarEmbeddings
 from .layers import MuseformerLayer
-from .masks import AttentionLayout, BarLayout, bar_layout, pad_bar_tokens, self_attention_layouts
-from .scheme import OffsetSet, parse_scheme
+from .masks import BarLayout, pad_bar_tokens
+from .planning import StackLayouts, check_layouts, encoder_layers, encoder_schemes, pad_multiple, stack_layouts
 
 
 @dataclass
@@ -29,25 +29,6 @@ class EncoderOut:
 
     memory: torch.Tensor
     side: BarLayout
-
-
-def layer_schemes(cfg: MuseformerConfig, num_layers: int, con2con: str, con2sum: str, prefix: str = "") -> dict:
-    """Parse the four self-attention schemes into per-layer offset sets (summaries off -> empty sets)."""
-    names = {"con2con": con2con, "con2sum": con2sum, "sum2con": cfg.sum2con, "sum2sum": cfg.sum2sum}
-    selfs = {
-        "con2con": cfg.con2con_self,
-        "con2sum": cfg.con2sum_self,
-        "sum2con": cfg.sum2con_self,
-        "sum2sum": cfg.sum2sum_self,
-    }
-    out: dict[str, list[OffsetSet]] = {}
-    for part, text in names.items():
-        label = prefix + part if part.startswith("con2") else part
-        out[part] = parse_scheme(label, text, num_layers, selfs[part])
-    if cfg.num_summary_tokens_each_chunk <= 0:  # the original forces the summary parts to ((None,),)
-        for part in ("con2sum", "sum2con", "sum2sum"):
-            out[part] = [OffsetSet(())] * num_layers
-    return out
 
 
 def make_layers(cfg: MuseformerConfig, num_layers: int, cross: bool) -> nn.ModuleList:
@@ -87,27 +68,34 @@ class MuseformerEncoder(nn.Module):
     def __init__(self, cfg: MuseformerConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        n = cfg.encoder_layers if cfg.encoder_layers is not None else cfg.num_layers
-        self.schemes = layer_schemes(cfg, n, cfg.src_con2con, cfg.src_con2sum, prefix="src_")
+        self.schemes = encoder_schemes(cfg)
         self.embed = make_embeddings(cfg)
-        self.layers = make_layers(cfg, n, cross=False)
+        self.layers = make_layers(cfg, encoder_layers(cfg), cross=False)
         self.final_norm = nn.LayerNorm(cfg.attention_embed_dim)
 
-    def forward(self, source: BarTokens) -> EncoderOut:
+    def forward(self, source: BarTokens, layouts: StackLayouts | None = None) -> EncoderOut:
+        """``layouts``: built beforehand (``planning.LayoutPlanner``, the data loader); else built here, from
+        the host copy of ``source`` where it has one (nothing is read back from the device)."""
         cfg = self.cfg
-        impl = resolve_impl(cfg.attention_impl, source.tokens.device)
-        multiple = cfg.block_size if impl in FAST_IMPLS else 1
-        host = pad_bar_tokens(source.on_host(), multiple)  # layouts from the host copy (see the decoder)
+        device = source.tokens.device
+        impl = resolve_impl(cfg.attention_impl, device)
+        multiple = pad_multiple(cfg, impl)
+        if layouts is None:
+            num_summary = cfg.num_summary_tokens_each_chunk
+            layouts = stack_layouts(
+                source.on_host(), self.schemes, len(self.layers), num_summary=num_summary, multiple=multiple,
+                causal=False,
+            )  # fmt: skip
+        layouts = layouts.to(device)
+        side = layouts.side
         source = pad_bar_tokens(source, multiple)
-        side = bar_layout(host, cfg.num_summary_tokens_each_chunk, multiple).to(source.tokens.device)
+        check_layouts(side, source)
         r = self.embed.regular(source.tokens, source.bar_ids, source.beat_ids)  # (B, R, d)
         s = self.embed.summaries(side.sum_ids, side.sum_bar)  # (B, S, d)
         num_sum = s.shape[1]
         x = torch.cat([s.to(r.dtype), r], dim=1)  # (B, S+R, d)
-        cache: dict[tuple, AttentionLayout] = {}
-        sc = self.schemes
         for i, layer in enumerate(self.layers):
-            sx, rx = self_attention_layouts(cache, side, sc, i, causal=False)
+            sx, rx = layouts.layers[i]
             prepare_layouts((sx, rx), impl, cfg.block_size)
             if cfg.gradient_checkpointing and self.training:
                 x = checkpoint(layer, x, num_sum, sx, rx, use_reentrant=False)

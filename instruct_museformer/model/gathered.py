@@ -25,6 +25,7 @@ bottom-right) gets no plan, and the caller uses FlexAttention instead.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from functools import cached_property
@@ -73,11 +74,31 @@ class GatherPlan:
     run_first: np.ndarray  # (G,) host copies of the table
     run_queries: np.ndarray
     run_keys: np.ndarray
+    range_first: np.ndarray  # k_rows = the ranges [first, first + count), concatenated (host)
+    range_count: np.ndarray
     causal: bool
     num_queries: int  # B * Q
     num_keys: int  # B * K
     chunk_keys: int  # gathered keys per chunked kernel call
     distinct_keys: bool = False  # no key is read by two runs: gradients are written, not summed
+
+    def to(self, device: torch.device) -> GatherPlan:
+        """The plan on ``device`` (itself if there already): the key index expanded there from the ranges."""
+        if self.k_rows is not None and self.k_rows.device == device:
+            return self
+        return dataclasses.replace(
+            self,
+            k_rows=_expand(self.range_first, self.range_count, device),
+            runs=_run_table(self.run_first, self.run_queries, self.run_keys, device),
+        )
+
+    def __getstate__(self) -> dict:
+        """Pickled (from a data loader's worker) without its tensors: ``to`` makes them where they are used."""
+        skip = ("k_rows", "runs", "q_rows", "chunks")  # the last two: cached_property values
+        return {k: v for k, v in vars(self).items() if k not in skip} | {"k_rows": None, "runs": None}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
 
     @property
     def max_q(self) -> int:
@@ -163,6 +184,8 @@ def build_plan(layout: AttentionLayout, chunk_keys: int | None = None) -> Gather
         run_first=run_first,
         run_queries=run_queries,
         run_keys=run_keys,
+        range_first=range_first,
+        range_count=range_count,
         causal=causal,
         num_queries=batch * q_len,
         num_keys=batch * k_len,
@@ -194,12 +217,15 @@ def _segment_plan(layout: AttentionLayout, chunk_keys: int) -> GatherPlan:
     keep = ranges_count > 0
     num_keys = 1 + bar_count[own]
     ones = np.ones_like(own)
+    ranges_first, ranges_count = ranges_first[keep], ranges_count[keep]
     return GatherPlan(
-        k_rows=_expand(ranges_first[keep], ranges_count[keep], device),
+        k_rows=_expand(ranges_first, ranges_count, device),
         runs=_run_table(own, ones, num_keys, device),
         run_first=own,
         run_queries=ones,
         run_keys=num_keys,
+        range_first=ranges_first,
+        range_count=ranges_count,
         causal=False,
         num_queries=batch * s_len,
         num_keys=batch * k_len,

@@ -39,7 +39,8 @@ class MuseformerLM(nn.Module):
         self.decoder = MuseformerDecoder(cfg, cross=False)
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        return self.decoder(batch.prev_output)
+        layouts = batch.layouts
+        return self.decoder(batch.prev_output, layouts=None if layouts is None else layouts.decoder)
 
 
 class MuseformerTranslation(nn.Module):
@@ -54,7 +55,11 @@ class MuseformerTranslation(nn.Module):
     def forward(self, batch: Batch) -> torch.Tensor:
         if batch.source is None:
             raise ValueError("the translation model needs batch.source (the score tokens)")
-        return self.decoder(batch.prev_output, self.encoder(batch.source))
+        layouts = batch.layouts
+        if layouts is None or layouts.encoder is None:
+            return self.decoder(batch.prev_output, self.encoder(batch.source))
+        memory = self.encoder(batch.source, layouts.encoder)
+        return self.decoder(batch.prev_output, memory, layouts.decoder)
 
 
 def build_model(cfg: MuseformerConfig) -> nn.Module:

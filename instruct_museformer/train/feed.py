@@ -192,12 +192,13 @@ class _RankBatches(torch.utils.data.Dataset):
     """Item i = (is_dummy, collated batch) of this rank's i-th batch, counted from ``start``."""
 
     def __init__(self, split: SplitData, batches: Sequence[Sequence[int]], rank: int, world_size: int,
-                 start: int) -> None:
+                 start: int, prepare: Callable[[Batch], Any] | None = None) -> None:
         self.split = split
         self.all_batches = batches
         self.mine = list(batches[rank::world_size])
         self.length = shard_length(len(batches), world_size)
         self.start = start
+        self.prepare = prepare
 
     def __len__(self) -> int:
         return max(0, self.length - self.start)
@@ -206,7 +207,10 @@ class _RankBatches(torch.utils.data.Dataset):
         index = self.start + i
         dummy = index >= len(self.mine)
         ids = self.all_batches[0] if dummy else self.mine[index]
-        return dummy, self.split.collate([self.split.dataset[j] for j in ids])
+        batch = self.split.collate([self.split.dataset[j] for j in ids])
+        if self.prepare is not None:
+            batch.layouts = self.prepare(batch)
+        return dummy, batch
 
 
 def _identity(item: Any) -> Any:
@@ -221,13 +225,16 @@ def batch_stream(
     world_size: int,
     start: int,
     num_workers: int,
+    prepare: Callable[[Batch], Any] | None = None,
 ) -> torch.utils.data.DataLoader:
-    """This rank's batches from position ``start`` on, collated in ``num_workers`` worker processes.
+    """This rank's batches from position ``start`` on, collated in ``num_workers`` worker processes, which
+    also call ``prepare`` on each batch (the model's layouts: ``model.planning.LayoutPlanner``) and attach
+    the result as ``Batch.layouts``.
 
     The DataLoader gets its own generator so that creating it draws nothing from the global RNG (which
     would shift dropout masks after a resume).
     """
-    dataset = _RankBatches(split, batches, rank, world_size, start)
+    dataset = _RankBatches(split, batches, rank, world_size, start, prepare)
     return torch.utils.data.DataLoader(
         dataset,
         batch_size=None,

@@ -32,6 +32,7 @@ from ..data.batch import Batch
 from ..errors import UserError
 from ..files import write_text_atomic
 from ..model.config import MuseformerConfig
+from ..model.planning import LayoutPlanner
 from .checkpoint import (
     CheckpointContents,
     capture_rng,
@@ -75,6 +76,15 @@ def _default_source(args: argparse.Namespace, task: str) -> DataSource:
         Path(args.data), task=task, source_lang=args.source_lang, target_lang=args.target_lang,
         beat_mask_ts=args.beat_mask_ts,
     )
+
+
+def layout_planner(model: torch.nn.Module, device: torch.device) -> LayoutPlanner | None:
+    """The loader-side builder of the model's attention layouts (a Museformer model), else None."""
+    from ..model.museformer import MuseformerLM, MuseformerTranslation
+
+    if not isinstance(model, (MuseformerLM, MuseformerTranslation)):
+        return None
+    return LayoutPlanner(model.cfg, device.type)
 
 
 def _default_model(cfg: MuseformerConfig) -> torch.nn.Module:
@@ -381,7 +391,8 @@ def _train_loop(args: argparse.Namespace, hooks: Hooks, info: DistInfo) -> int:
             continue
         logger.info(f"begin training epoch {epoch}")
         stream = batch_stream(train_split, batches, rank=info.rank, world_size=info.world_size,
-                              start=position * args.update_freq, num_workers=args.num_workers)
+                              start=position * args.update_freq, num_workers=args.num_workers,
+                              prepare=layout_planner(trainer.model, info.device))
         interval, epoch_meter = _Meter(), _Meter()
         progress.start_epoch(epoch, total, position)
         group: list[tuple[bool, Batch]] = []
@@ -459,7 +470,7 @@ def _evaluate(args: argparse.Namespace, source: DataSource, split: SplitData, tr
     start = time.perf_counter()
     nll, ntokens, nsentences = 0.0, 0, 0
     stream = batch_stream(split, batches, rank=info.rank, world_size=info.world_size, start=0,
-                          num_workers=args.num_workers)
+                          num_workers=args.num_workers, prepare=layout_planner(trainer.model, info.device))
     last_report = start
     for done, (dummy, batch) in enumerate(stream, start=1):
         if dummy:

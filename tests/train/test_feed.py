@@ -7,16 +7,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from instruct_museformer.errors import UserError
+from instruct_museformer.model import MuseformerConfig, build_model
+from instruct_museformer.model.planning import BatchLayouts
 from instruct_museformer.train.feed import (
     DataBinSource,
     _RankBatches,
+    batch_stream,
     detect_task,
     epoch_batches,
     groups_per_epoch,
     lm_language,
 )
+from instruct_museformer.train.run import layout_planner
 
 
 def test_too_long_samples_are_skipped_in_training_and_rejected_in_validation(
@@ -67,3 +72,25 @@ def test_detect_task(data_bin: Path, tmp_path: Path) -> None:
     assert lm_language(only_source, "score") == "perf"
     with pytest.raises(UserError, match="no binarized data"):
         detect_task(tmp_path, "score", "perf")
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_batch_stream_attaches_the_models_layouts(data_bin: Path, num_workers: int) -> None:
+    """The layouts are built where the batches are collated (the workers), and the model takes them."""
+    source = DataBinSource(data_bin, task="translation", source_lang="score", target_lang="perf")
+    split = source.load("train", None)
+    cfg = MuseformerConfig(
+        vocab_size=source.vocab_size, task="translation", num_layers=1, encoder_layers=1, attention_embed_dim=32,
+        num_attention_heads=2, ffn_embed_dim=32, bar_abs_pos_embed_dim=8, beat_abs_pos_embed_dim=8,
+    )
+    model = build_model(cfg).eval()
+    planner = layout_planner(model, torch.device("cpu"))
+    stream = batch_stream(split, [[0, 1], [2]], rank=0, world_size=1, start=0, num_workers=num_workers,
+                          prepare=planner)  # fmt: skip
+    for dummy, batch in stream:
+        assert not dummy and isinstance(batch.layouts, BatchLayouts)
+        with torch.no_grad():
+            prepared = model(batch)
+            batch.layouts = None
+            torch.testing.assert_close(prepared, model(batch), rtol=0, atol=0)
+    assert layout_planner(torch.nn.Linear(2, 2), torch.device("cpu")) is None  # not a Museformer: nothing to plan
