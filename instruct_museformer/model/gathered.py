@@ -69,6 +69,7 @@ class GatherPlan:
     host arrays on first use, so the default path does not pay for them.
     """
 
+    # (the two tensors are None in a plan unpickled from a data loader's worker, until ``to`` makes them)
     k_rows: torch.Tensor  # (Nk,) long
     runs: torch.Tensor  # (G, 4) int32 on the device: run_first, run_queries, offset into k_rows, run_keys
     run_first: np.ndarray  # (G,) host copies of the table
@@ -128,7 +129,10 @@ def plan_for(layout: AttentionLayout, chunk_keys: int | None = None) -> GatherPl
     chunk_keys = chunk_keys or CHUNK_KEYS  # resolved here: the cache is keyed by it
     if chunk_keys not in layout._gather:
         layout._gather[chunk_keys] = build_plan(layout, chunk_keys)
-    return layout._gather[chunk_keys]
+    plan = layout._gather[chunk_keys]
+    if plan is not None and plan.k_rows is None:  # unpickled: its tensors are made where the layout is
+        plan = layout._gather[chunk_keys] = plan.to(layout.q_class.device)
+    return plan
 
 
 def build_plan(layout: AttentionLayout, chunk_keys: int | None = None) -> GatherPlan | None:
