@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .gathered import gathered_attention, plan_for, uses_flash
+from .gathered import gathered_attention, kernel_for, plan_for, uses_flash
 from .masks import AttentionLayout
 
 _COMPILED: dict[str, Callable[..., Any]] = {}
@@ -61,9 +61,12 @@ def _inference(q: torch.Tensor, k: torch.Tensor, dropout_p: float) -> bool:
 
 
 def gather_runs(q: torch.Tensor, dropout_p: float) -> bool:
-    """Whether the gather path takes a problem: on the GPU through FlashAttention (half precision, attention
-    dropout included); on the CPU through its plain softmax (tests), without attention dropout."""
-    return uses_flash(q) if q.is_cuda else dropout_p == 0.0
+    """Whether the gather path takes a problem: on the GPU through its kernels (half precision, attention
+    dropout included); on the CPU through its plain softmax (tests), without attention dropout -- or with
+    it where the tests force the indexed kernels (Triton's interpreter)."""
+    if q.is_cuda:
+        return uses_flash(q)
+    return dropout_p == 0.0 or kernel_for(q, dropout_p) == "indexed"
 
 
 def prepare_layouts(layouts: tuple[AttentionLayout, ...], impl: str, block_size: int) -> None:
@@ -441,14 +444,17 @@ class V2S1Attention(nn.Module):
         Writes the step-2 summary keys into ``qkv`` on the fast paths (see below)."""
         q, k, v = self._split(qkv)
         s2 = self.summarize(q[:, :, :num_sum], k, v, sx)
-        fused = self.kv_sink is None and self._p() == 0.0
-        if fused and self._summary_path(q[:, :, :num_sum], sx) != "attend":
+        path = self._summary_path(q[:, :, :num_sum], sx)
+        # step 1 lets its key rows be overwritten on the gather path, and on the segment path without
+        # attention dropout (with it, the segment softmax is plain autograd, which keeps the rows)
+        fused = self.kv_sink is None and (path == "gather" or path == "segments" and self._p() == 0.0)
+        if fused:
             # Step 2's keys [k_s2 ; k_r] are written into the projection itself, over the summary rows that
             # step 1 has used (its kernel allows it), and read through fresh views: no concatenated
             # (B, H, S+R, dh) copies kept for backward, and no as_strided gradients of stale views.
             qkv[:, :num_sum, self.dim :] = self.kv2_proj(_merge(s2))
             q, k, v = self._split(qkv)
-            return s2, attend(q[:, :, num_sum:], k, v, rx, self.impl, self.block_size, 0.0)
+            return s2, attend(q[:, :, num_sum:], k, v, rx, self.impl, self.block_size, self._p())
         k_s2, v_s2 = self.sum_kv2(s2)
         if self.kv_sink is not None:
             self.kv_sink.append((k, v, k_s2, v_s2))

@@ -9,14 +9,14 @@ dense: a run of Lq queries over Lk keys, causal with the diagonal aligned bottom
 run reads the first Lk - Lq + j + 1 keys), which is exactly FlashAttention's causal varlen semantics.
 No mask is evaluated at all.
 
-Three kernels compute it (``kernel_for``). On CUDA in bfloat16/float16 without attention dropout: the
+Three kernels compute it (``kernel_for``). On CUDA in bfloat16/float16, attention dropout included: the
 indexed Triton kernels (``indexed``), which read each run's keys in place through the plan's key index --
-one launch forward, two backward, no copies. With attention dropout: FlashAttention's varlen kernel on
-keys gathered per chunk of runs (``CHUNK_KEYS``; gathered again in backward instead of kept, so the extra
-memory is one chunk's), its RNG state kept for backward, key/value gradients summed back into place in
-float32 (a Triton kernel) or written where no key is read twice. Elsewhere a plain padded softmax does
-the same arithmetic on the same chunks (the CPU tests; ``attention.attend`` sends float32 problems on the
-GPU to FlexAttention or the reference path instead).
+one launch forward, two backward, no copies. For head sizes they do not support: FlashAttention's varlen
+kernel on keys gathered per chunk of runs (``CHUNK_KEYS``; gathered again in backward instead of kept, so
+the extra memory is one chunk's), its RNG state kept for backward, key/value gradients summed back into
+place in float32 (a Triton kernel) or written where no key is read twice. Elsewhere a plain padded softmax
+does the same arithmetic on the same chunks, without dropout (the CPU tests; ``attention.attend`` sends
+float32 problems on the GPU to FlexAttention or the reference path instead).
 
 The plan is read off the layout's own class table and ``k_pos`` -- the predicate of the reference path --
 and checked: a causal layout in which some run does not read its own bar (so the diagonal cannot sit
@@ -362,7 +362,7 @@ def uses_flash(q: torch.Tensor) -> bool:
 
 
 # Which kernel runs the gathered problems: "auto" = the indexed Triton kernels (``indexed``) where they
-# apply -- CUDA, half precision, no attention dropout -- else FlashAttention on chunks of gathered keys
+# apply -- CUDA, half precision, a head size they support -- else FlashAttention on chunks of gathered keys
 # (CUDA, half precision), else the plain softmax. The other values force one (benchmarks, kernel tests).
 KERNEL = "auto"
 KERNELS = ("auto", "indexed", "flash", "plain")
@@ -373,7 +373,7 @@ def kernel_for(q: torch.Tensor, dropout_p: float) -> str:
         raise ValueError(f"unknown gathered-attention kernel {KERNEL!r} (expected {', '.join(KERNELS)})")
     if KERNEL != "auto":
         return KERNEL
-    if uses_flash(q) and dropout_p == 0.0 and indexed.available() and indexed.supports_head_dim(q.shape[-1]):
+    if uses_flash(q) and indexed.available() and indexed.supports_head_dim(q.shape[-1]):
         return "indexed"
     return "flash" if uses_flash(q) else "plain"
 
@@ -586,8 +586,10 @@ class _GatheredAttention(torch.autograd.Function):
         every_row = plan.read_queries == b * q_len  # then every row of out is written below
         out = (torch.empty if every_row else torch.zeros)(b * q_len, h, dh, dtype=q.dtype, device=q.device)
         kernel = kernel_for(q, dropout_p)
+        seed = _dropout_seed() if kernel == "indexed" and dropout_p > 0.0 else 0
         if kernel == "indexed":
-            lses, states = [indexed.forward(qf, kf, vf, plan.k_rows, plan.runs, plan.max_q, plan.causal, out)], []
+            lse = indexed.forward(qf, kf, vf, plan.k_rows, plan.runs, plan.max_q, plan.causal, out, dropout_p, seed)
+            lses, states = [lse], []
         else:
             lses, states = _chunked_forward(qf, kf, vf, out, plan, kernel, dropout_p)
         if keep_rows:  # q is a view of the same projection: kept on ctx too (the write does not touch it)
@@ -596,6 +598,7 @@ class _GatheredAttention(torch.autograd.Function):
         else:
             ctx.save_for_backward(q, k, v, out, *lses)
         ctx.plan, ctx.states, ctx.dropout_p, ctx.kernel, ctx.keep_rows = plan, states, dropout_p, kernel, keep_rows
+        ctx.seed = seed
         return out.view(b, q_len, h, dh).transpose(1, 2)
 
     @staticmethod
@@ -620,7 +623,7 @@ class _GatheredAttention(torch.autograd.Function):
         if ctx.kernel == "indexed":
             dk, dv = indexed.backward(
                 gf, qf, kf, vf, out, lses[0], plan.k_rows, plan.runs, plan.max_q, plan.max_k, plan.causal, dq,
-                plan.distinct_keys, kept,
+                plan.distinct_keys, kept, ctx.dropout_p, ctx.seed,
             )  # fmt: skip
         else:
             dk, dv = _chunked_backward(gf, qf, kf, vf, out, lses, dq, plan, ctx.kernel, ctx.dropout_p, ctx.states)
@@ -630,6 +633,12 @@ class _GatheredAttention(torch.autograd.Function):
             return x.to(dtype).view(b, n, h, dh).transpose(1, 2)
 
         return heads(dq, q_len, q.dtype), heads(dk, k_len, k.dtype), heads(dv, k_len, v.dtype), None, None, None
+
+
+def _dropout_seed() -> int:
+    """A seed for one call's dropout mask (indexed kernels), from torch's default generator: reproducible
+    under ``torch.manual_seed``, and below 2**31 so the kernels see one integer type."""
+    return int(torch.randint(0, (1 << 31) - 1, (1,)))
 
 
 @torch.compiler.disable
@@ -643,12 +652,12 @@ def gathered_attention(
 ) -> torch.Tensor:
     """q (B, H, Q, dh), k and v (B, H, K, dh) -> (B, H, Q, dh) under ``plan``; rows reading nothing give 0.
 
-    Attention dropout needs the FlashAttention kernel (``uses_flash``); the caller routes other cases to
-    the reference path. ``keep_rows``: the caller will overwrite the first ``keep_rows`` key/value rows
-    (see ``_GatheredAttention``).
+    Attention dropout needs the indexed kernels or FlashAttention (CUDA, half precision); the caller routes
+    other cases to the reference path. ``keep_rows``: the caller will overwrite the first ``keep_rows``
+    key/value rows (see ``_GatheredAttention``).
     """
-    if dropout_p > 0.0 and not uses_flash(q):
-        raise ValueError("gathered attention applies dropout only through FlashAttention (CUDA, half precision)")
+    if dropout_p > 0.0 and kernel_for(q, dropout_p) == "plain":
+        raise ValueError("gathered attention applies dropout only through its CUDA kernels (half precision)")
     if not plan.read_queries:  # nothing reads anything (all padding)
         return q.new_zeros(q.shape)
     return _GatheredAttention.apply(q, k.to(q.dtype), v.to(q.dtype), plan, dropout_p, keep_rows)

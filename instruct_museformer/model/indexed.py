@@ -85,10 +85,30 @@ if triton is not None:
         return tl.load(k_ptr, mask=ok[:, None], other=0.0), tl.load(v_ptr, mask=ok[:, None], other=0.0)
 
     @triton.jit
+    def _keep(seed, qh, kr, p_drop):
+        """Which pairs of a tile survive attention dropout. ``qh`` = query row * H + head and ``kr`` = key row,
+        both broadcast to the tile: one Philox draw per (seed, query row, head, key row), so the forward and
+        both backward kernels draw the same mask whatever their tiling."""
+        zero = qh * 0
+        bits, _, _, _ = tl.random.philox(seed, qh, kr, zero, zero)
+        return tl.random.uint_to_uniform_float(bits) >= p_drop
+
+    @triton.jit
+    def _mask_kernel(OUT, seed, p_drop, num_q, num_k, H: tl.constexpr, BQ: tl.constexpr, BK: tl.constexpr):  # noqa: N803
+        q = tl.program_id(0) * BQ + tl.arange(0, BQ)
+        k = tl.program_id(1) * BK + tl.arange(0, BK)
+        h = tl.program_id(2)
+        tile = tl.zeros([BQ, BK], tl.int32)
+        keep = _keep(seed, (q * H + h)[:, None] + tile, k[None, :] + tile, p_drop)
+        ok = (q < num_q)[:, None] & (k < num_k)[None, :]
+        tl.store(OUT + (h * num_q + q[:, None]) * num_k + k[None, :], keep.to(tl.int8), mask=ok)
+
+    @triton.jit(do_not_specialize=["seed"])
     def _forward_kernel(
         Q, K, V, O, LSE, KROWS, RUNS,  # noqa: N803
-        stride_q, head_q, stride_k, head_k, qk_scale,
+        stride_q, head_q, stride_k, head_k, qk_scale, seed, p_drop,
         H: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
+        DROPOUT: tl.constexpr,
     ):  # fmt: skip
         r, mb, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         q_first, q_len, k_off, k_len = _run(RUNS, r)
@@ -115,7 +135,11 @@ if triton is not None:
                 m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # a row with no key yet
                 alpha = tl.math.exp2(m_i - m_safe)
                 p = tl.math.exp2(s - m_safe[:, None])
-                l_i = l_i * alpha + tl.sum(p, 1)
+                l_i = l_i * alpha + tl.sum(p, 1)  # the normaliser counts every key; dropout zeroes after it
+                if DROPOUT:
+                    tile = tl.zeros([BLOCK_M, BLOCK_N], tl.int32)
+                    qh, kr = (rows * H + h).to(tl.int32)[:, None] + tile, krow.to(tl.int32)[None, :] + tile
+                    p = tl.where(_keep(seed, qh, kr, p_drop), p / (1.0 - p_drop), 0.0)
                 acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
                 m_i = m_new
             l_safe = tl.where(l_i == 0.0, 1.0, l_i)
@@ -124,13 +148,13 @@ if triton is not None:
             tl.store(O + rows[:, None] * (H * D) + h * D + offs_d[None, :], out, mask=m_ok[:, None])
             tl.store(LSE + rows * H + h, m_i + tl.math.log2(l_safe), mask=m_ok)
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["seed"])
     def _grad_q_kernel(
         Q, K, V, KS, VS, O, DO, DQ, LSE, DELTA, KROWS, RUNS,  # noqa: N803
         stride_q, head_q, stride_k, head_k, stride_do, head_do, kept_stride, kept_head, k_seq, n_kept,
-        qk_scale, sm_scale,
+        qk_scale, sm_scale, seed, p_drop,
         H: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
-        KEPT: tl.constexpr,
+        KEPT: tl.constexpr, DROPOUT: tl.constexpr,
     ):  # fmt: skip
         r, mb, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         q_first, q_len, k_off, k_len = _run(RUNS, r)
@@ -158,20 +182,24 @@ if triton is not None:
                     ok = ok & (offs_n[None, :] <= offs_m[:, None] + shift)
                 p = tl.math.exp2(tl.dot(q, tl.trans(k)) * qk_scale - lse[:, None])
                 p = tl.where(ok, p, 0.0)
-                dp = tl.dot(do, tl.trans(v))
+                dp = tl.dot(do, tl.trans(v))  # d out / d p; with dropout, through the kept pairs only
+                if DROPOUT:
+                    tile = tl.zeros([BLOCK_M, BLOCK_N], tl.int32)
+                    qh, kr = (rows * H + h).to(tl.int32)[:, None] + tile, krow.to(tl.int32)[None, :] + tile
+                    dp = tl.where(_keep(seed, qh, kr, p_drop), dp / (1.0 - p_drop), 0.0)
                 ds = p * (dp - delta[:, None])
                 dq += tl.dot(ds.to(k.dtype), k)
             dq = (dq * sm_scale).to(DQ.dtype.element_ty)
             offs_d = tl.arange(0, D)
             tl.store(DQ + rows[:, None] * (H * D) + h * D + offs_d[None, :], dq, mask=m_ok[:, None])
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["seed"])
     def _grad_kv_kernel(
         Q, K, V, KS, VS, DO, DK, DV, LSE, DELTA, KROWS, RUNS,  # noqa: N803
         stride_q, head_q, stride_k, head_k, stride_do, head_do, kept_stride, kept_head, k_seq, n_kept,
-        qk_scale, sm_scale, h0,
+        qk_scale, sm_scale, h0, seed, p_drop,
         H: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
-        KEPT: tl.constexpr, ADD: tl.constexpr, HG: tl.constexpr,
+        KEPT: tl.constexpr, ADD: tl.constexpr, HG: tl.constexpr, DROPOUT: tl.constexpr,
     ):  # fmt: skip
         r, nb, hg = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         h = h0 + hg  # heads [h0, h0 + HG) in this launch; DK and DV hold those heads only
@@ -201,8 +229,15 @@ if triton is not None:
                     ok = ok & (offs_n[:, None] <= offs_m[None, :] + shift)
                 pt = tl.math.exp2(tl.dot(k, tl.trans(q)) * qk_scale - lse[None, :])  # (BLOCK_N, BLOCK_M)
                 pt = tl.where(ok, pt, 0.0)
-                dv += tl.dot(pt.to(do.dtype), do)
                 dpt = tl.dot(v, tl.trans(do))
+                if DROPOUT:  # the kept pairs, scaled: the probabilities the forward used, and their gradient
+                    tile = tl.zeros([BLOCK_N, BLOCK_M], tl.int32)
+                    qh, kr = (rows * H + h).to(tl.int32)[None, :] + tile, krow.to(tl.int32)[:, None] + tile
+                    keep = _keep(seed, qh, kr, p_drop)
+                    dv += tl.dot(tl.where(keep, pt / (1.0 - p_drop), 0.0).to(do.dtype), do)
+                    dpt = tl.where(keep, dpt / (1.0 - p_drop), 0.0)
+                else:
+                    dv += tl.dot(pt.to(do.dtype), do)
                 dst = pt * (dpt - delta[None, :])
                 dk += tl.dot(dst.to(q.dtype), q)
             dk = dk * sm_scale
@@ -264,9 +299,12 @@ def forward(
     max_q: int,
     causal: bool,
     out: torch.Tensor,
+    dropout_p: float = 0.0,
+    seed: int = 0,
 ) -> torch.Tensor:
     """q (Nq, H, dh), k and v (Nk, H, dh) rows -> writes ``out`` (Nq, H, dh) for the runs' queries and
-    returns the log-sum-exp (Nq, H) float32 (base 2, scaled), which backward needs."""
+    returns the log-sum-exp (Nq, H) float32 (base 2, scaled), which backward needs. With ``dropout_p``,
+    attention dropout with the mask of ``seed`` (``_keep``); backward must be given the same."""
     _outputs(out)
     n_q, h, dh = q.shape
     lse = torch.empty(n_q, h, dtype=torch.float32, device=q.device)
@@ -274,10 +312,19 @@ def forward(
     grid = (runs.shape[0], _cdiv(max_q, block_m), h)
     qk_scale = LOG2E / math.sqrt(dh)
     _forward_kernel[grid](
-        q, k, v, out, lse, k_rows, runs, *_strides(q), *_key_strides(k, v), qk_scale,
-        h, dh, block_m, BLOCK_N, causal, num_warps=NUM_WARPS, num_stages=NUM_STAGES,
+        q, k, v, out, lse, k_rows, runs, *_strides(q), *_key_strides(k, v), qk_scale, seed, dropout_p,
+        h, dh, block_m, BLOCK_N, causal, dropout_p > 0.0, num_warps=NUM_WARPS, num_stages=NUM_STAGES,
     )  # fmt: skip
     return lse
+
+
+def dropout_mask(seed: int, dropout_p: float, num_q: int, num_k: int, heads: int, device: torch.device) -> torch.Tensor:
+    """(H, Nq, Nk) bool: which (query row, key row) pairs of each head a call with ``seed`` keeps -- the
+    mask the kernels draw, over all pairs (to check them, or to inspect a call)."""
+    out = torch.zeros(heads, num_q, num_k, dtype=torch.int8, device=device)
+    grid = (_cdiv(num_q, 16), _cdiv(num_k, 16), heads)
+    _mask_kernel[grid](out, seed, dropout_p, num_q, num_k, heads, 16, 16)
+    return out.bool()
 
 
 class Kept(NamedTuple):
@@ -307,6 +354,8 @@ def backward(
     dq: torch.Tensor,
     distinct_keys: bool,
     kept: Kept | None = None,
+    dropout_p: float = 0.0,
+    seed: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Writes dq (Nq, H, dh) for the runs' queries; returns the key/value gradients (Nk, H, dh) in k's dtype,
     0 for keys no run reads.
@@ -328,7 +377,7 @@ def backward(
     common: dict[str, Any] = {"num_warps": NUM_WARPS, "num_stages": NUM_STAGES}
     _grad_q_kernel[(g, _cdiv(max_q, block_m), h)](
         q, k, v, ks, vs, out, grad, dq, lse, delta, k_rows, runs, *strides, *kept_ints, qk_scale, sm_scale,
-        h, dh, block_m, BLOCK_N, causal, kept is not None, **common,
+        seed, dropout_p, h, dh, block_m, BLOCK_N, causal, kept is not None, dropout_p > 0.0, **common,
     )  # fmt: skip
     dk = (torch.zeros if distinct_keys else torch.empty)(n_k, h, dh, dtype=k.dtype, device=k.device)
     dv = (torch.zeros if distinct_keys else torch.empty)(n_k, h, dh, dtype=k.dtype, device=k.device)
@@ -343,8 +392,8 @@ def backward(
             dk_out, dv_out = sums[0, :, :hg], sums[1, :, :hg]
         _grad_kv_kernel[(g, _cdiv(max_k, BLOCK_N), hg)](
             q, k, v, ks, vs, grad, dk_out, dv_out, lse, delta, k_rows, runs, *strides, *kept_ints,
-            qk_scale, sm_scale, h0,
-            h, dh, block_m, BLOCK_N, causal, kept is not None, sums is not None, group, **common,
+            qk_scale, sm_scale, h0, seed, dropout_p,
+            h, dh, block_m, BLOCK_N, causal, kept is not None, sums is not None, group, dropout_p > 0.0, **common,
         )  # fmt: skip
         if sums is not None:
             dk[:, h0 : h0 + hg] = sums[0, :, :hg]

@@ -40,7 +40,7 @@ def _run(check: str) -> dict[str, dict[str, float]]:
 
 
 @pytest.mark.skipif(_interpreter_ready() is not None, reason=str(_interpreter_ready()))
-@pytest.mark.parametrize("check", ["layouts", "models"])
+@pytest.mark.parametrize("check", ["layouts", "models", "dropout layouts", "dropout models"])
 def test_indexed_kernels_match_reference(check: str):
     result = _run(check)
     errors, calls = result["errors"], result["calls"]
@@ -48,8 +48,17 @@ def test_indexed_kernels_match_reference(check: str):
     assert max(errors.values()) < 2e-5, errors
     # the kernels themselves ran, forward and backward; in the models also on kept (overwritten) key rows
     assert calls["forward"] > 0 and calls["backward"] == calls["forward"], calls
-    if check == "models":
+    if check.endswith("models"):
         assert calls["kept"] > 0, calls
+    if check == "dropout layouts":
+        assert calls["dropout"] == calls["forward"], calls
+    if check.startswith("dropout"):
+        assert calls["dropout"] > 0, calls
+        stats = result["stats"]
+        kept = {k: v for k, v in stats.items() if k.endswith("kept fraction")}
+        assert all(abs(v - 0.7) < 0.05 for v in kept.values()), kept  # p = 0.3 over each layout's pairs
+        moved = {k: v for k, v in stats.items() if k.endswith("moved by dropout")}
+        assert all(v > 1e-3 for v in moved.values()), moved
 
 
 def test_indexed_kernels_need_a_power_of_two_head_size():
@@ -126,15 +135,100 @@ def _check_models() -> dict[str, float]:
     return errors
 
 
+STATS: dict[str, float] = {}  # figures a check reports besides its errors
+
+
+def _check_dropout_layouts() -> dict[str, float]:
+    """Attention dropout on every test layout against a float64 softmax over the plan's pairs with the
+    kernels' own mask (both backward kernels draw it again, so a mismatch shows in the gradients)."""
+    from test_gathered import _layouts, _plan_mask
+
+    from instruct_museformer.model import gathered, indexed
+    from instruct_museformer.model.gathered import build_plan, gathered_attention
+
+    gathered.KERNEL = "indexed"
+    indexed.ACCUMULATOR_BYTES = 1
+    gathered._dropout_seed = lambda: 1234
+    p, heads, dh = 0.3, 2, 16
+    errors = {}
+    for name, layout in _layouts(2, pad=16).items():
+        plan = build_plan(layout)
+        b, q_len = layout.q_class.shape
+        k_len = layout.k_class.shape[1]
+        gen = torch.Generator().manual_seed(5)
+        tensors = [torch.randn(b, heads, n, dh, generator=gen) for n in (q_len, k_len, k_len)]
+        weights = torch.randn(b, heads, q_len, dh, generator=gen)
+        allowed = _plan_mask(plan)  # (B*Q, B*K)
+        keep = indexed.dropout_mask(1234, p, b * q_len, b * k_len, heads, torch.device("cpu"))  # (H, B*Q, B*K)
+        results = []
+        for fast in (False, True):
+            q, k, v = (t.clone().double().requires_grad_() if not fast else t.clone().requires_grad_() for t in tensors)
+            if fast:
+                out = gathered_attention(q, k, v, plan, dropout_p=p)
+            else:
+                rows = [x.transpose(1, 2).reshape(-1, heads, dh).transpose(0, 1) for x in (q, k, v)]  # (H, N, dh)
+                scores = (rows[0] @ rows[1].transpose(1, 2)) / dh**0.5
+                scores = scores.masked_fill(~allowed, float("-inf"))
+                probs = torch.softmax(scores, dim=-1).nan_to_num(0.0) * keep / (1 - p)
+                out = (probs @ rows[2]).transpose(0, 1).reshape(b, q_len, heads, dh).transpose(1, 2)
+            (out * weights).sum().backward()
+            results.append([out.detach().float(), q.grad.float(), k.grad.float(), v.grad.float()])
+        for part, got, want in zip(("out", "dq", "dk", "dv"), *results, strict=True):
+            errors[f"{name} {part}"] = _rel(got, want)
+        STATS[f"{name} kept fraction"] = float(keep[:, allowed].float().mean())
+    return errors
+
+
+def _check_dropout_models() -> dict[str, float]:
+    """The translation model (encoder, decoder, cross-attention) with attention dropout through the indexed
+    kernels: the fused two-step attention (step 2's keys written over step 1's) against the unfused one,
+    with the same masks (same seeds, same order)."""
+    from model_helpers import random_layout_batch, small_config
+
+    from instruct_museformer.model import build_model, gathered
+    from instruct_museformer.model.attention import CrossAttention, V2S1Attention
+
+    gathered.KERNEL = "indexed"
+    errors = {}
+    for task in ("translation",):
+        torch.manual_seed(0)
+        sizes = {"attention_embed_dim": 64, "num_attention_heads": 4, "attention_dropout": 0.25}
+        model = build_model(small_config(task, attention_impl="gather", **sizes)).train()
+        batch = random_layout_batch(1, translation=task == "translation")
+        weights = torch.randn(*batch.target.shape, model.cfg.vocab_size, generator=torch.Generator().manual_seed(1))
+        results = []
+        for fused in (True, False):
+            for module in model.modules():
+                if isinstance(module, V2S1Attention):
+                    module.kv_sink = None if fused else []  # a key/value sink turns the fused step off
+            model.zero_grad()
+            torch.manual_seed(3)
+            logits = model(batch)
+            (logits * weights).sum().backward()
+            results.append((logits.detach(), torch.cat([p.grad.flatten() for p in model.parameters()])))
+        errors[f"{task} logits"] = _rel(results[0][0], results[1][0])
+        errors[f"{task} grads"] = _rel(results[0][1], results[1][1])
+        # and the dropout did something: the same model without it differs
+        for module in model.modules():
+            if isinstance(module, (V2S1Attention, CrossAttention)):
+                module.dropout, module.kv_sink = 0.0, None
+        torch.manual_seed(3)
+        logits = model(batch)
+        (logits * weights).sum().backward()
+        STATS[f"{task} logits moved by dropout"] = _rel(logits.detach(), results[0][0])
+    return errors
+
+
 def _counting() -> dict[str, int]:
     """Counts the calls of the kernels' entry points (to tell them from a silent fallback)."""
     from instruct_museformer.model import indexed
 
-    calls = {"forward": 0, "backward": 0, "kept": 0}
+    calls = {"forward": 0, "backward": 0, "kept": 0, "dropout": 0}
     forward, backward = indexed.forward, indexed.backward
 
     def counted_forward(*args, **kwargs):  # type: ignore[no-untyped-def]
         calls["forward"] += 1
+        calls["dropout"] += (args[8] if len(args) > 8 else kwargs.get("dropout_p", 0.0)) > 0.0
         return forward(*args, **kwargs)
 
     def counted_backward(*args, **kwargs):  # type: ignore[no-untyped-def]
@@ -149,5 +243,11 @@ def _counting() -> dict[str, int]:
 if __name__ == "__main__":
     sys.path[:0] = [str(HERE)]
     calls = _counting()
-    errors = {"layouts": _check_layouts, "models": _check_models}[sys.argv[1]]()
-    print(json.dumps({"errors": errors, "calls": calls}))
+    checks = {
+        "layouts": _check_layouts,
+        "models": _check_models,
+        "dropout layouts": _check_dropout_layouts,
+        "dropout models": _check_dropout_models,
+    }
+    errors = checks[sys.argv[1]]()
+    print(json.dumps({"errors": errors, "calls": calls, "stats": STATS}))
