@@ -36,6 +36,7 @@ from instruct_museformer.model import (  # noqa: E402
     MuseformerConfig,
     build_model,
     gathered,  # noqa: E402
+    indexed,
 )
 from instruct_museformer.model.attention import attend, prepare_layouts  # noqa: E402
 from instruct_museformer.model.embeddings import BarEmbeddings  # noqa: E402
@@ -51,7 +52,10 @@ VOCAB = 560
 # (model.planning.LayoutPlanner; each step still moves them to the GPU);
 # "+cb": MuseformerConfig.compile_blocks; "gather-flash": the gather path with FlashAttention on chunks of
 # gathered keys instead of the indexed Triton kernels (gathered.KERNEL)
-IMPLS = ("gather", "gather+cb", "gather+prep", "gather+cb+prep", "gather-flash", "gather-flash+cb", "flex", "flex+cb")
+IMPLS = (
+    "gather", "gather+cb", "gather+prep", "gather+cb+prep", "gather-flash", "gather-flash+cb", "gather-flash+prep",
+    "flex", "flex+cb",
+)  # fmt: skip
 
 
 def fc_config(impl: str, **values: Any) -> MuseformerConfig:
@@ -114,9 +118,9 @@ def make_batch(target_len: int, seed: int, translation: bool, device: str) -> Ba
 
 
 class DenseLayer(nn.Module):
-    def __init__(self, d: int, heads: int, ffn: int, dropout: float) -> None:
+    def __init__(self, d: int, heads: int, ffn: int, dropout: float, attention_dropout: float = 0.0) -> None:
         super().__init__()
-        self.heads = heads
+        self.heads, self.attention_dropout = heads, attention_dropout
         self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
         self.qkv, self.out = nn.Linear(d, 3 * d), nn.Linear(d, d)
         self.ffn = FeedForward(d, ffn, "gelu")
@@ -125,7 +129,8 @@ class DenseLayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, d = x.shape
         q, k, v = self.qkv(self.norm1(x)).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        a = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, dh)
+        p = self.attention_dropout if self.training else 0.0
+        a = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)  # (B, H, T, dh)
         x = x + self.drop(self.out(a.transpose(1, 2).reshape(b, t, d)))
         return x + self.drop(self.ffn(self.norm2(x)))
 
@@ -138,7 +143,8 @@ class DenseLM(nn.Module):
             VOCAB, d, 0, cfg.bar_abs_pos_embed_dim, cfg.beat_abs_pos_embed_dim, dropout=cfg.dropout
         )
         self.layers = nn.ModuleList(
-            DenseLayer(d, cfg.num_attention_heads, cfg.ffn_embed_dim, cfg.dropout) for _ in range(cfg.num_layers)
+            DenseLayer(d, cfg.num_attention_heads, cfg.ffn_embed_dim, cfg.dropout, cfg.attention_dropout)
+            for _ in range(cfg.num_layers)
         )
         self.norm = nn.LayerNorm(d)
         self.output = nn.Linear(d, VOCAB, bias=False)
@@ -191,7 +197,7 @@ def check_equivalence(task: str, length: int, device: str, impls: list[str]) -> 
             tag = f"{impl}_bf16" if bf16 else impl
             result[f"{tag}_logits_rel_err"] = rel(logits, base[0])
             result[f"{tag}_grad_rel_err"] = rel(grads, base[1])
-    if "gather" in impls:  # attention dropout goes through FlashAttention's own (its RNG state kept for backward)
+    if "gather" in impls:  # attention dropout: the indexed kernels' own
         gathered.KERNEL = "auto"
         model = build_model(MuseformerConfig(**{**cfg, "attention_dropout": 0.1}, attention_impl="gather")).to(device)
         model.load_state_dict(ref.state_dict())
@@ -231,8 +237,39 @@ def check_gather_kernel(batch: Batch, device: str) -> dict[str, float]:
             continue
         result[f"gather_{kernel}_bf16_out_rel_err"] = rel(got[0], ref[0])
         result[f"gather_{kernel}_bf16_grad_rel_err"] = rel(got[1], ref[1])
+    result.update(check_indexed_dropout(layout, plan, base, weights))
     gathered.KERNEL = "auto"
     return result
+
+
+def check_indexed_dropout(layout: Any, plan: Any, base: list[torch.Tensor], weights: torch.Tensor) -> dict[str, float]:
+    """The indexed kernels with attention dropout (bf16) against a float32 softmax over the layout's pairs
+    with the kernels' own mask (``indexed.dropout_mask``), outputs and gradients; batch of one."""
+    p, seed = 0.1, 1234
+    gathered.KERNEL = "indexed"
+    drawn, gathered._dropout_seed = gathered._dropout_seed, lambda: seed
+    try:
+        results = []
+        for fast in (True, False):
+            q, k, v = (t.clone().requires_grad_() if fast else t.float().requires_grad_() for t in base)
+            if fast:
+                out = gathered_attention(q, k, v, plan, dropout_p=p)
+            else:
+                heads, q_len, k_len = q.shape[1], q.shape[2], k.shape[2]
+                keep = indexed.dropout_mask(seed, p, q_len, k_len, heads, q.device)  # (H, Q, K)
+                allowed = layout.dense()[0]  # (1, Q, K)
+                scores = (q[0] @ k[0].transpose(1, 2)) / q.shape[-1] ** 0.5
+                probs = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1).nan_to_num(0.0)
+                out = ((probs * keep / (1 - p)) @ v[0])[None]
+            (out.float() * weights).sum().backward()
+            results.append((out.detach().float(), torch.cat([t.grad.float().flatten() for t in (q, k, v)])))
+    finally:
+        gathered._dropout_seed = drawn
+    return {
+        "indexed_dropout_bf16_out_rel_err": rel(results[0][0], results[1][0]),
+        "indexed_dropout_bf16_grad_rel_err": rel(results[0][1], results[1][1]),
+        "indexed_dropout_kept_fraction": float(keep[:, allowed[0]].float().mean()),
+    }
 
 
 def timed(fn: Any, reps: int = 10, warmup: int = 2) -> float:
@@ -346,6 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile-length", type=int, default=15360)
     parser.add_argument("--profile-impl", default="gather", choices=IMPLS)
     parser.add_argument("--skip-check", action="store_true")
+    parser.add_argument("--attention-dropout", type=float, default=0.0, help="in both models (recipe: 0.1)")
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
@@ -383,10 +421,11 @@ def main(argv: list[str] | None = None) -> int:
     def run(kind: str, task: str, length: int, block_size: int = 128, compiled: bool = False, impl: str = "") -> None:
         impl = impl or args.impls[0]
         cfg = fc_config(impl, vocab_size=VOCAB, task=task, block_size=block_size)
-        cfg.attention_dropout = 0.0  # FlexAttention has no attention dropout; keep the baseline comparable
+        cfg.attention_dropout = args.attention_dropout  # the same in both models (0: FlexAttention has none)
         torch.manual_seed(0)
         model = (DenseLM(cfg) if kind == "dense" else build_model(cfg)).to(device)
         row: dict[str, Any] = {"kind": kind, "task": task, "length": length, "block_size": block_size}
+        row["attention_dropout"] = args.attention_dropout
         if kind == "fc":
             row["impl"] = impl
         row["compiled_layers"] = compiled
