@@ -444,17 +444,22 @@ class V2S1Attention(nn.Module):
         Writes the step-2 summary keys into ``qkv`` on the fast paths (see below)."""
         q, k, v = self._split(qkv)
         s2 = self.summarize(q[:, :, :num_sum], k, v, sx)
-        path = self._summary_path(q[:, :, :num_sum], sx)
-        # step 1 lets its key rows be overwritten on the gather path, and on the segment path without
-        # attention dropout (with it, the segment softmax is plain autograd, which keeps the rows)
-        fused = self.kv_sink is None and (path == "gather" or path == "segments" and self._p() == 0.0)
+        path, p = self._summary_path(q[:, :, :num_sum], sx), self._p()
+        # step 1 lets its key rows be overwritten on the gather and segment paths; with attention dropout
+        # only through the indexed kernels (the segment softmax is then plain autograd, which keeps the rows;
+        # FlashAttention on gathered chunks is left as validated on the GPU, unfused)
+        if path == "gather":
+            fused = p == 0.0 or kernel_for(q, p) == "indexed"
+        else:
+            fused = path == "segments" and p == 0.0
+        fused = fused and self.kv_sink is None
         if fused:
             # Step 2's keys [k_s2 ; k_r] are written into the projection itself, over the summary rows that
             # step 1 has used (its kernel allows it), and read through fresh views: no concatenated
             # (B, H, S+R, dh) copies kept for backward, and no as_strided gradients of stale views.
             qkv[:, :num_sum, self.dim :] = self.kv2_proj(_merge(s2))
             q, k, v = self._split(qkv)
-            return s2, attend(q[:, :, num_sum:], k, v, rx, self.impl, self.block_size, self._p())
+            return s2, attend(q[:, :, num_sum:], k, v, rx, self.impl, self.block_size, p)
         k_s2, v_s2 = self.sum_kv2(s2)
         if self.kv_sink is not None:
             self.kv_sink.append((k, v, k_s2, v_s2))
