@@ -72,7 +72,8 @@ class GatherPlan:
     host arrays on first use, so the default path does not pay for them.
     """
 
-    # (the two tensors are None in a plan unpickled from a data loader's worker, until ``to`` makes them)
+    # (both tensors are derived from the host arrays by ``to``: None until then, as in a plan built without
+    # a device or unpickled from a data loader's worker)
     k_rows: torch.Tensor  # (Nk,) long
     runs: torch.Tensor  # (G, 4) int32 on the device: run_first, run_queries, offset into k_rows, run_keys
     run_first: np.ndarray  # (G,) host copies of the table
@@ -186,8 +187,8 @@ def build_plan(layout: AttentionLayout, chunk_keys: int | None = None) -> Gather
         return None
     run_first, run_queries, run_keys = q_first[used], q_count[used], num_keys[used]
     return GatherPlan(
-        k_rows=_expand(range_first, range_count, device),
-        runs=_run_table(run_first, run_queries, run_keys, device),
+        k_rows=None,  # type: ignore[arg-type]  # made by ``to``, from the arrays
+        runs=None,  # type: ignore[arg-type]
         run_first=run_first,
         run_queries=run_queries,
         run_keys=run_keys,
@@ -198,7 +199,7 @@ def build_plan(layout: AttentionLayout, chunk_keys: int | None = None) -> Gather
         num_keys=batch * k_len,
         chunk_keys=chunk_keys,
         distinct_keys=_disjoint(range_first, range_count),
-    )
+    ).to(device)
 
 
 def _segment_plan(layout: AttentionLayout, chunk_keys: int) -> GatherPlan:
@@ -226,8 +227,8 @@ def _segment_plan(layout: AttentionLayout, chunk_keys: int) -> GatherPlan:
     ones = np.ones_like(own)
     ranges_first, ranges_count = ranges_first[keep], ranges_count[keep]
     return GatherPlan(
-        k_rows=_expand(ranges_first, ranges_count, device),
-        runs=_run_table(own, ones, num_keys, device),
+        k_rows=None,  # type: ignore[arg-type]  # made by ``to``, from the arrays
+        runs=None,  # type: ignore[arg-type]
         run_first=own,
         run_queries=ones,
         run_keys=num_keys,
@@ -238,7 +239,7 @@ def _segment_plan(layout: AttentionLayout, chunk_keys: int) -> GatherPlan:
         num_keys=batch * k_len,
         chunk_keys=chunk_keys,
         distinct_keys=True,  # a token is read by its own bar's summary only, a summary by itself
-    )
+    ).to(device)
 
 
 def _true_stretches(allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
