@@ -87,8 +87,10 @@ if triton is not None:
     @triton.jit
     def _keep(seed, qh, kr, p_drop):
         """Which pairs of a tile survive attention dropout. ``qh`` = query row * H + head and ``kr`` = key row,
-        both broadcast to the tile: one Philox draw per (seed, query row, head, key row), so the forward and
-        both backward kernels draw the same mask whatever their tiling."""
+        int32 vectors shaped to broadcast against each other over the tile ((M, 1) and (1, N), or the
+        transpose): one Philox draw per (seed, query row, head, key row), so the forward and both backward
+        kernels draw the same mask whatever their tiling."""
+        qh, kr = qh + kr * 0, kr + qh * 0  # both the tile's shape
         zero = qh * 0
         bits, _, _, _ = tl.random.philox(seed, qh, kr, zero, zero)
         return tl.random.uint_to_uniform_float(bits) >= p_drop
@@ -98,8 +100,7 @@ if triton is not None:
         q = tl.program_id(0) * BQ + tl.arange(0, BQ)
         k = tl.program_id(1) * BK + tl.arange(0, BK)
         h = tl.program_id(2)
-        tile = tl.zeros([BQ, BK], tl.int32)
-        keep = _keep(seed, (q * H + h)[:, None] + tile, k[None, :] + tile, p_drop)
+        keep = _keep(seed, (q * H + h)[:, None], k[None, :], p_drop)
         ok = (q < num_q)[:, None] & (k < num_k)[None, :]
         tl.store(OUT + (h * num_q + q[:, None]) * num_k + k[None, :], keep.to(tl.int8), mask=ok)
 
@@ -137,9 +138,8 @@ if triton is not None:
                 p = tl.math.exp2(s - m_safe[:, None])
                 l_i = l_i * alpha + tl.sum(p, 1)  # the normaliser counts every key; dropout zeroes after it
                 if DROPOUT:
-                    tile = tl.zeros([BLOCK_M, BLOCK_N], tl.int32)
-                    qh, kr = (rows * H + h).to(tl.int32)[:, None] + tile, krow.to(tl.int32)[None, :] + tile
-                    p = tl.where(_keep(seed, qh, kr, p_drop), p / (1.0 - p_drop), 0.0)
+                    keep = _keep(seed, (rows * H + h).to(tl.int32)[:, None], krow.to(tl.int32)[None, :], p_drop)
+                    p = tl.where(keep, p / (1.0 - p_drop), 0.0)
                 acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
                 m_i = m_new
             l_safe = tl.where(l_i == 0.0, 1.0, l_i)
@@ -184,9 +184,8 @@ if triton is not None:
                 p = tl.where(ok, p, 0.0)
                 dp = tl.dot(do, tl.trans(v))  # d out / d p; with dropout, through the kept pairs only
                 if DROPOUT:
-                    tile = tl.zeros([BLOCK_M, BLOCK_N], tl.int32)
-                    qh, kr = (rows * H + h).to(tl.int32)[:, None] + tile, krow.to(tl.int32)[None, :] + tile
-                    dp = tl.where(_keep(seed, qh, kr, p_drop), dp / (1.0 - p_drop), 0.0)
+                    keep = _keep(seed, (rows * H + h).to(tl.int32)[:, None], krow.to(tl.int32)[None, :], p_drop)
+                    dp = tl.where(keep, dp / (1.0 - p_drop), 0.0)
                 ds = p * (dp - delta[:, None])
                 dq += tl.dot(ds.to(k.dtype), k)
             dq = (dq * sm_scale).to(DQ.dtype.element_ty)
@@ -231,9 +230,7 @@ if triton is not None:
                 pt = tl.where(ok, pt, 0.0)
                 dpt = tl.dot(v, tl.trans(do))
                 if DROPOUT:  # the kept pairs, scaled: the probabilities the forward used, and their gradient
-                    tile = tl.zeros([BLOCK_N, BLOCK_M], tl.int32)
-                    qh, kr = (rows * H + h).to(tl.int32)[None, :] + tile, krow.to(tl.int32)[:, None] + tile
-                    keep = _keep(seed, qh, kr, p_drop)
+                    keep = _keep(seed, (rows * H + h).to(tl.int32)[None, :], krow.to(tl.int32)[:, None], p_drop)
                     dv += tl.dot(tl.where(keep, pt / (1.0 - p_drop), 0.0).to(do.dtype), do)
                     dpt = tl.where(keep, dpt / (1.0 - p_drop), 0.0)
                 else:
