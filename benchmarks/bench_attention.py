@@ -272,11 +272,8 @@ def check_indexed_dropout(layout: Any, plan: Any, base: list[torch.Tensor], weig
     }
 
 
-def timed(fn: Any, reps: int = 10, warmup: int = 2) -> float:
-    """Median milliseconds of ``fn()`` on the GPU (CUDA events around each call), after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
+def event_times(fn: Any, reps: int) -> list[float]:
+    """Milliseconds of each of ``reps`` calls of ``fn()`` on the GPU, CUDA events around each (synchronised)."""
     times = []
     for _ in range(reps):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -285,7 +282,24 @@ def timed(fn: Any, reps: int = 10, warmup: int = 2) -> float:
         end.record()
         torch.cuda.synchronize()
         times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    return times
+
+
+def timed(fn: Any, reps: int = 10, warmup: int = 2) -> float:
+    """Median milliseconds of ``fn()`` on the GPU (CUDA events around each call), after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    return statistics.median(event_times(fn, reps))
+
+
+def train_step(model: nn.Module, batch: Batch) -> None:
+    """One training step without the optimiser: forward under bf16 autocast, cross-entropy, backward."""
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        logits = model(batch)
+    nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), batch.target.view(-1)).backward()
+    for p in model.parameters():
+        p.grad = None
 
 
 def time_steps(model: nn.Module, batch: Batch, steps: int, warmup: int) -> dict[str, float]:
@@ -293,12 +307,7 @@ def time_steps(model: nn.Module, batch: Batch, steps: int, warmup: int) -> dict[
     model.train()
 
     def step() -> None:
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            logits = model(batch)
-        loss = nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), batch.target.view(-1))
-        loss.backward()
-        for p in model.parameters():
-            p.grad = None
+        train_step(model, batch)
 
     t0 = time.perf_counter()
     for _ in range(warmup):
@@ -306,16 +315,9 @@ def time_steps(model: nn.Module, batch: Batch, steps: int, warmup: int) -> dict[
     torch.cuda.synchronize()
     warm_s = time.perf_counter() - t0
     torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(steps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        step()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / 1000)
-    # back to back, one synchronisation at the end: as in training, where a step's host work (the layouts
-    # and plans) overlaps the device's work on the step before
+    times = [ms / 1000 for ms in event_times(step, steps)]
+    # back to back, one synchronisation at the end: a step's host work (the layouts and plans) overlaps the
+    # device's work on the step before (imf train synchronises once per update: there the median applies)
     torch.cuda.synchronize()
     t0 = time.perf_counter()
     for _ in range(steps):
@@ -525,11 +527,7 @@ def profile(length: int, device: str, out_dir: Path, impl: str) -> None:
     batch = make_batch(length, 2, False, device)
 
     def step() -> None:
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            logits = model(batch)
-        nn.functional.cross_entropy(logits.view(-1, VOCAB), batch.target.view(-1)).backward()
-        for p in model.parameters():
-            p.grad = None
+        train_step(model, batch)
 
     for _ in range(3):
         step()

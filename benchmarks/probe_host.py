@@ -30,21 +30,29 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_attention import VOCAB, DenseLM, _layer_lists, fc_config, make_batch  # noqa: E402
+from bench_attention import VOCAB, DenseLM, _layer_lists, fc_config, make_batch, train_step  # noqa: E402
 
 from instruct_museformer.model import build_model  # noqa: E402
 from instruct_museformer.model.planning import LayoutPlanner  # noqa: E402
 
 
 def make_step(model: nn.Module, batch) -> callable:
-    def step() -> None:
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            logits = model(batch)
-        nn.functional.cross_entropy(logits.view(-1, VOCAB), batch.target.view(-1)).backward()
-        for p in model.parameters():
-            p.grad = None
+    return lambda: train_step(model, batch)
 
-    return step
+
+def print_cprofile(fn, calls: int, top: int, orders: tuple[str, ...]) -> None:
+    """cProfile of ``calls`` calls of ``fn()`` (synchronised at the end): ``top`` rows per sort order."""
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(calls):
+        fn()
+    torch.cuda.synchronize()
+    prof.disable()
+    text = io.StringIO()
+    stats = pstats.Stats(prof, stream=text)
+    for order in orders:
+        stats.sort_stats(order).print_stats(top)
+    print("\n".join(line for line in text.getvalue().splitlines() if line.strip()), flush=True)
 
 
 def sync_sites(step) -> Counter:
@@ -122,17 +130,7 @@ def measure(variant: str, length: int, steps: int, top: int) -> None:
         flush=True,
     )
     if top and "cprofile" in flags:
-        prof = cProfile.Profile()
-        prof.enable()
-        for _ in range(3):
-            step()
-        torch.cuda.synchronize()
-        prof.disable()
-        text = io.StringIO()
-        stats = pstats.Stats(prof, stream=text).sort_stats("tottime")
-        stats.print_stats(top)
-        stats.sort_stats("cumulative").print_stats(top)
-        print("\n".join(line for line in text.getvalue().splitlines() if line.strip()), flush=True)
+        print_cprofile(step, 3, top, ("tottime", "cumulative"))
     del model
     torch.cuda.empty_cache()
 
@@ -192,16 +190,8 @@ def launch_costs(length: int) -> None:
         for _ in range(10):
             both()
         torch.cuda.synchronize()
-    prof_py = cProfile.Profile()
-    prof_py.enable()
-    for _ in range(20):
-        both()
-    torch.cuda.synchronize()
-    prof_py.disable()
-    text = io.StringIO()
-    pstats.Stats(prof_py, stream=text).sort_stats("tottime").print_stats(25)
     print("gathered fwd+bwd, 20 calls, cProfile:")
-    print("\n".join(line for line in text.getvalue().splitlines() if line.strip()), flush=True)
+    print_cprofile(both, 20, 25, ("tottime",))
     print("gathered fwd+bwd, 10 calls, host time by op:")
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30, max_name_column_width=60))
 

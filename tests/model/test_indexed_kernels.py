@@ -76,24 +76,30 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm().clamp_min(1e-12))
 
 
+def _layout_inputs(layout, heads: int, dh: int):  # type: ignore[no-untyped-def]
+    """A test layout's plan, seeded q, k, v (B, heads, L, dh) and output weights (B, heads, Q, dh)."""
+    from instruct_museformer.model.gathered import build_plan
+
+    b, q_len = layout.q_class.shape
+    k_len = layout.k_class.shape[1]
+    gen = torch.Generator().manual_seed(5)
+    tensors = [torch.randn(b, heads, n, dh, generator=gen) for n in (q_len, k_len, k_len)]
+    return build_plan(layout), tensors, torch.randn(b, heads, q_len, dh, generator=gen)
+
+
 def _check_layouts() -> dict[str, float]:
     """Every test layout; keys' gradients summed a head at a time (the smallest accumulator budget)."""
     from test_gathered import _layouts
 
     from instruct_museformer.model import gathered, indexed
     from instruct_museformer.model.attention import attend
-    from instruct_museformer.model.gathered import build_plan, gathered_attention
+    from instruct_museformer.model.gathered import gathered_attention
 
     gathered.KERNEL = "indexed"
     indexed.ACCUMULATOR_BYTES = 1
     errors = {}
     for name, layout in _layouts(2, pad=16).items():
-        plan = build_plan(layout)
-        b, q_len = layout.q_class.shape
-        k_len = layout.k_class.shape[1]
-        gen = torch.Generator().manual_seed(5)
-        tensors = [torch.randn(b, 2, n, 16, generator=gen) for n in (q_len, k_len, k_len)]
-        weights = torch.randn(b, 2, q_len, 16, generator=gen)
+        plan, tensors, weights = _layout_inputs(layout, 2, 16)
         results = []
         for fast in (False, True):
             q, k, v = (t.clone().requires_grad_() for t in tensors)
@@ -144,7 +150,7 @@ def _check_dropout_layouts() -> dict[str, float]:
     from test_gathered import _layouts, _plan_mask
 
     from instruct_museformer.model import gathered, indexed
-    from instruct_museformer.model.gathered import build_plan, gathered_attention
+    from instruct_museformer.model.gathered import gathered_attention
 
     gathered.KERNEL = "indexed"
     indexed.ACCUMULATOR_BYTES = 1
@@ -152,12 +158,9 @@ def _check_dropout_layouts() -> dict[str, float]:
     p, heads, dh = 0.3, 2, 16
     errors = {}
     for name, layout in _layouts(2, pad=16).items():
-        plan = build_plan(layout)
+        plan, tensors, weights = _layout_inputs(layout, heads, dh)
         b, q_len = layout.q_class.shape
         k_len = layout.k_class.shape[1]
-        gen = torch.Generator().manual_seed(5)
-        tensors = [torch.randn(b, heads, n, dh, generator=gen) for n in (q_len, k_len, k_len)]
-        weights = torch.randn(b, heads, q_len, dh, generator=gen)
         allowed = _plan_mask(plan)  # (B*Q, B*K)
         keep = indexed.dropout_mask(1234, p, b * q_len, b * k_len, heads, torch.device("cpu"))  # (H, B*Q, B*K)
         results = []
