@@ -17,6 +17,7 @@ Prints a table last; writes ``bench.json`` under --out (default $OUT or .). Need
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import statistics
@@ -46,15 +47,18 @@ from instruct_museformer.model.masks import bar_layout, pad_bar_tokens, regular_
 from instruct_museformer.model.planning import LayoutPlanner  # noqa: E402
 from instruct_museformer.model.scheme import parse_scheme  # noqa: E402
 from instruct_museformer.tokens.specials import BAR, EOS  # noqa: E402
+from instruct_museformer.train.graphs import StepGraphs, graph_inputs  # noqa: E402
 
 VOCAB = 560
 # "+prep": the batch's layouts and plans built beforehand, as `imf train`'s data loader workers build them
 # (model.planning.LayoutPlanner; each step still moves them to the GPU);
 # "+cb": MuseformerConfig.compile_blocks; "gather-flash": the gather path with FlashAttention on chunks of
 # gathered keys instead of the indexed Triton kernels (gathered.KERNEL)
+# "+graph": each step replayed from a CUDA graph (train.graphs.StepGraphs; plans padded to bucketed capacities);
+# "gather-indexed": the indexed kernels also with attention dropout (what graphs need for it)
 IMPLS = (
     "gather", "gather+cb", "gather+prep", "gather+cb+prep", "gather-flash", "gather-flash+cb", "gather-flash+prep",
-    "flex", "flex+cb",
+    "gather+prep+graph", "gather+cb+prep+graph", "gather-indexed+prep", "gather-indexed+prep+graph", "flex", "flex+cb",
 )  # fmt: skip
 
 
@@ -95,10 +99,13 @@ def bar_lengths(total: int, gen: torch.Generator) -> list[int]:
     return lengths
 
 
-def make_batch(target_len: int, seed: int, translation: bool, device: str) -> Batch:
-    """prev_output of exactly ``target_len`` tokens (the last bar truncated), and a source of as many bars."""
+def make_batch(target_len: int, seed: int, translation: bool, device: str, reorder: bool = False) -> Batch:
+    """prev_output of exactly ``target_len`` tokens (the last bar truncated), and a source of as many bars.
+    ``reorder``: the same bars but the last in reverse order (another layout of the same size)."""
     gen = torch.Generator().manual_seed(seed)
     lengths = bar_lengths(target_len, gen)
+    if reorder:
+        lengths = lengths[-2::-1] + lengths[-1:]
     full = bar_tokens(lengths, gen, prefix=True)
     seq = full.tokens[0, :target_len]
     prev = _single(seq, gen)
@@ -208,6 +215,47 @@ def check_equivalence(task: str, length: int, device: str, impls: list[str]) -> 
     return result
 
 
+def check_graph_replay(task: str, length: int, device: str) -> dict[str, Any]:
+    """A step replayed from a CUDA graph recorded on another batch of the same signature (the bars in another
+    order) against the eager step on the replayed batch: loss and every gradient, with two eager steps for
+    scale (the float32 atomics of the key/value gradients make runs differ in the last bits). Then with the
+    recipe's dropout (0.1, attention dropout through the indexed kernels): each replay must draw new masks."""
+    result: dict[str, Any] = {}
+    batches = [make_batch(length, 1, task == "translation", device, reorder=r) for r in (False, True)]
+    for dropout in (0.0, 0.1):
+        cfg = fc_config("gather-indexed" if dropout else "gather", vocab_size=VOCAB, task=task, dropout=dropout,
+                        attention_dropout=dropout)  # fmt: skip
+        torch.manual_seed(0)
+        model = build_model(cfg).to(device).train()
+        step = graph_step(model)
+        graphs = StepGraphs(step, torch.device(device), LayoutPlanner(cfg, "cuda", pad_plans=True))
+        first, other = (graphs.prepare(b) for b in batches)
+        tag = "graph_dropout" if dropout else "graph"
+        result[f"{tag}_same_signature"] = graph_inputs(first)[0] == graph_inputs(other)[0]
+
+        def grads(model: nn.Module = model) -> torch.Tensor:
+            flat = torch.cat([p.grad.flatten() for p in model.parameters()])
+            torch._foreach_zero_([p.grad for p in model.parameters()])
+            return flat
+
+        graphs(first)  # eager, then recorded
+        grads()
+        runs = [(graphs(other), grads()), (graphs(other), grads())]
+        result[f"{tag}_replays"] = graphs.replays
+        if dropout:
+            result[f"{tag}_finite"] = bool(all(torch.isfinite(x).all() for run in runs for x in run))
+            result[f"{tag}_replays_loss_rel_change"] = rel(runs[0][0], runs[1][0])
+            continue
+        eager = [(step(other), grads()), (step(other), grads())]
+        result[f"{tag}_loss_rel_err"] = rel(runs[0][0], eager[0][0])
+        result[f"{tag}_grad_rel_err"] = rel(runs[0][1], eager[0][1])
+        result[f"{tag}_eager_vs_eager_grad_rel_err"] = rel(eager[1][1], eager[0][1])
+        result[f"{tag}_recorded_batch_loss_rel_diff"] = rel(step(first), eager[0][0])  # another problem
+        grads()
+    gathered.KERNEL = "auto"
+    return result
+
+
 def check_gather_kernel(batch: Batch, device: str) -> dict[str, float]:
     """The gather path's kernels themselves on the decoder's regular-token layout: bf16 q, k, v through
     ``gathered_attention`` (FlashAttention on gathered chunks, and the indexed Triton kernels) against the
@@ -247,7 +295,7 @@ def check_indexed_dropout(layout: Any, plan: Any, base: list[torch.Tensor], weig
     with the kernels' own mask (``indexed.dropout_mask``), outputs and gradients; batch of one."""
     p, seed = 0.1, 1234
     gathered.KERNEL = "indexed"
-    drawn, gathered._dropout_seed = gathered._dropout_seed, lambda: seed
+    drawn, gathered._dropout_seed = gathered._dropout_seed, lambda device: torch.tensor([seed], device=device)
     try:
         results = []
         for fast in (True, False):
@@ -302,19 +350,54 @@ def train_step(model: nn.Module, batch: Batch) -> None:
         p.grad = None
 
 
-def time_steps(model: nn.Module, batch: Batch, steps: int, warmup: int) -> dict[str, float]:
-    """Median forward+backward time (bf16 autocast) and peak memory over ``steps`` steps."""
+def graph_step(model: nn.Module) -> Any:
+    """The step a CUDA graph records: as ``train_step``, gradients added into ``.grad`` (kept tensors)."""
+
+    def step(batch: Batch) -> torch.Tensor:
+        with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
+            logits = model(batch)
+        loss = nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), batch.target.view(-1))
+        loss.backward()
+        return loss.detach()
+
+    return step
+
+
+def graphed_steps(model: nn.Module, planner: LayoutPlanner | None) -> Any:
+    """A training step through ``StepGraphs``, gradients zeroed in place after each (one foreach call)."""
+    graphs = StepGraphs(graph_step(model), torch.device("cuda"), planner)
+
+    def step(batch: Batch) -> None:
+        graphs(batch)
+        torch._foreach_zero_([p.grad for p in model.parameters() if p.grad is not None])
+
+    step.graphs = graphs  # type: ignore[attr-defined]
+    return step
+
+
+def time_steps(
+    model: nn.Module, batch: Batch, steps: int, warmup: int, graphed: Any = None
+) -> dict[str, float]:
+    """Median forward+backward time (bf16 autocast) and peak memory over ``steps`` steps. ``graphed``: a
+    ``graphed_steps`` step instead; its peak memory is taken from the first (eager) step and the recording
+    on, as a replay allocates nothing the allocator sees."""
     model.train()
 
     def step() -> None:
-        train_step(model, batch)
+        if graphed is not None:
+            graphed(batch)
+        else:
+            train_step(model, batch)
 
+    if graphed is not None:
+        torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     for _ in range(warmup):
         step()
     torch.cuda.synchronize()
     warm_s = time.perf_counter() - t0
-    torch.cuda.reset_peak_memory_stats()
+    if graphed is None:
+        torch.cuda.reset_peak_memory_stats()
     times = [ms / 1000 for ms in event_times(step, steps)]
     # back to back, one synchronisation at the end: a step's host work (the layouts and plans) overlaps the
     # device's work on the step before (imf train synchronises once per update: there the median applies)
@@ -325,7 +408,12 @@ def time_steps(model: nn.Module, batch: Batch, steps: int, warmup: int) -> dict[
     torch.cuda.synchronize()
     back_to_back = (time.perf_counter() - t0) / steps
     med = statistics.median(times)
-    return {
+    extra = {}
+    if graphed is not None:
+        g = graphed.graphs
+        reserved = torch.cuda.memory_reserved() / 2**30
+        extra = {"graphs_recorded": g.recorded, "graph_replays": g.replays, "reserved_gib": reserved}
+    return extra | {
         "back_to_back_ms": back_to_back * 1000,
         "back_to_back_tokens_per_s": batch.ntokens / back_to_back,
         "step_ms": med * 1000,
@@ -376,6 +464,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lengths", type=int, nargs="+", default=[4096, 15360, 65536])
     parser.add_argument("--impls", nargs="+", default=["gather", "flex"], choices=IMPLS)
     parser.add_argument("--dense-compiled", action="store_true", help="also time the dense model compiled")
+    parser.add_argument("--dense-graph", action="store_true", help="also time the dense model's steps as CUDA graphs")
+    parser.add_argument("--check-only", action="store_true", help="run the checks, time nothing")
     parser.add_argument("--chunk-keys", type=int, default=None, help="gathered keys per kernel call (gather)")
     parser.add_argument("--translation-length", type=int, default=15360)
     parser.add_argument("--steps", type=int, default=10)
@@ -383,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--extra-block-sizes", type=int, nargs="*", default=[64])
     parser.add_argument("--compiled-lengths", type=int, nargs="*", default=[15360, 65536])
     parser.add_argument("--profile-length", type=int, default=15360)
-    parser.add_argument("--profile-impl", default="gather", choices=IMPLS)
+    parser.add_argument("--profile-impl", default="gather", choices=IMPLS, help="(with --dense-compiled: also dense)")
     parser.add_argument("--skip-check", action="store_true")
     parser.add_argument("--attention-dropout", type=float, default=0.0, help="in both models (recipe: 0.1)")
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
@@ -419,27 +509,48 @@ def main(argv: list[str] | None = None) -> int:
             results["check"][task]["length"] = length
             print(f"check {task} T={length}: {results['check'][task]} ({time.perf_counter() - t0:.0f}s)", flush=True)
             save()
+        if any("+graph" in impl for impl in args.impls):
+            for task, length in (("language_modeling", 15360), ("translation", 4096)):
+                t0 = time.perf_counter()
+                results["check"][f"{task} graphs"] = check_graph_replay(task, length, device)
+                print(f"check {task} graphs T={length}: {results['check'][f'{task} graphs']} "
+                      f"({time.perf_counter() - t0:.0f}s)", flush=True)  # fmt: skip
+                save()
+    if args.check_only:
+        return 0
 
-    def run(kind: str, task: str, length: int, block_size: int = 128, compiled: bool = False, impl: str = "") -> None:
+    def run(
+        kind: str, task: str, length: int, block_size: int = 128, compiled: bool = False, impl: str = "",
+        graph: bool = False,
+    ) -> None:
         impl = impl or args.impls[0]
+        graph = graph or kind == "fc" and "+graph" in impl
         cfg = fc_config(impl, vocab_size=VOCAB, task=task, block_size=block_size)
         cfg.attention_dropout = args.attention_dropout  # the same in both models (0: FlexAttention has none)
         torch.manual_seed(0)
+        gc.collect()
+        torch.cuda.empty_cache()
+        baseline = torch.cuda.memory_allocated()  # what earlier variants left (0: nothing)
         model = (DenseLM(cfg) if kind == "dense" else build_model(cfg)).to(device)
         row: dict[str, Any] = {"kind": kind, "task": task, "length": length, "block_size": block_size}
+        row["baseline_gib"] = baseline / 2**30
         row["attention_dropout"] = args.attention_dropout
         if kind == "fc":
             row["impl"] = impl
         row["compiled_layers"] = compiled
+        row["graph"] = graph
         try:
             if compiled:  # torch.compile each layer (both models): fused elementwise ops, less Python
                 for layers in _layer_lists(model):
                     for layer in layers:
                         layer.compile()
             batch = make_batch(length, 2, task == "translation", device)
-            if "+prep" in impl:
-                batch.layouts = LayoutPlanner(cfg, "cuda")(batch)
-            row.update(time_steps(model, batch, args.steps, args.warmup))
+            planner = LayoutPlanner(cfg, "cuda", pad_plans=graph) if kind == "fc" else None
+            if "+prep" in impl and planner is not None:
+                batch.layouts = planner(batch)
+            graphed = graphed_steps(model, planner) if graph else None
+            row.update(time_steps(model, batch, args.steps, args.warmup, graphed))
+            del graphed
             if kind == "fc" and task == "language_modeling" and not compiled and block_size == 128:
                 row["mask_build_ms"] = time_mask_build(batch, cfg)
                 row.update(tile_density(batch, cfg))
@@ -477,8 +588,10 @@ def main(argv: list[str] | None = None) -> int:
                     f"{r['tokens_per_s']:,.0f} | - | - | {r['peak_mem_gib']:.3f} |"
                 )
                 continue
+            variant = ("compiled" if dense.get("compiled_layers") else "eager") + (" graph" * bool(dense.get("graph")))
             print(
-                f"| {name} (bs {r['block_size']}) | {r['impl']} | {r['length']} | {dense['step_ms']:.1f} ms | "
+                f"| {name} (bs {r['block_size']}) | {r['impl']} | {r['length']} | "
+                f"{dense['step_ms']:.1f} ms ({variant}) | "
                 f"{r['step_ms']:.1f} ms | {dense['tokens_per_s']:,.0f} | "
                 f"{r['tokens_per_s']:,.0f} | {r['tokens_per_s'] / dense['tokens_per_s']:.2f}x | "
                 f"{dense['peak_mem_gib']:.3f} | {r['peak_mem_gib']:.3f} | {dense['back_to_back_ms']:.1f} / "
@@ -489,6 +602,10 @@ def main(argv: list[str] | None = None) -> int:
         run("dense", "language_modeling", length)
         if args.dense_compiled:
             run("dense", "language_modeling", length, compiled=True)
+        if args.dense_graph:
+            run("dense", "language_modeling", length, graph=True)
+            if args.dense_compiled:
+                run("dense", "language_modeling", length, compiled=True, graph=True)
         for impl in args.impls:
             run("fc", "language_modeling", length, impl=impl)
     if args.translation_length:
@@ -497,6 +614,8 @@ def main(argv: list[str] | None = None) -> int:
     table(False)
     if args.profile_length:
         profile(args.profile_length, device, out_dir, args.profile_impl)
+        if args.dense_compiled:
+            profile(args.profile_length, device, out_dir, args.profile_impl, dense=True)
     for bs in args.extra_block_sizes:
         for length in args.lengths[1:]:
             run("fc", "language_modeling", length, bs, impl="flex")
@@ -516,15 +635,22 @@ def _layer_lists(model: nn.Module) -> list[nn.ModuleList]:
     return [m.layers for m in (getattr(model, "encoder", None), model.decoder) if m is not None]
 
 
-def profile(length: int, device: str, out_dir: Path, impl: str) -> None:
-    """Where one FC training step's time goes: top CUDA kernels and CPU vs GPU totals."""
+def profile(length: int, device: str, out_dir: Path, impl: str, dense: bool = False) -> None:
+    """Where one training step's time goes: top CUDA kernels and CPU vs GPU totals (eager steps; "+prep":
+    layouts prepared beforehand, "+graph": with the plans padded as for graphs; ``dense``: the compiled dense
+    model instead)."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
     cfg = fc_config(impl, vocab_size=VOCAB, task="language_modeling", attention_dropout=0.0)
     torch.manual_seed(0)
-    model = build_model(cfg).to(device).train()
+    model = (DenseLM(cfg) if dense else build_model(cfg)).to(device).train()
+    if dense:
+        for layer in model.layers:
+            layer.compile()
     batch = make_batch(length, 2, False, device)
+    if "+prep" in impl and not dense:
+        batch.layouts = LayoutPlanner(cfg, "cuda", pad_plans="+graph" in impl)(batch)
 
     def step() -> None:
         train_step(model, batch)
@@ -536,10 +662,11 @@ def profile(length: int, device: str, out_dir: Path, impl: str) -> None:
         for _ in range(2):
             step()
         torch.cuda.synchronize()
-    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=18, max_name_column_width=70)
-    host = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=70)
-    print(f"\nprofile: FC LM ({impl}), {length} tokens, 2 steps\n{table}\nby host time:\n{host}", flush=True)
-    (out_dir / "profile.txt").write_text(table + "\n" + host)
+    table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=70)
+    host = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=10, max_name_column_width=70)
+    name = "dense LM (compiled layers)" if dense else f"FC LM ({impl})"
+    print(f"\nprofile: {name}, {length} tokens, 2 steps\n{table}\nby host time:\n{host}", flush=True)
+    (out_dir / f"profile_{'dense' if dense else impl}.txt").write_text(table + "\n" + host)
 
 
 if __name__ == "__main__":

@@ -79,6 +79,20 @@ class BarTokens:
     def as_tuple(self) -> tuple[torch.Tensor, ...]:
         return (self.tokens, self.bar_ids, self.beat_ids, self.padding_mask, self.num_complete_bars)
 
+    def pad_to(self, length: int) -> BarTokens:
+        """These tokens with padding appended up to ``length`` positions (itself if that long already)."""
+        extra = length - self.tokens.shape[1]
+        if extra <= 0:
+            return self
+        pad = torch.nn.functional.pad
+        return BarTokens(
+            pad(self.tokens, (0, extra), value=PAD),
+            pad(self.bar_ids, (0, extra)),
+            pad(self.beat_ids, (0, extra)),
+            pad(self.padding_mask, (0, extra), value=True),
+            self.num_complete_bars,
+        )
+
 
 def bar_ids_of(tokens: torch.Tensor, bar_token: int = BAR) -> torch.Tensor:
     """1-based bar id of every token of one unpadded sequence (T,); specials get 0."""
@@ -145,6 +159,19 @@ class Batch:
     ntokens: int
     ids: torch.Tensor
     layouts: Any = field(default=None, repr=False, compare=False)
+
+    def pad_to(self, target_length: int, source_length: int | None = None) -> Batch:
+        """This batch with padding appended: the decoder side up to ``target_length`` positions, the source up
+        to ``source_length`` (padding reads and is read by nothing, and its targets are PAD: the loss is
+        unchanged). Layouts are not carried over: they describe the unpadded batch."""
+        target = self.target
+        extra = target_length - target.shape[1]
+        if extra > 0:
+            target = torch.nn.functional.pad(target, (0, extra), value=PAD)
+        source = self.source
+        if source is not None and source_length is not None:
+            source = source.pad_to(source_length)
+        return Batch(self.prev_output.pad_to(target_length), target, source, self.ntokens, self.ids)
 
     def to(self, device: torch.device | str) -> Batch:
         device = torch.device(device)

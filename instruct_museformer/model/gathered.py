@@ -39,7 +39,18 @@ import torch
 
 from ..data.batch import to_device
 from . import indexed
-from .masks import AttentionLayout
+from .masks import AttentionLayout, round_up
+
+# Buckets of ``GatherPlan.capacities``: runs in multiples of RUN_BUCKET; the key index and the grids'
+# query and key extents in powers of two from these.
+RUN_BUCKET = 64
+MIN_KEYS = 1024
+MIN_EXTENT = 128
+MIN_KEY_EXTENT = 1024
+
+
+def _power_of_two(n: int, least: int) -> int:
+    return max(least, 1 << max(n - 1, 0).bit_length())
 
 # Gathered keys per kernel call: bounds the extra memory (keys + values, and their gradients in backward:
 # 4 x CHUNK_KEYS x d x 2 bytes, 128 MiB at d = 512) while keeping each call large enough to fill the GPU.
@@ -86,6 +97,9 @@ class GatherPlan:
     num_keys: int  # B * K
     chunk_keys: int  # gathered keys per chunked kernel call
     distinct_keys: bool = False  # no key is read by two runs: gradients are written, not summed
+    # ``padded``: the query and key extents the kernels' grids cover (0: the plan's own largest run)
+    grid_q: int = 0
+    grid_k: int = 0
 
     def to(self, device: torch.device) -> GatherPlan:
         """The plan on ``device`` (itself if there already): the key index expanded there from the ranges."""
@@ -107,11 +121,54 @@ class GatherPlan:
 
     @property
     def max_q(self) -> int:
-        return int(self.run_queries.max()) if self.run_queries.size else 0
+        return max(int(self.run_queries.max()) if self.run_queries.size else 0, self.grid_q)
 
     @property
     def max_k(self) -> int:
-        return int(self.run_keys.max()) if self.run_keys.size else 0
+        return max(int(self.run_keys.max()) if self.run_keys.size else 0, self.grid_k)
+
+    def capacities(self, max_runs: int = 0) -> tuple[int, int, int, int]:
+        """(runs, key-index entries, query extent, key extent), rounded up coarsely so that the plans of
+        batches of one padded length mostly share them (``padded``): runs to ``max_runs`` where the caller
+        knows a bound (``BatchLayouts.pad_plans``: a sequence's bars, from its summary slots), in multiples
+        of RUN_BUCKET; the index and the extents to powers of two (at least MIN_KEYS, MIN_EXTENT, MIN_KEY_EXTENT).
+        The query extent stays 16 for runs of at most 16 queries (the summaries'), which take small tiles."""
+        runs = round_up(max(len(self.run_first), max_runs), RUN_BUCKET)
+        keys = _power_of_two(int(self.range_count.sum()), MIN_KEYS)
+        grid_q = 16 if self.max_q <= 16 else _power_of_two(self.max_q, MIN_EXTENT)
+        return runs, keys, grid_q, _power_of_two(self.max_k, MIN_KEY_EXTENT)
+
+    def padded(self, max_runs: int = 0) -> GatherPlan:
+        """This plan grown to its ``capacities``: the extra runs have no queries and no keys (the kernels'
+        programs for them return at once), the extra key-index entries are never read, and the grids cover
+        the bucketed extents. Two batches whose plans pad alike launch the same kernels with the same
+        arguments but for the tables' contents, which is what lets a CUDA graph of a training step
+        (``train.graphs``) serve both. Returns itself where it is already at its capacities."""
+        runs, keys, grid_q, grid_k = self.capacities(max_runs)
+        extra_runs, extra_keys = runs - len(self.run_first), keys - int(self.range_count.sum())
+        if not extra_runs and not extra_keys and (grid_q, grid_k) == (self.max_q, self.max_k):
+            return self
+        none = np.zeros(extra_runs, np.int64)
+        plan = dataclasses.replace(
+            self,
+            k_rows=None,
+            runs=None,
+            run_first=np.r_[self.run_first, none],
+            run_queries=np.r_[self.run_queries, none],
+            run_keys=np.r_[self.run_keys, none],
+            range_first=np.r_[self.range_first, [0] * bool(extra_keys)],
+            range_count=np.r_[self.range_count, [extra_keys] * bool(extra_keys)],
+            grid_q=grid_q,
+            grid_k=grid_k,
+        )
+        return plan if self.k_rows is None else plan.to(self.k_rows.device)
+
+    def graph_key(self) -> tuple:
+        """What a forward reads of this plan on the host (besides its tensors' shapes): a CUDA graph
+        recorded with one plan is valid for another with the same key (``train.graphs``)."""
+        read = self.read_queries
+        return (self.causal, self.distinct_keys, self.num_queries, self.num_keys, self.max_q, self.max_k,
+                read == 0, read == self.num_queries)  # fmt: skip
 
     @property
     def read_queries(self) -> int:
@@ -137,6 +194,11 @@ def plan_for(layout: AttentionLayout, chunk_keys: int | None = None) -> GatherPl
     if plan is not None and plan.k_rows is None:  # unpickled: its tensors are made where the layout is
         plan = layout._gather[chunk_keys] = plan.to(layout.q_class.device)
     return plan
+
+
+def built_plan(layout: AttentionLayout) -> GatherPlan | None:
+    """The layout's plan if ``plan_for`` has built it (for the default chunk size), without building one."""
+    return layout._gather.get(CHUNK_KEYS)
 
 
 def build_plan(layout: AttentionLayout, chunk_keys: int | None = None) -> GatherPlan | None:
@@ -591,7 +653,7 @@ class _GatheredAttention(torch.autograd.Function):
         every_row = plan.read_queries == b * q_len  # then every row of out is written below
         out = (torch.empty if every_row else torch.zeros)(b * q_len, h, dh, dtype=q.dtype, device=q.device)
         kernel = kernel_for(q, dropout_p)
-        seed = _dropout_seed() if kernel == "indexed" and dropout_p > 0.0 else 0
+        seed = _dropout_seed(q.device) if kernel == "indexed" and dropout_p > 0.0 else None
         if kernel == "indexed":
             lse = indexed.forward(qf, kf, vf, plan.k_rows, plan.runs, plan.max_q, plan.causal, out, dropout_p, seed)
             lses, states = [lse], []
@@ -640,10 +702,10 @@ class _GatheredAttention(torch.autograd.Function):
         return heads(dq, q_len, q.dtype), heads(dk, k_len, k.dtype), heads(dv, k_len, v.dtype), None, None, None
 
 
-def _dropout_seed() -> int:
-    """A seed for one call's dropout mask (indexed kernels), from torch's default generator: reproducible
-    under ``torch.manual_seed``, and below 2**31 so the kernels see one integer type."""
-    return int(torch.randint(0, (1 << 31) - 1, (1,)))
+def _dropout_seed(device: torch.device) -> torch.Tensor:
+    """A seed for one call's dropout mask (indexed kernels): drawn on the device from torch's generator, so
+    reproducible under ``torch.manual_seed`` and drawn anew by each replay of a CUDA graph; below 2**31."""
+    return torch.randint(0, (1 << 31) - 1, (1,), device=device, dtype=torch.int64)
 
 
 @torch.compiler.disable

@@ -96,23 +96,32 @@ if triton is not None:
         return tl.random.uint_to_uniform_float(bits) >= p_drop
 
     @triton.jit
-    def _mask_kernel(OUT, seed, p_drop, num_q, num_k, H: tl.constexpr, BQ: tl.constexpr, BK: tl.constexpr):  # noqa: N803
+    def _seed(SEED, DROPOUT: tl.constexpr):  # noqa: N803
+        """The call's dropout seed, read from the device (0 without dropout: the pointer is not a seed)."""
+        seed = 0
+        if DROPOUT:
+            seed = tl.load(SEED)
+        return seed
+
+    @triton.jit
+    def _mask_kernel(OUT, SEED, p_drop, num_q, num_k, H: tl.constexpr, BQ: tl.constexpr, BK: tl.constexpr):  # noqa: N803
         q = tl.program_id(0) * BQ + tl.arange(0, BQ)
         k = tl.program_id(1) * BK + tl.arange(0, BK)
         h = tl.program_id(2)
-        keep = _keep(seed, (q * H + h)[:, None], k[None, :], p_drop)
+        keep = _keep(tl.load(SEED), (q * H + h)[:, None], k[None, :], p_drop)
         ok = (q < num_q)[:, None] & (k < num_k)[None, :]
         tl.store(OUT + (h * num_q + q[:, None]) * num_k + k[None, :], keep.to(tl.int8), mask=ok)
 
-    @triton.jit(do_not_specialize=["seed"])
+    @triton.jit
     def _forward_kernel(
-        Q, K, V, O, LSE, KROWS, RUNS,  # noqa: N803
-        stride_q, head_q, stride_k, head_k, qk_scale, seed, p_drop,
+        Q, K, V, O, LSE, KROWS, RUNS, SEED,  # noqa: N803
+        stride_q, head_q, stride_k, head_k, qk_scale, p_drop,
         H: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
         DROPOUT: tl.constexpr,
     ):  # fmt: skip
         r, mb, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         q_first, q_len, k_off, k_len = _run(RUNS, r)
+        seed = _seed(SEED, DROPOUT)
         m0 = mb * BLOCK_M
         if m0 < q_len:
             offs_m = m0 + tl.arange(0, BLOCK_M)
@@ -148,16 +157,17 @@ if triton is not None:
             tl.store(O + rows[:, None] * (H * D) + h * D + offs_d[None, :], out, mask=m_ok[:, None])
             tl.store(LSE + rows * H + h, m_i + tl.math.log2(l_safe), mask=m_ok)
 
-    @triton.jit(do_not_specialize=["seed"])
+    @triton.jit
     def _grad_q_kernel(
-        Q, K, V, KS, VS, O, DO, DQ, LSE, DELTA, KROWS, RUNS,  # noqa: N803
+        Q, K, V, KS, VS, O, DO, DQ, LSE, DELTA, KROWS, RUNS, SEED,  # noqa: N803
         stride_q, head_q, stride_k, head_k, stride_do, head_do, kept_stride, kept_head, k_seq, n_kept,
-        qk_scale, sm_scale, seed, p_drop,
+        qk_scale, sm_scale, p_drop,
         H: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
         KEPT: tl.constexpr, DROPOUT: tl.constexpr,
     ):  # fmt: skip
         r, mb, h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         q_first, q_len, k_off, k_len = _run(RUNS, r)
+        seed = _seed(SEED, DROPOUT)
         m0 = mb * BLOCK_M
         if m0 < q_len:
             offs_m = m0 + tl.arange(0, BLOCK_M)
@@ -192,17 +202,18 @@ if triton is not None:
             offs_d = tl.arange(0, D)
             tl.store(DQ + rows[:, None] * (H * D) + h * D + offs_d[None, :], dq, mask=m_ok[:, None])
 
-    @triton.jit(do_not_specialize=["seed"])
+    @triton.jit
     def _grad_kv_kernel(
-        Q, K, V, KS, VS, DO, DK, DV, LSE, DELTA, KROWS, RUNS,  # noqa: N803
+        Q, K, V, KS, VS, DO, DK, DV, LSE, DELTA, KROWS, RUNS, SEED,  # noqa: N803
         stride_q, head_q, stride_k, head_k, stride_do, head_do, kept_stride, kept_head, k_seq, n_kept,
-        qk_scale, sm_scale, h0, seed, p_drop,
+        qk_scale, sm_scale, h0, p_drop,
         H: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
         KEPT: tl.constexpr, ADD: tl.constexpr, HG: tl.constexpr, DROPOUT: tl.constexpr,
     ):  # fmt: skip
         r, nb, hg = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         h = h0 + hg  # heads [h0, h0 + HG) in this launch; DK and DV hold those heads only
         q_first, q_len, k_off, k_len = _run(RUNS, r)
+        seed = _seed(SEED, DROPOUT)
         n0 = nb * BLOCK_N
         if n0 < k_len:
             offs_n, n_ok, krow = _key_block(KROWS, k_off, n0, k_len, BLOCK_N)
@@ -297,11 +308,12 @@ def forward(
     causal: bool,
     out: torch.Tensor,
     dropout_p: float = 0.0,
-    seed: int = 0,
+    seed: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """q (Nq, H, dh), k and v (Nk, H, dh) rows -> writes ``out`` (Nq, H, dh) for the runs' queries and
     returns the log-sum-exp (Nq, H) float32 (base 2, scaled), which backward needs. With ``dropout_p``,
-    attention dropout with the mask of ``seed`` (``_keep``); backward must be given the same."""
+    attention dropout with the mask of ``seed`` (``_keep``; a one-element int64 tensor on q's device, read
+    by the kernels: a CUDA graph replays them with each replay's draw); backward must be given the same."""
     _outputs(out)
     n_q, h, dh = q.shape
     lse = torch.empty(n_q, h, dtype=torch.float32, device=q.device)
@@ -309,16 +321,29 @@ def forward(
     grid = (runs.shape[0], _cdiv(max_q, block_m), h)
     qk_scale = LOG2E / math.sqrt(dh)
     _forward_kernel[grid](
-        q, k, v, out, lse, k_rows, runs, *_strides(q), *_key_strides(k, v), qk_scale, seed, dropout_p,
+        q, k, v, out, lse, k_rows, runs, _seed_arg(seed, runs, dropout_p), *_strides(q), *_key_strides(k, v), qk_scale,
+        dropout_p,
         h, dh, block_m, BLOCK_N, causal, dropout_p > 0.0, num_warps=NUM_WARPS, num_stages=NUM_STAGES,
     )  # fmt: skip
     return lse
 
 
-def dropout_mask(seed: int, dropout_p: float, num_q: int, num_k: int, heads: int, device: torch.device) -> torch.Tensor:
+def _seed_arg(seed: torch.Tensor | None, placeholder: torch.Tensor, dropout_p: float) -> torch.Tensor:
+    """The kernels' seed pointer: the seed tensor with dropout; without, any tensor (never read)."""
+    if dropout_p == 0.0:
+        return placeholder
+    if seed is None or seed.numel() != 1 or seed.dtype != torch.int64:
+        raise ValueError("attention dropout in the indexed kernels needs a one-element int64 seed tensor")
+    return seed
+
+
+def dropout_mask(
+    seed: int | torch.Tensor, dropout_p: float, num_q: int, num_k: int, heads: int, device: torch.device
+) -> torch.Tensor:
     """(H, Nq, Nk) bool: which (query row, key row) pairs of each head a call with ``seed`` keeps -- the
     mask the kernels draw, over all pairs (to check them, or to inspect a call)."""
     out = torch.zeros(heads, num_q, num_k, dtype=torch.int8, device=device)
+    seed = torch.as_tensor(seed, dtype=torch.int64, device=device).reshape(1)
     grid = (_cdiv(num_q, 16), _cdiv(num_k, 16), heads)
     _mask_kernel[grid](out, seed, dropout_p, num_q, num_k, heads, 16, 16)
     return out.bool()
@@ -352,7 +377,7 @@ def backward(
     distinct_keys: bool,
     kept: Kept | None = None,
     dropout_p: float = 0.0,
-    seed: int = 0,
+    seed: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Writes dq (Nq, H, dh) for the runs' queries; returns the key/value gradients (Nk, H, dh) in k's dtype,
     0 for keys no run reads.
@@ -372,9 +397,10 @@ def backward(
     else:
         ks, vs, kept_ints = kept.k, kept.v, [*_key_strides(kept.k, kept.v), kept.k_seq, kept.n]
     common: dict[str, Any] = {"num_warps": NUM_WARPS, "num_stages": NUM_STAGES}
+    seed = _seed_arg(seed, runs, dropout_p)
     _grad_q_kernel[(g, _cdiv(max_q, block_m), h)](
-        q, k, v, ks, vs, out, grad, dq, lse, delta, k_rows, runs, *strides, *kept_ints, qk_scale, sm_scale,
-        seed, dropout_p, h, dh, block_m, BLOCK_N, causal, kept is not None, dropout_p > 0.0, **common,
+        q, k, v, ks, vs, out, grad, dq, lse, delta, k_rows, runs, seed, *strides, *kept_ints, qk_scale, sm_scale,
+        dropout_p, h, dh, block_m, BLOCK_N, causal, kept is not None, dropout_p > 0.0, **common,
     )  # fmt: skip
     dk = (torch.zeros if distinct_keys else torch.empty)(n_k, h, dh, dtype=k.dtype, device=k.device)
     dv = (torch.zeros if distinct_keys else torch.empty)(n_k, h, dh, dtype=k.dtype, device=k.device)
@@ -388,8 +414,8 @@ def backward(
             sums.zero_()
             dk_out, dv_out = sums[0, :, :hg], sums[1, :, :hg]
         _grad_kv_kernel[(g, _cdiv(max_k, BLOCK_N), hg)](
-            q, k, v, ks, vs, grad, dk_out, dv_out, lse, delta, k_rows, runs, *strides, *kept_ints,
-            qk_scale, sm_scale, h0, seed, dropout_p,
+            q, k, v, ks, vs, grad, dk_out, dv_out, lse, delta, k_rows, runs, seed, *strides, *kept_ints,
+            qk_scale, sm_scale, h0, dropout_p,
             h, dh, block_m, BLOCK_N, causal, kept is not None, sums is not None, group, dropout_p > 0.0, **common,
         )  # fmt: skip
         if sums is not None:

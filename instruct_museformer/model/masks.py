@@ -596,14 +596,4 @@ def cross_layout(
 def pad_bar_tokens(tokens: BarTokens, multiple: int) -> BarTokens:
     """Pad a BarTokens side with padding up to a multiple of ``multiple`` tokens (FlexAttention tiles)."""
     length = tokens.tokens.shape[1]
-    extra = round_up(length, multiple) - length if length else 0
-    if extra == 0:
-        return tokens
-    pad = torch.nn.functional.pad
-    return BarTokens(
-        pad(tokens.tokens, (0, extra)),  # PAD == 0
-        pad(tokens.bar_ids, (0, extra)),
-        pad(tokens.beat_ids, (0, extra)),
-        pad(tokens.padding_mask, (0, extra), value=True),
-        tokens.num_complete_bars,
-    )
+    return tokens.pad_to(round_up(length, multiple)) if length else tokens

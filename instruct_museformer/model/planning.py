@@ -127,14 +127,48 @@ class BatchLayouts:
     decoder: StackLayouts
     encoder: StackLayouts | None = None
 
+    def to(self, device: torch.device) -> BatchLayouts:
+        """On ``device``, plans included (the forward then moves nothing)."""
+        return BatchLayouts(self.decoder.to(device), None if self.encoder is None else self.encoder.to(device))
+
+    def attention_layouts(self) -> list[AttentionLayout]:
+        """Every distinct attention layout, encoder first, in the order the forward uses them."""
+        seen: dict[int, AttentionLayout] = {}
+        for stack in (self.encoder, self.decoder):
+            for layer in stack.layers if stack is not None else ():
+                for layout in layer:
+                    seen.setdefault(id(layout), layout)
+        return list(seen.values())
+
+    def pad_plans(self) -> None:
+        """Grow every gather plan to its bucketed capacities (``GatherPlan.padded``), in place: batches of
+        one padded length then mostly have plans alike, so one CUDA graph of the step serves them all.
+
+        A plan's runs are its query rows' bars: at most the sequence's summary slots (one per complete bar)
+        + 2 (an incomplete last bar, the prefix) per sequence, a bound that depends on the padded shape only."""
+        padded: dict[int, tuple[object, object]] = {}  # id -> (plan, padded): the plan kept alive, its id unique
+        for stack in (self.encoder, self.decoder):
+            if stack is None:
+                continue
+            batch, slots = stack.side.sum_ids.shape
+            for layer in stack.layers:
+                for layout in layer:
+                    for key, plan in layout._gather.items():
+                        if plan is None:
+                            continue
+                        if id(plan) not in padded:
+                            padded[id(plan)] = (plan, plan.padded(max_runs=batch * (slots + 2)))
+                        layout._gather[key] = padded[id(plan)][1]
+
 
 class LayoutPlanner:
     """Builds ``BatchLayouts`` for batches on the CPU, with the gather plans where the model will run the
     gather path: what the data loader's workers call after collating (picklable). ``device_type`` is where
     the model runs ("cuda" or "cpu"), which decides the attention path as ``attention_impl="auto"`` does."""
 
-    def __init__(self, cfg: MuseformerConfig, device_type: str) -> None:
+    def __init__(self, cfg: MuseformerConfig, device_type: str, pad_plans: bool = False) -> None:
         self.cfg = cfg
+        self.pad_plans = pad_plans  # plans grown to bucketed capacities, for CUDA graphs (``train.graphs``)
         self.impl = resolve_impl(cfg.attention_impl, torch.device(device_type))
         self.translation = cfg.task == "translation"
         self.decoder_schemes = decoder_schemes(cfg, cross=self.translation)
@@ -157,4 +191,12 @@ class LayoutPlanner:
                 for layer in stack.layers if stack is not None else ():
                     for layout in layer:
                         plan_for(layout)
-        return BatchLayouts(decoder, encoder)
+        layouts = BatchLayouts(decoder, encoder)
+        if self.pad_plans:
+            layouts.pad_plans()
+        return layouts
+
+    def prepare(self, batch: Batch) -> Batch:
+        """The batch with its layouts attached (``Batch.layouts``): the data loader's ``prepare``."""
+        batch.layouts = self(batch)
+        return batch

@@ -192,7 +192,7 @@ class _RankBatches(torch.utils.data.Dataset):
     """Item i = (is_dummy, collated batch) of this rank's i-th batch, counted from ``start``."""
 
     def __init__(self, split: SplitData, batches: Sequence[Sequence[int]], rank: int, world_size: int,
-                 start: int, prepare: Callable[[Batch], Any] | None = None) -> None:
+                 start: int, prepare: Callable[[Batch], Batch] | None = None) -> None:
         self.split = split
         self.all_batches = batches
         self.mine = list(batches[rank::world_size])
@@ -209,7 +209,7 @@ class _RankBatches(torch.utils.data.Dataset):
         ids = self.all_batches[0] if dummy else self.mine[index]
         batch = self.split.collate([self.split.dataset[j] for j in ids])
         if self.prepare is not None:
-            batch.layouts = self.prepare(batch)
+            batch = self.prepare(batch)
         return dummy, batch
 
 
@@ -225,11 +225,11 @@ def batch_stream(
     world_size: int,
     start: int,
     num_workers: int,
-    prepare: Callable[[Batch], Any] | None = None,
+    prepare: Callable[[Batch], Batch] | None = None,
 ) -> torch.utils.data.DataLoader:
     """This rank's batches from position ``start`` on, collated in ``num_workers`` worker processes, which
-    also call ``prepare`` on each batch (the model's layouts: ``model.planning.LayoutPlanner``) and attach
-    the result as ``Batch.layouts``.
+    also pass each batch through ``prepare`` (picklable): ``LayoutPlanner.prepare`` attaches the model's
+    layouts (``Batch.layouts``), ``train.graphs.GraphBatches`` also pads the batch for CUDA graphs.
 
     The DataLoader gets its own generator so that creating it draws nothing from the global RNG (which
     would shift dropout masks after a resume).

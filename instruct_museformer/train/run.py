@@ -46,6 +46,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .feed import DataBinSource, DataSource, SplitData, batch_stream, detect_task, epoch_batches, groups_per_epoch
+from .graphs import GraphBatches
 from .options import args_to_json, model_config_from_args, task_kind
 from .progress import ProgressLogger, perplexity, setup_logging
 from .trainer import LN2, StepResult, Trainer, seed_everything
@@ -78,13 +79,19 @@ def _default_source(args: argparse.Namespace, task: str) -> DataSource:
     )
 
 
-def layout_planner(model: torch.nn.Module, device: torch.device) -> LayoutPlanner | None:
-    """The loader-side builder of the model's attention layouts (a Museformer model), else None."""
+def layout_planner(model: torch.nn.Module, device: torch.device, pad_plans: bool = False) -> LayoutPlanner | None:
+    """The loader-side builder of the model's attention layouts (a Museformer model), else None; with
+    ``pad_plans``, plans grown to bucketed capacities (for CUDA graphs)."""
     from ..model.museformer import MuseformerLM, MuseformerTranslation
 
     if not isinstance(model, (MuseformerLM, MuseformerTranslation)):
         return None
-    return LayoutPlanner(model.cfg, device.type)
+    return LayoutPlanner(model.cfg, device.type, pad_plans=pad_plans)
+
+
+def _planner_prepare(model: torch.nn.Module, device: torch.device) -> Callable[[Batch], Batch] | None:
+    planner = layout_planner(model, device)
+    return None if planner is None else planner.prepare
 
 
 def _default_model(cfg: MuseformerConfig) -> torch.nn.Module:
@@ -262,7 +269,13 @@ def _train_loop(args: argparse.Namespace, hooks: Hooks, info: DistInfo) -> int:
     num_params = sum(p.numel() for p in model.parameters())
     num_trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logger.info(f"num. model params: {num_params} (num. trained: {num_trained})")
-    trainer = Trainer(args, model, device=info.device, rank=info.rank, world_size=info.world_size)
+    graphs = args.cuda_graphs and info.device.type == "cuda"
+    if args.cuda_graphs and not graphs:
+        logger.info("--cuda-graphs: not on a GPU; steps run eagerly")
+    planner = layout_planner(model, info.device, pad_plans=graphs)
+    # what the loader's workers do to each batch: its layouts; for graphs also a bucketed length
+    prepare = GraphBatches(planner) if graphs else planner.prepare if planner is not None else None
+    trainer = Trainer(args, model, device=info.device, rank=info.rank, world_size=info.world_size, planner=planner)
     logger.info(
         f"training on {info.world_size} devices; batch size per device = {args.batch_size}, max tokens per device = "
         f"{args.max_tokens}, update freq = {args.update_freq}"
@@ -392,7 +405,7 @@ def _train_loop(args: argparse.Namespace, hooks: Hooks, info: DistInfo) -> int:
         logger.info(f"begin training epoch {epoch}")
         stream = batch_stream(train_split, batches, rank=info.rank, world_size=info.world_size,
                               start=position * args.update_freq, num_workers=args.num_workers,
-                              prepare=layout_planner(trainer.model, info.device))
+                              prepare=prepare)
         interval, epoch_meter = _Meter(), _Meter()
         progress.start_epoch(epoch, total, position)
         group: list[tuple[bool, Batch]] = []
@@ -443,6 +456,10 @@ def _train_loop(args: argparse.Namespace, hooks: Hooks, info: DistInfo) -> int:
             if stop:
                 break
         progress.end_epoch()
+        if trainer.graphs is not None:
+            g = trainer.graphs
+            logger.info(f"CUDA graphs: {g.recorded} recorded ({len(g)} kept), {g.replays} steps replayed, "
+                        f"{g.eager} run eagerly")
         del iterator, stream
         if position >= total:
             progress.log_summary(epoch_meter.stats(trainer, *walls()), tag="train", epoch=epoch,
@@ -470,7 +487,7 @@ def _evaluate(args: argparse.Namespace, source: DataSource, split: SplitData, tr
     start = time.perf_counter()
     nll, ntokens, nsentences = 0.0, 0, 0
     stream = batch_stream(split, batches, rank=info.rank, world_size=info.world_size, start=0,
-                          num_workers=args.num_workers, prepare=layout_planner(trainer.model, info.device))
+                          num_workers=args.num_workers, prepare=_planner_prepare(trainer.model, info.device))
     last_report = start
     for done, (dummy, batch) in enumerate(stream, start=1):
         if dummy:

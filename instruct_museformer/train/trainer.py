@@ -23,7 +23,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from ..data.batch import Batch
+from ..errors import UserError
+from ..model import gathered, indexed
+from ..model.planning import LayoutPlanner
 from ..tokens.specials import PAD
+from .graphs import StepGraphs
 from .optim import (
     DynamicLossScaler,
     FairseqAdam,
@@ -80,6 +84,7 @@ class Trainer:
         device: torch.device,
         rank: int = 0,
         world_size: int = 1,
+        planner: LayoutPlanner | None = None,
     ) -> None:
         self.args = args
         self.device = device
@@ -121,6 +126,41 @@ class Trainer:
             self.autocast_dtype = torch.float16
         self.num_updates = 0
         self.set_num_updates(0)
+        self.graphs = self._step_graphs(planner) if getattr(args, "cuda_graphs", False) else None
+
+    def _step_graphs(self, planner: LayoutPlanner | None) -> StepGraphs | None:
+        """``--cuda-graphs``: each batch's forward and backward replayed from a CUDA graph (``graphs``)."""
+        args, cfg = self.args, getattr(self.model, "cfg", None)
+        if self.device.type != "cuda":
+            return None
+        if self.autocast_dtype is None:
+            raise UserError("--cuda-graphs needs --bf16 or --fp16 (the gather path's kernels run in half precision)")
+        if self.world_size > 1 and not self.legacy_ddp:
+            raise UserError("--cuda-graphs with several processes needs --ddp-backend legacy_ddp (gradients are "
+                            "all-reduced after the graphed backward)")
+        if cfg is not None and cfg.gradient_checkpointing:
+            raise UserError("--cuda-graphs and --gradient-checkpointing do not go together")
+        if cfg is not None and cfg.attention_dropout > 0.0:
+            # FlashAttention on gathered chunks (the default with attention dropout) plans its chunks on the
+            # host during the forward, which a graph cannot replay; the indexed kernels draw their dropout
+            # from a seed on the device
+            head_dim = cfg.attention_embed_dim // cfg.num_attention_heads
+            if not indexed.supports_head_dim(head_dim):
+                raise UserError(f"--cuda-graphs with --attention-dropout needs a head size of 16-256, a power of "
+                                f"two (got {head_dim})")
+            gathered.KERNEL = "indexed"
+        self._loss_weight = torch.ones((), device=self.device)  # the loss scale, or 0 for a dummy batch
+        return StepGraphs(self._graph_step, self.device, planner, max_graphs=args.cuda_graphs_max)
+
+    def _graph_step(self, batch: Batch) -> torch.Tensor:
+        """What a graph records: forward, NLL, backward (gradients added into ``.grad``); returns the NLL."""
+        assert self.autocast_dtype is not None
+        # no autocast weight cache: a cast made outside a recording must not be reused inside it
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype, cache_enabled=False):
+            logits = self.model(batch)
+        nll = batch_nll(logits, batch.target)
+        (nll * self._loss_weight).backward()
+        return nll.detach()
 
     # -- schedule ------------------------------------------------------------------------------------
     def set_num_updates(self, num_updates: int) -> None:
@@ -146,10 +186,18 @@ class Trainer:
         """One update over this rank's ``group`` of (is_dummy, batch); returns global sums."""
         self._seed()
         self.wrapped.train()
-        self.optimizer.zero_grad(set_to_none=True)
+        self._zero_grad()
         scale = self.scaler.scale if self.scaler is not None else 1.0
         nll_sum, ntokens, nsentences = 0.0, 0, 0
         for i, (dummy, batch) in enumerate(group):
+            if self.graphs is not None:
+                self._loss_weight.fill_(0.0 if dummy else scale)
+                nll = self.graphs(batch)
+                if not dummy:
+                    nll_sum += float(nll)
+                    ntokens += int(batch.ntokens)
+                    nsentences += int(batch.target.size(0))
+                continue
             batch = batch.to(self.device)
             last = i == len(group) - 1
             sync = contextlib.nullcontext()
@@ -187,12 +235,16 @@ class Trainer:
         if self.scaler is not None:
             self.scaler.update(overflow)
         if overflow:
-            self.optimizer.zero_grad(set_to_none=True)
+            self._zero_grad()
         else:
             self.optimizer.step()
             self.set_num_updates(self.num_updates + 1)
         return StepResult(nll_sum, ntokens, nsentences, gnorm, overflow, lr,
                           None if self.scaler is None else self.scaler.scale)
+
+    def _zero_grad(self) -> None:
+        """Gradients to None -- or, where CUDA graphs add into them, to zero in place."""
+        self.optimizer.zero_grad(set_to_none=self.graphs is None)
 
     @torch.no_grad()
     def valid_step(self, batch: Batch) -> tuple[float, int, int]:

@@ -155,3 +155,32 @@ def test_host_table_is_the_class_table(name: str):
     assert (host == layout.table.numpy()).all()
     some_q, some_k = np.array([2, 0, rows - 1, 2]), np.array([cols - 1, 3, 3, 0, 1])
     assert (layout.host_table(some_q, some_k) == layout.table.numpy()[some_q][:, some_k]).all()
+
+
+@pytest.mark.parametrize("name", ["decoder original", "cross", "summaries"])
+def test_padded_plan_computes_the_same_attention(name: str):
+    """Runs without queries or keys, unread key-index entries and wider grids change nothing."""
+    from instruct_museformer.model import gathered
+
+    layout = _layouts(2, pad=16)[name]
+    plan = build_plan(layout)
+    padded = plan.padded(max_runs=100)
+    runs, keys, grid_q, grid_k = plan.capacities(max_runs=100)
+    assert runs == 128 and len(padded.run_first) == runs and len(padded.k_rows) == keys >= len(plan.k_rows)
+    assert keys & (keys - 1) == 0 and grid_k == gathered.MIN_KEY_EXTENT  # powers of two, at least the minimum
+    assert (padded.max_q, padded.max_k) == (grid_q, grid_k) and padded.padded(max_runs=100) is padded
+    assert grid_q == (16 if plan.max_q <= 16 else 128)  # runs of at most 16 queries keep their small tiles
+    assert plan.capacities()[0] == gathered.RUN_BUCKET  # without a bound: the plan's own runs, rounded up
+    assert padded.read_queries == plan.read_queries and padded.distinct_keys == plan.distinct_keys
+    assert padded.runs.shape == (runs, 4) and padded.runs[len(plan.run_first) :, [1, 3]].abs().sum() == 0  # no work
+    b, q_len = layout.q_class.shape
+    k_len = layout.k_class.shape[1]
+    gen = torch.Generator().manual_seed(5)
+    tensors = [torch.randn(b, 2, n, 8, generator=gen, dtype=torch.float64) for n in (q_len, k_len, k_len)]
+    results = []
+    for p in (plan, padded):
+        q, k, v = (t.clone().requires_grad_() for t in tensors)
+        out = gathered_attention(q, k, v, p)
+        out.square().sum().backward()
+        results.append(torch.cat([out.detach().flatten(), *(t.grad.flatten() for t in (q, k, v))]))
+    torch.testing.assert_close(results[1], results[0], rtol=0, atol=0)

@@ -40,7 +40,7 @@ def _run(check: str) -> dict[str, dict[str, float]]:
 
 
 @pytest.mark.skipif(_interpreter_ready() is not None, reason=str(_interpreter_ready()))
-@pytest.mark.parametrize("check", ["layouts", "models", "dropout layouts", "dropout models"])
+@pytest.mark.parametrize("check", ["layouts", "models", "dropout layouts", "dropout models", "graph replay"])
 def test_indexed_kernels_match_reference(check: str):
     result = _run(check)
     errors, calls = result["errors"], result["calls"]
@@ -52,6 +52,8 @@ def test_indexed_kernels_match_reference(check: str):
         assert calls["kept"] > 0, calls
     if check == "dropout layouts":
         assert calls["dropout"] == calls["forward"], calls
+    if check == "graph replay":  # the replayed batch is another problem than the recorded one
+        assert all(v > 1e-2 for v in result["stats"].values()), result["stats"]
     if check.startswith("dropout"):
         assert calls["dropout"] > 0, calls
         stats = result["stats"]
@@ -154,7 +156,7 @@ def _check_dropout_layouts() -> dict[str, float]:
 
     gathered.KERNEL = "indexed"
     indexed.ACCUMULATOR_BYTES = 1
-    gathered._dropout_seed = lambda: 1234
+    gathered._dropout_seed = lambda device: torch.tensor([1234], device=device)
     p, heads, dh = 0.3, 2, 16
     errors = {}
     for name, layout in _layouts(2, pad=16).items():
@@ -222,6 +224,58 @@ def _check_dropout_models() -> dict[str, float]:
     return errors
 
 
+def _check_graph_replay() -> dict[str, float]:
+    """``train.graphs.StepGraphs`` on the CPU, where "replaying" runs the step again on the recorded batch
+    after the new batch's tensors were copied in: whatever the step reads from the recorded batch instead
+    of the new one (a host value missing from the signature, a tensor not among the inputs) shows here as a
+    difference from the eager step on the new batch. Both tasks; the new batch has the recorded one's bars
+    in another order (same signature, other plans)."""
+    import dataclasses
+
+    from model_helpers import bar_sequence, make_batch, small_config
+
+    from instruct_museformer.model import build_model, gathered
+    from instruct_museformer.model.planning import LayoutPlanner
+    from instruct_museformer.train.graphs import StepGraphs, graph_inputs
+
+    gathered.KERNEL = "indexed"
+    # small grids: the interpreter runs every program of the padded grids, even those that return at once
+    gathered.RUN_BUCKET, gathered.MIN_EXTENT, gathered.MIN_KEY_EXTENT = 4, 16, 64
+    errors = {}
+    for task in ("language_modeling", "translation"):
+        torch.manual_seed(0)
+        cfg = small_config(task, attention_impl="gather", attention_embed_dim=64, num_attention_heads=4, block_size=16)
+        model = build_model(cfg)
+        batches = []
+        for order in ([5, 1, 9, 3, 12, 1, 4, 7], [12, 4, 1, 7, 5, 9, 1, 3]):
+            gen = torch.Generator().manual_seed(3)
+            targets = [bar_sequence(gen, order, truncated_last=True), bar_sequence(gen, order[:5])]
+            sources = [bar_sequence(gen, order[::-1]), bar_sequence(gen, order[2:])] if task == "translation" else None
+            batches.append(make_batch(targets, sources))
+
+        def step(batch, model=model):  # type: ignore[no-untyped-def]
+            logits = model(batch)
+            loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch.target.flatten(), reduction="sum")
+            loss.backward()
+            return loss.detach()
+
+        graphs = StepGraphs(step, torch.device("cpu"), LayoutPlanner(cfg, "cpu", pad_plans=True))
+        keys = [graph_inputs(graphs.prepare(b))[0] for b in batches]
+        assert keys[0] == keys[1], "the test batches should share a signature"
+        results = []
+        for batch, through_graphs in ((batches[0], True), (batches[1], True), (batches[1], False)):
+            for p in model.parameters():
+                p.grad = None if p.grad is None else p.grad.zero_()
+            plain = dataclasses.replace(batch, layouts=LayoutPlanner(cfg, "cpu")(batch))  # unpadded plans
+            loss = graphs(batch) if through_graphs else step(plain)
+            results.append((loss, torch.cat([p.grad.flatten() for p in model.parameters()])))
+        assert (graphs.eager, graphs.recorded, graphs.replays) == (1, 1, 1), (graphs.eager, graphs.replays)
+        errors[f"{task} replayed loss"] = _rel(results[1][0], results[2][0])
+        errors[f"{task} replayed grads"] = _rel(results[1][1], results[2][1])
+        STATS[f"{task} loss of the recorded batch vs the replayed one"] = _rel(results[0][0], results[2][0])
+    return errors
+
+
 def _counting() -> dict[str, int]:
     """Counts the calls of the kernels' entry points (to tell them from a silent fallback)."""
     from instruct_museformer.model import indexed
@@ -251,6 +305,7 @@ if __name__ == "__main__":
         "models": _check_models,
         "dropout layouts": _check_dropout_layouts,
         "dropout models": _check_dropout_models,
+        "graph replay": _check_graph_replay,
     }
     errors = checks[sys.argv[1]]()
     print(json.dumps({"errors": errors, "calls": calls, "stats": STATS}))

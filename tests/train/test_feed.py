@@ -86,7 +86,7 @@ def test_batch_stream_attaches_the_models_layouts(data_bin: Path, num_workers: i
     model = build_model(cfg).eval()
     planner = layout_planner(model, torch.device("cpu"))
     stream = batch_stream(split, [[0, 1], [2]], rank=0, world_size=1, start=0, num_workers=num_workers,
-                          prepare=planner)  # fmt: skip
+                          prepare=planner.prepare)  # fmt: skip
     for dummy, batch in stream:
         assert not dummy and isinstance(batch.layouts, BatchLayouts)
         with torch.no_grad():
