@@ -666,7 +666,7 @@ def profile(length: int, device: str, out_dir: Path, impl: str, dense: bool = Fa
     host = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=10, max_name_column_width=70)
     name = "dense LM (compiled layers)" if dense else f"FC LM ({impl})"
     print(f"\nprofile: {name}, {length} tokens, 2 steps\n{table}\nby host time:\n{host}", flush=True)
-    (out_dir / f"profile_{'dense' if dense else impl}.txt").write_text(table + "\n" + host)
+    (out_dir / f"profile_{'dense' if dense else impl.replace('+', '_')}.txt").write_text(table + "\n" + host)
 
 
 if __name__ == "__main__":

@@ -72,6 +72,11 @@ def measure(layout: Any, kernel: str) -> dict[str, Any]:
         q.grad = k.grad = v.grad = None
 
     row = {"kernel": kernel, "fwd_ms": timed(forward, 20, 3), "fwd_bwd_ms": timed(both, 20, 3)}
+    if kernel == "indexed":  # GPU time alone: forward and backward replayed from a CUDA graph (no host work)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            torch.autograd.grad(gathered_attention(q, k, v, plan), (q, k, v), grad)
+        row["fwd_bwd_gpu_ms"] = timed(graph.replay, 20, 3)
     out = gathered_attention(q, k, v, plan)
     out.backward(grad)
     row["result"] = [out.detach().float(), *(t.grad.float() for t in (q, k, v))]
@@ -88,6 +93,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--lengths", type=int, nargs="+", default=[15360, 65536])
     parser.add_argument("--sweep", action="store_true", help="tile sizes of the indexed kernels")
+    parser.add_argument("--sweep-keys", action="store_true", help="tile sizes of the key/value gradient kernel")
     args = parser.parse_args()
     print(json.dumps({"device": torch.cuda.get_device_name(), "torch": torch.__version__}), flush=True)
     for length in args.lengths:
@@ -104,7 +110,7 @@ def main() -> int:
                   flush=True)  # fmt: skip
             if args.sweep and name == "regular" and length == args.lengths[0]:
                 defaults = indexed.BLOCK_M, indexed.BLOCK_N, indexed.NUM_WARPS, indexed.NUM_STAGES
-                for bm, bn, warps, stages in itertools.product((64, 128), (32, 64, 128), (4, 8), (2, 3)):
+                for bm, bn, warps, stages in itertools.product((32, 64, 128), (32, 64, 128), (4, 8), (2, 3)):
                     indexed.BLOCK_M, indexed.BLOCK_N, indexed.NUM_WARPS, indexed.NUM_STAGES = bm, bn, warps, stages
                     try:
                         row = measure(layout, "indexed")
@@ -114,7 +120,24 @@ def main() -> int:
                     print(json.dumps({"length": length, "block_m": bm, "block_n": bn, "warps": warps,
                                       "stages": stages, **row}), flush=True)  # fmt: skip
                 indexed.BLOCK_M, indexed.BLOCK_N, indexed.NUM_WARPS, indexed.NUM_STAGES = defaults
+            if args.sweep_keys and length == args.lengths[0]:
+                sweep_keys(length, name)
     return 0
+
+
+def sweep_keys(length: int, name: str) -> None:
+    """The key/value gradient kernel's tile rows (plans made again for each), query block, warps, stages."""
+    defaults = indexed.KEY_TILE, indexed.KV_BLOCK_M, indexed.KV_WARPS, indexed.KV_STAGES
+    for tile, bm, warps, stages in itertools.product((64, 128), (32, 64), (4, 8), (2, 3, 4)):
+        indexed.KEY_TILE, indexed.KV_BLOCK_M, indexed.KV_WARPS, indexed.KV_STAGES = tile, bm, warps, stages
+        try:
+            row = measure(layouts(length)[name], "indexed")  # fresh layouts: plans with these key tiles
+            row.pop("result")
+        except Exception as exc:  # noqa: BLE001 - a config that does not compile: next
+            row = {"error": f"{type(exc).__name__}: {str(exc)[:120]}"}
+        print(json.dumps({"length": length, "layout": name, "key_tile": tile, "kv_block_m": bm, "warps": warps,
+                          "stages": stages, **row}), flush=True)  # fmt: skip
+    indexed.KEY_TILE, indexed.KV_BLOCK_M, indexed.KV_WARPS, indexed.KV_STAGES = defaults
 
 
 if __name__ == "__main__":

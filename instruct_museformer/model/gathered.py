@@ -73,6 +73,76 @@ class Chunk:
 
 
 @dataclass(frozen=True, eq=False)
+class KeyTiles:
+    """A plan seen from its keys, for the key/value gradient kernel (``indexed``): the flat key rows in tiles
+    of ``block`` rows (``indexed.KEY_TILE``), and per tile the *entries* -- (run, the position of the tile's
+    first row in that run's key list, the tile's first and end row the run reads) -- of the runs that read
+    it. A program takes one *item* (a tile and a stretch of its entries), sums the gradients of the tile's
+    keys over them and stores them: no two programs write one key, so no atomics and no float32 sums over
+    all keys. A tile read by more than ``TILE_ENTRIES`` runs (the summaries': every later bar reads them) is
+    split over several items, which add into float32 sums of that tile only (its *slot*), converted after.
+    """
+
+    items: np.ndarray  # (W, 4) int32: tile, first entry, end entry, slot (-1: owns its tile; -2: padding)
+    entries: np.ndarray  # (E, 4) int32: run, position of the tile's row 0 in the run's key list, first, end row
+    split: np.ndarray  # (n,) int64: the tile of each slot (padding: ``num_tiles``, a spare tile)
+    num_tiles: int
+    block: int  # rows per tile (``indexed.KEY_TILE`` when made)
+
+    def padded(self) -> KeyTiles:
+        """Grown to bucketed capacities: extra items do nothing, extra slots sum into the spare tile."""
+        items, entries, split = self.capacities()
+        skip = np.tile(np.array([[0, 0, 0, -2]], np.int32), (items - len(self.items), 1))
+        return KeyTiles(
+            np.concatenate([self.items, skip]),
+            np.concatenate([self.entries, np.zeros((entries - len(self.entries), 4), np.int32)]),
+            np.r_[self.split, np.full(split - len(self.split), self.num_tiles, np.int64)],
+            self.num_tiles,
+            self.block,
+        )
+
+    def capacities(self) -> tuple[int, int, int]:
+        extra = len(self.items) - self.num_tiles  # items beyond one per tile: the split tiles'
+        items = self.num_tiles + max(RUN_BUCKET, round_up(extra, RUN_BUCKET))
+        return items, _power_of_two(len(self.entries), MIN_KEYS), _power_of_two(len(self.split), 8)
+
+
+# Entries (runs reading a key tile) per program of the key/value gradient kernel; more are split over several.
+TILE_ENTRIES = 16
+
+
+def _key_tiles(run_keys: np.ndarray, range_first: np.ndarray, range_count: np.ndarray, num_keys: int) -> KeyTiles:
+    """The ``KeyTiles`` of a plan's runs and their key ranges (before any padding), all on the host."""
+    block = indexed.KEY_TILE
+    num_tiles = _cdiv(num_keys, block)
+    run_end = np.cumsum(run_keys)
+    range_start = np.cumsum(range_count) - range_count  # where each range starts in the concatenated lists
+    run = np.searchsorted(run_end, range_start, side="right")  # the run each range belongs to
+    position = range_start - (run_end - run_keys)[run]  # of the range's first key in its run's list
+    first_tile = range_first // block
+    spans = (range_first + range_count - 1) // block - first_tile + 1  # tiles each range touches
+    which = np.repeat(np.arange(len(range_first)), spans)
+    tile = first_tile[which] + np.arange(int(spans.sum())) - np.repeat(np.cumsum(spans) - spans, spans)
+    base, first, end = tile * block, range_first[which], range_first[which] + range_count[which]
+    lo, hi = np.maximum(first, base) - base, np.minimum(end, base + block) - base  # the rows it reads of the tile
+    entries = np.stack([run[which], position[which] + base - first, lo, hi], axis=1)
+    order = np.argsort(tile, kind="stable")
+    entries, tile = entries[order].astype(np.int32), tile[order]
+    counts = np.bincount(tile, minlength=num_tiles)
+    starts = np.cumsum(counts) - counts
+    chunks = np.maximum(1, -(-counts // TILE_ENTRIES))  # an untouched tile still gets an item: it writes zeros
+    item_tile = np.repeat(np.arange(num_tiles), chunks)
+    part = np.arange(len(item_tile)) - np.repeat(np.cumsum(chunks) - chunks, chunks)
+    e0 = starts[item_tile] + part * TILE_ENTRIES
+    e1 = np.minimum(e0 + TILE_ENTRIES, starts[item_tile] + counts[item_tile])
+    split = np.flatnonzero(chunks > 1)
+    slot = np.full(num_tiles, -1)
+    slot[split] = np.arange(len(split))
+    items = np.stack([item_tile, e0, e1, slot[item_tile]], axis=1).astype(np.int32)
+    return KeyTiles(items.reshape(-1, 4), entries.reshape(-1, 4), split.astype(np.int64), num_tiles, block)
+
+
+@dataclass(frozen=True, eq=False)
 class GatherPlan:
     """Which keys each run of queries reads, packed run after run.
 
@@ -100,21 +170,35 @@ class GatherPlan:
     # ``padded``: the query and key extents the kernels' grids cover (0: the plan's own largest run)
     grid_q: int = 0
     grid_k: int = 0
+    key_tiles: KeyTiles | None = None  # for the indexed kernels' key/value gradients (host)
+    tile_items: torch.Tensor | None = None  # its tables on the device (``to``)
+    tile_entries: torch.Tensor | None = None
+    tile_split: torch.Tensor | None = None
 
     def to(self, device: torch.device) -> GatherPlan:
         """The plan on ``device`` (itself if there already): the key index expanded there from the ranges."""
         if self.k_rows is not None and self.k_rows.device == device:
             return self
+        tiles = self.key_tiles
         return dataclasses.replace(
             self,
             k_rows=_expand(self.range_first, self.range_count, device),
             runs=_run_table(self.run_first, self.run_queries, self.run_keys, device),
+            tile_items=None if tiles is None else _to_device(tiles.items, device),
+            tile_entries=None if tiles is None else _to_device(tiles.entries, device),
+            tile_split=None if tiles is None else _to_device(tiles.split, device),
         )
+
+    def device_tensors(self) -> tuple[torch.Tensor, ...]:
+        """The tensors ``to`` made: what the indexed kernels read (a CUDA graph's inputs, ``train.graphs``)."""
+        tensors = (self.k_rows, self.runs, self.tile_items, self.tile_entries, self.tile_split)
+        return tuple(t for t in tensors if t is not None)
 
     def __getstate__(self) -> dict:
         """Pickled (from a data loader's worker) without its tensors: ``to`` makes them where they are used."""
-        skip = ("k_rows", "runs", "q_rows", "chunks")  # the last two: cached_property values
-        return {k: v for k, v in vars(self).items() if k not in skip} | {"k_rows": None, "runs": None}
+        tensors = ("k_rows", "runs", "tile_items", "tile_entries", "tile_split")
+        skip = (*tensors, "q_rows", "chunks")  # the last two: cached_property values
+        return {k: v for k, v in vars(self).items() if k not in skip} | dict.fromkeys(tensors)
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
@@ -146,13 +230,19 @@ class GatherPlan:
         (``train.graphs``) serve both. Returns itself where it is already at its capacities."""
         runs, keys, grid_q, grid_k = self.capacities(max_runs)
         extra_runs, extra_keys = runs - len(self.run_first), keys - int(self.range_count.sum())
-        if not extra_runs and not extra_keys and (grid_q, grid_k) == (self.max_q, self.max_k):
+        tiles = self.key_tiles
+        grown = tiles is None or (len(tiles.items), len(tiles.entries), len(tiles.split)) == tiles.capacities()
+        if not extra_runs and not extra_keys and (grid_q, grid_k) == (self.max_q, self.max_k) and grown:
             return self
         none = np.zeros(extra_runs, np.int64)
         plan = dataclasses.replace(
             self,
             k_rows=None,
             runs=None,
+            key_tiles=tiles if tiles is None or grown else tiles.padded(),
+            tile_items=None,
+            tile_entries=None,
+            tile_split=None,
             run_first=np.r_[self.run_first, none],
             run_queries=np.r_[self.run_queries, none],
             run_keys=np.r_[self.run_keys, none],
@@ -261,6 +351,7 @@ def build_plan(layout: AttentionLayout, chunk_keys: int | None = None) -> Gather
         num_keys=batch * k_len,
         chunk_keys=chunk_keys,
         distinct_keys=_disjoint(range_first, range_count),
+        key_tiles=_key_tiles(run_keys, range_first, range_count, batch * k_len),
     ).to(device)
 
 
@@ -301,6 +392,7 @@ def _segment_plan(layout: AttentionLayout, chunk_keys: int) -> GatherPlan:
         num_keys=batch * k_len,
         chunk_keys=chunk_keys,
         distinct_keys=True,  # a token is read by its own bar's summary only, a summary by itself
+        key_tiles=_key_tiles(num_keys, ranges_first, ranges_count, batch * k_len),
     ).to(device)
 
 
@@ -688,9 +780,10 @@ class _GatheredAttention(torch.autograd.Function):
         every_row = plan.read_queries == b * q_len  # then every row of dq is written below
         dq = (torch.empty if every_row else torch.zeros)(b * q_len, h, dh, dtype=q.dtype, device=q.device)
         if ctx.kernel == "indexed":
+            tiles = indexed.Tiles(plan.tile_items, plan.tile_entries, plan.tile_split, plan.key_tiles.block)
             dk, dv = indexed.backward(
-                gf, qf, kf, vf, out, lses[0], plan.k_rows, plan.runs, plan.max_q, plan.max_k, plan.causal, dq,
-                plan.distinct_keys, kept, ctx.dropout_p, ctx.seed,
+                gf, qf, kf, vf, out, lses[0], plan.k_rows, plan.runs, plan.max_q, tiles, plan.causal, dq, kept,
+                ctx.dropout_p, ctx.seed,
             )  # fmt: skip
         else:
             dk, dv = _chunked_backward(gf, qf, kf, vf, out, lses, dq, plan, ctx.kernel, ctx.dropout_p, ctx.states)

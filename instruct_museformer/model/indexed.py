@@ -204,68 +204,83 @@ if triton is not None:
 
     @triton.jit
     def _grad_kv_kernel(
-        Q, K, V, KS, VS, DO, DK, DV, LSE, DELTA, KROWS, RUNS, SEED,  # noqa: N803
+        Q, K, V, KS, VS, DO, DK, DV, DKS, DVS, LSE, DELTA, RUNS, ITEMS, ENTRIES, SEED,  # noqa: N803
         stride_q, head_q, stride_k, head_k, stride_do, head_do, kept_stride, kept_head, k_seq, n_kept,
-        qk_scale, sm_scale, h0, p_drop,
+        num_keys, qk_scale, sm_scale, p_drop,
         H: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
-        KEPT: tl.constexpr, ADD: tl.constexpr, HG: tl.constexpr, DROPOUT: tl.constexpr,
+        KEPT: tl.constexpr, DROPOUT: tl.constexpr,
     ):  # fmt: skip
-        r, nb, hg = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-        h = h0 + hg  # heads [h0, h0 + HG) in this launch; DK and DV hold those heads only
-        q_first, q_len, k_off, k_len = _run(RUNS, r)
-        seed = _seed(SEED, DROPOUT)
-        n0 = nb * BLOCK_N
-        if n0 < k_len:
-            offs_n, n_ok, krow = _key_block(KROWS, k_off, n0, k_len, BLOCK_N)
+        """One key tile (BLOCK_N flat key rows) x head, over a stretch of the runs that read it (``KeyTiles``):
+        its key/value gradients summed in registers, then stored -- or, for a tile split over several
+        programs, added into its float32 slot of DKS / DVS."""
+        w, h = tl.program_id(0), tl.program_id(1)
+        tile, e0, e1, slot = _run(ITEMS, w)
+        if slot > -2:  # -2: a padding item
+            seed = _seed(SEED, DROPOUT)
+            offs_n = tile * BLOCK_N + tl.arange(0, BLOCK_N)
+            row_ok = offs_n < num_keys
+            krow = offs_n.to(tl.int64)
             k, v = _keys_tile(
-                K, V, KS, VS, krow, n_ok, stride_k, head_k, kept_stride, kept_head, h, k_seq, n_kept, D, KEPT
+                K, V, KS, VS, krow, row_ok, stride_k, head_k, kept_stride, kept_head, h, k_seq, n_kept, D, KEPT
             )
-            shift = k_len - q_len
-            lo = 0
-            if CAUSAL:  # key j is read by queries m >= j - shift
-                lo = tl.maximum(n0 - shift, 0) // BLOCK_M * BLOCK_M
             dk = tl.zeros([BLOCK_N, D], tl.float32)
             dv = tl.zeros([BLOCK_N, D], tl.float32)
-            for m0 in range(lo, q_len, BLOCK_M):
-                offs_m = m0 + tl.arange(0, BLOCK_M)
-                m_ok = offs_m < q_len
-                rows = (q_first + offs_m).to(tl.int64)
-                q = _rows_tile(Q, rows, m_ok, stride_q, head_q, h, D)
-                do = _rows_tile(DO, rows, m_ok, stride_do, head_do, h, D)
-                lse = tl.load(LSE + rows * H + h, mask=m_ok, other=0.0)
-                delta = tl.load(DELTA + rows * H + h, mask=m_ok, other=0.0)
-                ok = n_ok[:, None] & m_ok[None, :]
-                if CAUSAL:
-                    ok = ok & (offs_n[:, None] <= offs_m[None, :] + shift)
-                pt = tl.math.exp2(tl.dot(k, tl.trans(q)) * qk_scale - lse[None, :])  # (BLOCK_N, BLOCK_M)
-                pt = tl.where(ok, pt, 0.0)
-                dpt = tl.dot(v, tl.trans(do))
-                if DROPOUT:  # the kept pairs, scaled: the probabilities the forward used, and their gradient
-                    keep = _keep(seed, (rows * H + h).to(tl.int32)[None, :], krow.to(tl.int32)[:, None], p_drop)
-                    dv += tl.dot(tl.where(keep, pt / (1.0 - p_drop), 0.0).to(do.dtype), do)
-                    dpt = tl.where(keep, dpt / (1.0 - p_drop), 0.0)
-                else:
-                    dv += tl.dot(pt.to(do.dtype), do)
-                dst = pt * (dpt - delta[None, :])
-                dk += tl.dot(dst.to(q.dtype), q)
+            for e in range(e0, e1):
+                r, pos0, lo, hi = _run(ENTRIES, e)
+                q_first, q_len, k_off, k_len = _run(RUNS, r)
+                n = tl.arange(0, BLOCK_N)
+                n_ok = (n >= lo) & (n < hi)
+                pos = pos0 + n  # the keys' positions in the run's key list
+                shift = k_len - q_len
+                m_lo = 0
+                if CAUSAL:  # position p is read by the run's queries m >= p - shift
+                    m_lo = tl.maximum(pos0 + lo - shift, 0) // BLOCK_M * BLOCK_M
+                for m0 in range(m_lo, q_len, BLOCK_M):
+                    offs_m = m0 + tl.arange(0, BLOCK_M)
+                    m_ok = offs_m < q_len
+                    rows = (q_first + offs_m).to(tl.int64)
+                    q = _rows_tile(Q, rows, m_ok, stride_q, head_q, h, D)
+                    do = _rows_tile(DO, rows, m_ok, stride_do, head_do, h, D)
+                    lse = tl.load(LSE + rows * H + h, mask=m_ok, other=0.0)
+                    delta = tl.load(DELTA + rows * H + h, mask=m_ok, other=0.0)
+                    ok = n_ok[:, None] & m_ok[None, :]
+                    if CAUSAL:
+                        ok = ok & (pos[:, None] <= offs_m[None, :] + shift)
+                    pt = tl.math.exp2(tl.dot(k, tl.trans(q)) * qk_scale - lse[None, :])  # (BLOCK_N, BLOCK_M)
+                    pt = tl.where(ok, pt, 0.0)
+                    dpt = tl.dot(v, tl.trans(do))
+                    if DROPOUT:  # the kept pairs, scaled: the probabilities the forward used, and their gradient
+                        keep = _keep(seed, (rows * H + h).to(tl.int32)[None, :], krow.to(tl.int32)[:, None], p_drop)
+                        dv += tl.dot(tl.where(keep, pt / (1.0 - p_drop), 0.0).to(do.dtype), do)
+                        dpt = tl.where(keep, dpt / (1.0 - p_drop), 0.0)
+                    else:
+                        dv += tl.dot(pt.to(do.dtype), do)
+                    dst = pt * (dpt - delta[None, :])
+                    dk += tl.dot(dst.to(q.dtype), q)
             dk = dk * sm_scale
             offs_d = tl.arange(0, D)
-            dst_ptr = krow[:, None] * (HG * D) + hg * D + offs_d[None, :]
-            if ADD:  # a key read by several runs: float32 sums
-                tl.atomic_add(DK + dst_ptr, dk, mask=n_ok[:, None], sem="relaxed")
-                tl.atomic_add(DV + dst_ptr, dv, mask=n_ok[:, None], sem="relaxed")
-            else:  # every key read once: written in place
-                tl.store(DK + dst_ptr, dk.to(DK.dtype.element_ty), mask=n_ok[:, None])
-                tl.store(DV + dst_ptr, dv.to(DV.dtype.element_ty), mask=n_ok[:, None])
+            if slot < 0:  # the tile's only program: its gradients, zero where no run reads a key
+                dst_ptr = krow[:, None] * (H * D) + h * D + offs_d[None, :]
+                tl.store(DK + dst_ptr, dk.to(DK.dtype.element_ty), mask=row_ok[:, None])
+                tl.store(DV + dst_ptr, dv.to(DV.dtype.element_ty), mask=row_ok[:, None])
+            else:  # one of several: float32 sums in the tile's slot
+                sum_ptr = (slot * BLOCK_N + tl.arange(0, BLOCK_N))[:, None] * (H * D) + h * D + offs_d[None, :]
+                tl.atomic_add(DKS + sum_ptr, dk, sem="relaxed")
+                tl.atomic_add(DVS + sum_ptr, dv, sem="relaxed")
 
 
 BLOCK_M = 64
 BLOCK_N = 64
 NUM_WARPS = 4
 NUM_STAGES = 3  # the best of a sweep on an H100 (benchmarks/bench_gather_kernels.py --sweep)
-# Float32 key/value gradient sums of one backward launch at most (both): at 65,536 tokens all 8 heads would
-# take 268 MB on top of the activations, one head at a time 34 MB; at 15,360 all 8 heads fit in one launch.
-ACCUMULATOR_BYTES = 1 << 26
+# The key/value gradient kernel's own: key tile rows (fixed when a plan's ``KeyTiles`` are made, which carry
+# it), query block, warps and stages: the best of a sweep of the GPU time alone (CUDA graph replays) on an
+# H100, regular layout at 15,360 tokens: 1.00 ms forward + backward against 1.23 ms with the forward's
+# (64, 64, 4, 3) (benchmarks/bench_gather_kernels.py --sweep-keys)
+KEY_TILE = 64
+KV_BLOCK_M = 32
+KV_WARPS = 4
+KV_STAGES = 2
 
 
 def _block_m(max_q: int) -> int:
@@ -361,6 +376,16 @@ class Kept(NamedTuple):
     n: int
 
 
+class Tiles(NamedTuple):
+    """A plan's ``KeyTiles`` tables on the device: items (W, 4), entries (E, 4), split (n,), and the tile's
+    rows they were made for (``gathered``)."""
+
+    items: torch.Tensor
+    entries: torch.Tensor
+    split: torch.Tensor
+    block: int
+
+
 def backward(
     grad: torch.Tensor,
     q: torch.Tensor,
@@ -371,26 +396,22 @@ def backward(
     k_rows: torch.Tensor,
     runs: torch.Tensor,
     max_q: int,
-    max_k: int,
+    tiles: Tiles,
     causal: bool,
     dq: torch.Tensor,
-    distinct_keys: bool,
     kept: Kept | None = None,
     dropout_p: float = 0.0,
     seed: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Writes dq (Nq, H, dh) for the runs' queries; returns the key/value gradients (Nk, H, dh) in k's dtype,
-    0 for keys no run reads.
-
-    Keys read by several runs get their gradients summed in float32, a group of heads at a time so that the
-    float32 sums stay within ``ACCUMULATOR_BYTES``; keys read once (``distinct_keys``) get them written."""
+    0 for keys no run reads: the queries' kernel walks each run's keys, the keys' kernel each key tile's runs
+    (``tiles``), so neither sums anything across programs but the split tiles (float32 slots, small)."""
     _outputs(out, dq)
     n_q, h, dh = q.shape
     n_k = k.shape[0]
     delta = torch.empty(n_q, h, dtype=torch.float32, device=q.device)
     block_m = _block_m(max_q)
     qk_scale, sm_scale = LOG2E / math.sqrt(dh), 1.0 / math.sqrt(dh)
-    g = runs.shape[0]
     strides = [*_strides(q), *_key_strides(k, v), *_strides(grad)]
     if kept is None:  # the kernels' kept-row arguments, unused
         ks, vs, kept_ints = k, v, [0, 0, 1, 0]
@@ -398,27 +419,23 @@ def backward(
         ks, vs, kept_ints = kept.k, kept.v, [*_key_strides(kept.k, kept.v), kept.k_seq, kept.n]
     common: dict[str, Any] = {"num_warps": NUM_WARPS, "num_stages": NUM_STAGES}
     seed = _seed_arg(seed, runs, dropout_p)
-    _grad_q_kernel[(g, _cdiv(max_q, block_m), h)](
+    _grad_q_kernel[(runs.shape[0], _cdiv(max_q, block_m), h)](
         q, k, v, ks, vs, out, grad, dq, lse, delta, k_rows, runs, seed, *strides, *kept_ints, qk_scale, sm_scale,
         dropout_p, h, dh, block_m, BLOCK_N, causal, kept is not None, dropout_p > 0.0, **common,
     )  # fmt: skip
-    dk = (torch.zeros if distinct_keys else torch.empty)(n_k, h, dh, dtype=k.dtype, device=k.device)
-    dv = (torch.zeros if distinct_keys else torch.empty)(n_k, h, dh, dtype=k.dtype, device=k.device)
-    group = h if distinct_keys else max(1, min(h, ACCUMULATOR_BYTES // max(2 * n_k * dh * 4, 1)))
-    sums = None if distinct_keys else torch.empty(2, n_k, group, dh, dtype=torch.float32, device=k.device)
-    for h0 in range(0, h, group):
-        hg = min(group, h - h0)
-        if sums is None:
-            dk_out, dv_out = dk, dv
-        else:
-            sums.zero_()
-            dk_out, dv_out = sums[0, :, :hg], sums[1, :, :hg]
-        _grad_kv_kernel[(g, _cdiv(max_k, BLOCK_N), hg)](
-            q, k, v, ks, vs, grad, dk_out, dv_out, lse, delta, k_rows, runs, seed, *strides, *kept_ints,
-            qk_scale, sm_scale, h0, dropout_p,
-            h, dh, block_m, BLOCK_N, causal, kept is not None, sums is not None, group, dropout_p > 0.0, **common,
-        )  # fmt: skip
-        if sums is not None:
-            dk[:, h0 : h0 + hg] = sums[0, :, :hg]
-            dv[:, h0 : h0 + hg] = sums[1, :, :hg]
-    return dk, dv
+    # the keys' gradients, tile by tile, with one spare tile (where padding slots of a graphed plan land)
+    tile = tiles.block
+    num_tiles = _cdiv(n_k, tile)
+    dk = torch.empty((num_tiles + 1) * tile, h, dh, dtype=k.dtype, device=k.device)
+    dv = torch.empty_like(dk)
+    sums = torch.zeros(2, tiles.split.shape[0], tile, h, dh, dtype=torch.float32, device=k.device)
+    kv_block_m = _block_m(max_q) if max_q <= 16 else KV_BLOCK_M
+    _grad_kv_kernel[(tiles.items.shape[0], h)](
+        q, k, v, ks, vs, grad, dk, dv, sums[0], sums[1], lse, delta, runs, tiles.items, tiles.entries, seed,
+        *strides, *kept_ints, n_k, qk_scale, sm_scale, dropout_p,
+        h, dh, kv_block_m, tile, causal, kept is not None, dropout_p > 0.0, num_warps=KV_WARPS, num_stages=KV_STAGES,
+    )  # fmt: skip
+    if tiles.split.shape[0]:  # the split tiles' sums into place
+        dk.view(num_tiles + 1, tile, h, dh).index_copy_(0, tiles.split, sums[0].to(dk.dtype))
+        dv.view(num_tiles + 1, tile, h, dh).index_copy_(0, tiles.split, sums[1].to(dv.dtype))
+    return dk[:n_k], dv[:n_k]

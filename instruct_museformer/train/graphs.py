@@ -93,7 +93,7 @@ def _walk(obj: Any, key: list[Any], tensors: list[torch.Tensor], seen: dict[int,
             if obj.k_rows is None:
                 raise ValueError("graph_inputs needs the batch's layouts on its device (BatchLayouts.to)")
             key.append(obj.graph_key())
-            _walk((obj.k_rows, obj.runs), key, tensors, seen)
+            _walk(obj.device_tensors(), key, tensors, seen)
             return
         plan = built_plan(obj)
         if plan is None:  # the forward would read the layout's own tensors, which are not inputs
