@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     # the plans the GPU would use (gather path), kept on the CPU here
     planner = LayoutPlanner(cfg, "cuda", pad_plans=True)
     prepare = GraphBatches(planner) if args.pad_lengths else planner.prepare
-    graphs = StepGraphs(lambda batch: batch.target, torch.device("cpu"), planner)
+    graphs = StepGraphs(lambda batch: (batch.target, batch.target), torch.device("cpu"), planner)  # not run
     keys, lengths = [], Counter()
     start = time.perf_counter()
     for i, indices in enumerate(batches):

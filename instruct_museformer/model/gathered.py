@@ -9,17 +9,15 @@ dense: a run of Lq queries over Lk keys, causal with the diagonal aligned bottom
 run reads the first Lk - Lq + j + 1 keys), which is exactly FlashAttention's causal varlen semantics.
 No mask is evaluated at all.
 
-Three kernels compute it (``kernel_for``). On CUDA in bfloat16/float16 without attention dropout: the
-indexed Triton kernels (``indexed``), which read each run's keys in place through the plan's key index --
-one launch forward, two backward, no copies. With attention dropout (or a head size they lack):
-FlashAttention's varlen kernel on keys gathered per chunk of runs (``CHUNK_KEYS``; gathered again in
+Three kernels compute it (``kernel_for``). On CUDA in bfloat16/float16: the indexed Triton kernels
+(``indexed``), which read each run's keys in place through the plan's key index -- one launch forward, two
+backward, no copies; their key/value gradients are computed key-major (``KeyTiles``), and their attention
+dropout is a hash of (seed, query row, head, key row), drawn alike by all three. With a head size they
+lack: FlashAttention's varlen kernel on keys gathered per chunk of runs (``CHUNK_KEYS``; gathered again in
 backward instead of kept, so the extra memory is one chunk's), its RNG state kept for backward, key/value
-gradients summed back into place in float32 (a Triton kernel) or written where no key is read twice. The
-indexed kernels can apply attention dropout too (``KERNEL = "indexed"``), but their per-pair Philox draws
-made the 65,536-token step slower than FlashAttention's (docs/benchmarks.md), so ``auto`` does not take
-them for it. Elsewhere a plain padded softmax does the same arithmetic on the same chunks, without
-dropout (the CPU tests; ``attention.attend`` sends float32 problems on the GPU to FlexAttention or the
-reference path instead).
+gradients summed back into place in float32 (a Triton kernel) or written where no key is read twice.
+Elsewhere a plain padded softmax does the same arithmetic on the same chunks, without dropout (the CPU
+tests; ``attention.attend`` sends float32 problems on the GPU to FlexAttention or the reference path).
 
 The plan is read off the layout's own class table and ``k_pos`` -- the predicate of the reference path --
 and checked: a causal layout in which some run does not read its own bar (so the diagonal cannot sit
@@ -520,9 +518,8 @@ def uses_flash(q: torch.Tensor) -> bool:
 
 
 # Which kernel runs the gathered problems: "auto" = the indexed Triton kernels (``indexed``) where they
-# apply -- CUDA, half precision, no attention dropout, a head size they support -- else FlashAttention on
-# chunks of gathered keys (CUDA, half precision), else the plain softmax. The other values force one
-# (benchmarks, kernel tests; "indexed" also with attention dropout).
+# apply -- CUDA, half precision, a head size they support -- else FlashAttention on chunks of gathered keys
+# (CUDA, half precision), else the plain softmax. The other values force one (benchmarks, kernel tests).
 KERNEL = "auto"
 KERNELS = ("auto", "indexed", "flash", "plain")
 
@@ -532,7 +529,7 @@ def kernel_for(q: torch.Tensor, dropout_p: float) -> str:
         raise ValueError(f"unknown gathered-attention kernel {KERNEL!r} (expected {', '.join(KERNELS)})")
     if KERNEL != "auto":
         return KERNEL
-    if uses_flash(q) and dropout_p == 0.0 and indexed.available() and indexed.supports_head_dim(q.shape[-1]):
+    if uses_flash(q) and indexed.available() and indexed.supports_head_dim(q.shape[-1]):
         return "indexed"
     return "flash" if uses_flash(q) else "plain"
 

@@ -85,15 +85,26 @@ if triton is not None:
         return tl.load(k_ptr, mask=ok[:, None], other=0.0), tl.load(v_ptr, mask=ok[:, None], other=0.0)
 
     @triton.jit
+    def _mix(x):
+        """murmur3's 32-bit finaliser on int32 (products wrap; right shifts masked to be logical): every output
+        bit depends on every input bit."""
+        x = x ^ ((x >> 16) & 0xFFFF)
+        x = x * -2048144789  # 0x85EBCA6B
+        x = x ^ ((x >> 13) & 0x7FFFF)
+        x = x * -1028477387  # 0xC2B2AE35
+        return x ^ ((x >> 16) & 0xFFFF)
+
+    @triton.jit
     def _keep(seed, qh, kr, p_drop):
         """Which pairs of a tile survive attention dropout. ``qh`` = query row * H + head and ``kr`` = key row,
         int32 vectors shaped to broadcast against each other over the tile ((M, 1) and (1, N), or the
-        transpose): one Philox draw per (seed, query row, head, key row), so the forward and both backward
-        kernels draw the same mask whatever their tiling."""
-        qh, kr = qh + kr * 0, kr + qh * 0  # both the tile's shape
-        zero = qh * 0
-        bits, _, _, _ = tl.random.philox(seed, qh, kr, zero, zero)
-        return tl.random.uint_to_uniform_float(bits) >= p_drop
+        transpose): a hash of (seed, query row, head, key row), so the forward and both backward kernels
+        draw the same mask whatever their tiling. The (seed, row, head) part is hashed once per row; each
+        pair then costs one more finaliser (~10 integer operations, against ~100 for a Philox draw per pair,
+        which made the dropout cost as much as the attention itself)."""
+        row = _mix(qh * -1640531535 + seed.to(tl.int32))  # 0x9E3779B1: spreads consecutive rows
+        bits = _mix(row ^ (kr * 461845907))  # 0x1B873593
+        return ((bits >> 8) & 0xFFFFFF).to(tl.float32) * (1.0 / 16777216.0) >= p_drop
 
     @triton.jit
     def _seed(SEED, DROPOUT: tl.constexpr):  # noqa: N803

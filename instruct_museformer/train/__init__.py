@@ -5,7 +5,8 @@
     imf validate DATA-BIN --path CKPT --valid-subset test --truncate-test 10240
 
 Modules: ``options`` (flags, arch defaults, task names), ``optim`` (fairseq's Adam, inverse_sqrt, loss
-scaler), ``feed`` (data-bin -> per-rank batch streams), ``trainer`` (one update), ``checkpoint``
+scaler), ``feed`` (data-bin -> per-rank batch streams), ``graphs`` (CUDA graphs of training steps,
+``--cuda-graphs``), ``trainer`` (one update), ``checkpoint``
 (atomic safetensors/JSON checkpoint directories, :func:`~.checkpoint.load_checkpoint_model` for
 rendering), ``progress`` (log lines, tqdm, TensorBoard), ``run`` (the loops).
 """

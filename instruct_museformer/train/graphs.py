@@ -116,24 +116,27 @@ def _walk(obj: Any, key: list[Any], tensors: list[torch.Tensor], seen: dict[int,
 
 @dataclasses.dataclass
 class _Recorded:
-    batch: Batch  # the batch the graph reads: its tensors are the graph's inputs
+    batch: Batch  # the batch the graphs read: its tensors are their inputs
     inputs: list[torch.Tensor]
-    graph: torch.cuda.CUDAGraph | None  # None on the CPU: replaying runs the step again on ``batch``
+    graphs: tuple[torch.cuda.CUDAGraph, ...]  # forward, backward; none on the CPU (``batch`` is run again)
     output: torch.Tensor
 
 
 class StepGraphs:
-    """``step(batch) -> tensor`` (a forward and backward, gradients accumulated into ``.grad``) run through
-    CUDA graphs, one per batch signature, at most ``max_graphs`` kept (the least recently used dropped).
+    """``step(batch) -> (loss, output)`` -- a forward; ``loss.backward()`` adds the gradients into ``.grad``,
+    ``output`` is what the caller wants back -- run through CUDA graphs, one pair (forward, backward) per
+    batch signature, at most ``max_graphs`` pairs kept (the least recently used dropped). Two graphs rather
+    than one: launching a graph costs host time in proportion to its kernels (~1-2 us each), and the
+    backward's launch then overlaps the forward's run.
 
     ``planner`` builds a batch's layouts where it comes without (``Batch.layouts``); they are moved to the
     device and their plans padded to bucketed capacities (``BatchLayouts.pad_plans``) before the signature
-    is taken. Counters: ``recorded`` graphs, ``replays``, ``eager`` steps (each new signature's first).
+    is taken. Counters: ``recorded`` signatures, ``replays``, ``eager`` steps (each new signature's first).
     """
 
     def __init__(
         self,
-        step: Callable[[Batch], torch.Tensor],
+        step: Callable[[Batch], tuple[torch.Tensor, torch.Tensor]],
         device: torch.device,
         planner: LayoutPlanner | None = None,
         max_graphs: int = 8,
@@ -164,12 +167,18 @@ class StepGraphs:
             self._graphs.move_to_end(key)
             torch._foreach_copy_(recorded.inputs, inputs)
             self.replays += 1
-            if recorded.graph is None:
-                return self.step(recorded.batch).clone()
-            recorded.graph.replay()
+            if not recorded.graphs:
+                return self._forward_backward(recorded.batch).clone()
+            for graph in recorded.graphs:
+                graph.replay()
             return recorded.output.clone()
         output = self._run_eagerly(batch)
         self._record(key, batch, inputs)
+        return output
+
+    def _forward_backward(self, batch: Batch) -> torch.Tensor:
+        loss, output = self.step(batch)
+        loss.backward()
         return output
 
     def _run_eagerly(self, batch: Batch) -> torch.Tensor:
@@ -177,21 +186,25 @@ class StepGraphs:
         there, outside any recording."""
         self.eager += 1
         if self._stream is None:
-            return self.step(batch)
+            return self._forward_backward(batch)
         self._stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(self._stream):
-            output = self.step(batch)
+            output = self._forward_backward(batch)
         torch.cuda.current_stream(self.device).wait_stream(self._stream)
         return output
 
     def _record(self, key: tuple, batch: Batch, inputs: list[torch.Tensor]) -> None:
         """Record the step on ``batch`` (nothing runs) and keep it under ``key``."""
-        graph, output = None, torch.empty(0)
+        graphs: tuple[torch.cuda.CUDAGraph, ...] = ()
+        output = torch.empty(0)
         if self._stream is not None:
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self._pool, stream=self._stream):
-                output = self.step(batch)
-        self._graphs[key] = _Recorded(batch, inputs, graph, output)
+            forward, backward = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+            with torch.cuda.graph(forward, pool=self._pool, stream=self._stream):
+                loss, output = self.step(batch)
+            with torch.cuda.graph(backward, pool=self._pool, stream=self._stream):
+                loss.backward()  # its saved tensors: the forward graph's, kept in the shared pool
+            graphs = (forward, backward)
+        self._graphs[key] = _Recorded(batch, inputs, graphs, output)
         self.recorded += 1
         while len(self._graphs) > self.max_graphs:
             self._graphs.popitem(last=False)

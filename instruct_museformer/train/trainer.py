@@ -140,27 +140,24 @@ class Trainer:
                             "all-reduced after the graphed backward)")
         if cfg is not None and cfg.gradient_checkpointing:
             raise UserError("--cuda-graphs and --gradient-checkpointing do not go together")
-        if cfg is not None and cfg.attention_dropout > 0.0:
-            # FlashAttention on gathered chunks (the default with attention dropout) plans its chunks on the
-            # host during the forward, which a graph cannot replay; the indexed kernels draw their dropout
-            # from a seed on the device
-            head_dim = cfg.attention_embed_dim // cfg.num_attention_heads
-            if not indexed.supports_head_dim(head_dim):
-                raise UserError(f"--cuda-graphs with --attention-dropout needs a head size of 16-256, a power of "
-                                f"two (got {head_dim})")
-            gathered.KERNEL = "indexed"
+        head_dim = cfg.attention_embed_dim // cfg.num_attention_heads if cfg is not None else 64
+        if not indexed.supports_head_dim(head_dim) or gathered.KERNEL not in ("auto", "indexed"):
+            # FlashAttention on gathered chunks plans its chunks on the host during the forward, which a graph
+            # cannot replay; the indexed kernels read everything from the device (their dropout seed too)
+            raise UserError(f"--cuda-graphs needs the indexed attention kernels: a head size of 16-256, a power "
+                            f"of two (got {head_dim})")
         self._loss_weight = torch.ones((), device=self.device)  # the loss scale, or 0 for a dummy batch
         return StepGraphs(self._graph_step, self.device, planner, max_graphs=args.cuda_graphs_max)
 
-    def _graph_step(self, batch: Batch) -> torch.Tensor:
-        """What a graph records: forward, NLL, backward (gradients added into ``.grad``); returns the NLL."""
+    def _graph_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the graphs record: the forward and NLL, then the backward of the weighted NLL (gradients
+        added into ``.grad``); the NLL is what the update reports."""
         assert self.autocast_dtype is not None
         # no autocast weight cache: a cast made outside a recording must not be reused inside it
         with torch.autocast(self.device.type, dtype=self.autocast_dtype, cache_enabled=False):
             logits = self.model(batch)
         nll = batch_nll(logits, batch.target)
-        (nll * self._loss_weight).backward()
-        return nll.detach()
+        return nll * self._loss_weight, nll.detach()
 
     # -- schedule ------------------------------------------------------------------------------------
     def set_num_updates(self, num_updates: int) -> None:

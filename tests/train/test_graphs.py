@@ -81,16 +81,18 @@ def test_step_graphs_record_once_per_signature_and_replay_with_the_new_inputs():
 
     def step(batch):  # type: ignore[no-untyped-def]
         loss = (batch.prev_output.tokens.float() * weight).sum() + batch.target.float().mean()
-        loss.backward()
-        return loss.detach()
+        return loss * 2.0, loss.detach()
 
     graphs = StepGraphs(step, CPU, planner=None, max_graphs=2)
     batches = [_batch([5, 1, 9], seed=s) for s in (1, 2)] + [_batch([5, 1, 9], seed=1, extra=30)]
     for batch in (*batches, batches[1], batches[0]):
         weight.grad = None
         got = graphs(batch)
+        replayed_grad = weight.grad.clone()
         weight.grad = None
-        assert torch.equal(got, step(batch))
+        loss, want = step(batch)
+        loss.backward()
+        assert torch.equal(got, want) and torch.equal(replayed_grad, weight.grad)
     # shapes: the first two share one; the third has its own; two kept at most
     assert (graphs.eager, graphs.recorded, graphs.replays, len(graphs)) == (2, 2, 3, 2)
     assert graphs(batches[1]) is not graphs(batches[1])  # copies: the next replay cannot overwrite them

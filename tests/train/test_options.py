@@ -57,6 +57,8 @@ def test_bad_values_are_user_errors() -> None:
         parse_train_args(["data"])
     with pytest.raises(UserError, match="exclude"):
         parse_train_args(["data", "--batch-size", "1", "--fp16", "--bf16"])
+    with pytest.raises(UserError, match="--cuda-graphs-max must be >= 1"):
+        parse_train_args(["data", "--batch-size", "1", "--cuda-graphs", "--cuda-graphs-max", "0"])
 
 
 @pytest.mark.parametrize(("text", "value"), [("True", True), ("False", False), ("true", True), ("0", False)])
