@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # imf train with and without --cuda-graphs on the (n)ASAP data-bin at $DATA (one GPU): the seed's flags
 # (batch size 1, --truncate-train 15360; on a translation data-bin the translation task), bf16, two epochs
-# each. The second epoch's summary line is the steady state (graphs recorded during the first).
+# each (EAGER_EPOCHS=1: one eager epoch). The second epoch's summary line is the steady state (graphs
+# recorded during the first).
 #   DATA=data-bin/nasap bash scripts/device_train_graphs.sh
 source scripts/device_env.sh
 DATA=${DATA:-data-bin/nasap}
@@ -15,7 +16,7 @@ FLAGS=(--task museformer_language_modeling --arch museformer_lm_v2s1
   --lr-scheduler inverse_sqrt --warmup-updates 16000 --max-epoch 2 --log-interval 100 --num-workers 8
   --beat-mask-ts True --log-format simple --no-save --disable-validation --bf16 --seed 1)
 for variant in eager graphs; do
-  extra=()
+  extra=(--max-epoch "${EAGER_EPOCHS:-2}")  # eager: epoch 1 runs at its steady rate already
   [ "$variant" = graphs ] && extra=(--cuda-graphs --cuda-graphs-max 320)
   start=$(date +%s)
   timeout -k 10 "${SECONDS_EACH:-250}" python3 -m instruct_museformer train "$DATA" "${FLAGS[@]}" "${extra[@]}" \
