@@ -152,9 +152,7 @@ class Trainer:
     def _graph_step(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """What the graphs record: the forward and NLL, then the backward of the weighted NLL (gradients
         added into ``.grad``); the NLL is what the update reports."""
-        assert self.autocast_dtype is not None
-        # no autocast weight cache: a cast made outside a recording must not be reused inside it
-        with torch.autocast(self.device.type, dtype=self.autocast_dtype, cache_enabled=False):
+        with self._autocast(cache=False):  # a weight cast made outside a recording must not be reused inside
             logits = self.model(batch)
         nll = batch_nll(logits, batch.target)
         return nll * self._loss_weight, nll.detach()
@@ -167,10 +165,10 @@ class Trainer:
     def get_lr(self) -> float:
         return self.optimizer.get_lr()
 
-    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+    def _autocast(self, cache: bool = True) -> contextlib.AbstractContextManager[Any]:
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype, cache_enabled=cache)
 
     def _seed(self) -> None:
         seed = self.args.seed + self.num_updates
