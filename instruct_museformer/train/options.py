@@ -226,8 +226,11 @@ def build_train_parser() -> argparse.ArgumentParser:
         help="replay each batch's forward and backward from a CUDA graph, one per batch shape (GPU; needs --bf16 "
         "or --fp16): removes the host overhead that bounds steps below ~30k tokens",
     )
-    parser.add_argument("--cuda-graphs-max", type=int, default=8, metavar="N",
-                        help="CUDA graphs kept at once (least recently used dropped)")
+    parser.add_argument(
+        "--cuda-graphs-max", type=int, default=256, metavar="N",
+        help="batch shapes whose graphs are kept at once (least recently used dropped); (n)ASAP with the seed's "
+        "flags has 114-253 (benchmarks/graph_signatures.py); each keeps its batch's tensors (2-5 MiB at 15,360 tokens)",
+    )
     _add_model_flags(parser)
     return parser
 
