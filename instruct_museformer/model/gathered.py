@@ -335,7 +335,26 @@ def build_plan(layout: AttentionLayout, chunk_keys: int | None = None) -> Gather
     used = num_keys > 0  # padding runs and rows with nothing to read stay 0
     if causal and not _own_run_last(range_run, range_first + range_count, q_first, q_count, used, q_len, k_len):
         return None
-    run_first, run_queries, run_keys = q_first[used], q_count[used], num_keys[used]
+    return _plan(
+        (q_first[used], q_count[used], num_keys[used]), (range_first, range_count), causal, batch * q_len,
+        batch * k_len, chunk_keys, _disjoint(range_first, range_count), device,
+    )  # fmt: skip
+
+
+def _plan(
+    runs: tuple[np.ndarray, np.ndarray, np.ndarray],
+    ranges: tuple[np.ndarray, np.ndarray],
+    causal: bool,
+    num_queries: int,
+    num_keys: int,
+    chunk_keys: int,
+    distinct_keys: bool,
+    device: torch.device,
+) -> GatherPlan:
+    """A plan from its host arrays -- runs (first query row, queries, keys) and key ranges (first, count) --
+    with its key tiles, and its tensors made on ``device``."""
+    run_first, run_queries, run_keys = runs
+    range_first, range_count = ranges
     return GatherPlan(
         k_rows=None,  # type: ignore[arg-type]  # made by ``to``, from the arrays
         runs=None,  # type: ignore[arg-type]
@@ -345,11 +364,11 @@ def build_plan(layout: AttentionLayout, chunk_keys: int | None = None) -> Gather
         range_first=range_first,
         range_count=range_count,
         causal=causal,
-        num_queries=batch * q_len,
-        num_keys=batch * k_len,
+        num_queries=num_queries,
+        num_keys=num_keys,
         chunk_keys=chunk_keys,
-        distinct_keys=_disjoint(range_first, range_count),
-        key_tiles=_key_tiles(run_keys, range_first, range_count, batch * k_len),
+        distinct_keys=distinct_keys,
+        key_tiles=_key_tiles(run_keys, range_first, range_count, num_keys),
     ).to(device)
 
 
@@ -374,24 +393,11 @@ def _segment_plan(layout: AttentionLayout, chunk_keys: int) -> GatherPlan:
     ranges_first = np.stack([seq * k_len + slot, seq * k_len + s_len + bar_first[own]], axis=1).reshape(-1)
     ranges_count = np.stack([np.ones_like(own), bar_count[own]], axis=1).reshape(-1)
     keep = ranges_count > 0
-    num_keys = 1 + bar_count[own]
-    ones = np.ones_like(own)
-    ranges_first, ranges_count = ranges_first[keep], ranges_count[keep]
-    return GatherPlan(
-        k_rows=None,  # type: ignore[arg-type]  # made by ``to``, from the arrays
-        runs=None,  # type: ignore[arg-type]
-        run_first=own,
-        run_queries=ones,
-        run_keys=num_keys,
-        range_first=ranges_first,
-        range_count=ranges_count,
-        causal=False,
-        num_queries=batch * s_len,
-        num_keys=batch * k_len,
-        chunk_keys=chunk_keys,
-        distinct_keys=True,  # a token is read by its own bar's summary only, a summary by itself
-        key_tiles=_key_tiles(num_keys, ranges_first, ranges_count, batch * k_len),
-    ).to(device)
+    runs = (own, np.ones_like(own), 1 + bar_count[own])  # one query per run, reading itself and its bar
+    # distinct keys: a token is read by its own bar's summary only, a summary by itself
+    return _plan(
+        runs, (ranges_first[keep], ranges_count[keep]), False, batch * s_len, batch * k_len, chunk_keys, True, device
+    )
 
 
 def _true_stretches(allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
