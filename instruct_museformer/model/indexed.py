@@ -60,6 +60,12 @@ if triton is not None:
         return limit
 
     @triton.jit
+    def _query_rows(q_first, q_len, m0, BLOCK_M: tl.constexpr):  # noqa: N803
+        """Positions m0.. of a run's queries, whether each is one (< q_len), and their flat query rows."""
+        offs_m = m0 + tl.arange(0, BLOCK_M)
+        return offs_m, offs_m < q_len, (q_first + offs_m).to(tl.int64)
+
+    @triton.jit
     def _key_block(KROWS, k_off, n0, limit, BLOCK_N: tl.constexpr):  # noqa: N803
         """Positions n0.. of the run's key index (< limit), whether each is one, and their flat key rows."""
         offs_n = n0 + tl.arange(0, BLOCK_N)
@@ -135,9 +141,7 @@ if triton is not None:
         seed = _seed(SEED, DROPOUT)
         m0 = mb * BLOCK_M
         if m0 < q_len:
-            offs_m = m0 + tl.arange(0, BLOCK_M)
-            m_ok = offs_m < q_len
-            rows = (q_first + offs_m).to(tl.int64)
+            offs_m, m_ok, rows = _query_rows(q_first, q_len, m0, BLOCK_M)
             q = _rows_tile(Q, rows, m_ok, stride_q, head_q, h, D)
             shift = k_len - q_len  # causal: query m reads keys j <= m + shift
             hi = _key_limit(k_len, q_len, m0, BLOCK_M, CAUSAL)
@@ -181,9 +185,7 @@ if triton is not None:
         seed = _seed(SEED, DROPOUT)
         m0 = mb * BLOCK_M
         if m0 < q_len:
-            offs_m = m0 + tl.arange(0, BLOCK_M)
-            m_ok = offs_m < q_len
-            rows = (q_first + offs_m).to(tl.int64)
+            offs_m, m_ok, rows = _query_rows(q_first, q_len, m0, BLOCK_M)
             q = _rows_tile(Q, rows, m_ok, stride_q, head_q, h, D)
             do = _rows_tile(DO, rows, m_ok, stride_do, head_do, h, D)
             o = _rows_tile(O, rows, m_ok, H * D, D, h, D)
@@ -247,9 +249,7 @@ if triton is not None:
                 if CAUSAL:  # position p is read by the run's queries m >= p - shift
                     m_lo = tl.maximum(pos0 + lo - shift, 0) // BLOCK_M * BLOCK_M
                 for m0 in range(m_lo, q_len, BLOCK_M):
-                    offs_m = m0 + tl.arange(0, BLOCK_M)
-                    m_ok = offs_m < q_len
-                    rows = (q_first + offs_m).to(tl.int64)
+                    offs_m, m_ok, rows = _query_rows(q_first, q_len, m0, BLOCK_M)
                     q = _rows_tile(Q, rows, m_ok, stride_q, head_q, h, D)
                     do = _rows_tile(DO, rows, m_ok, stride_do, head_do, h, D)
                     lse = tl.load(LSE + rows * H + h, mask=m_ok, other=0.0)
