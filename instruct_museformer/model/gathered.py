@@ -39,12 +39,11 @@ from ..data.batch import to_device
 from . import indexed
 from .masks import AttentionLayout, round_up
 
-# Buckets of ``GatherPlan.capacities``: runs in multiples of RUN_BUCKET; the key index and the grids'
-# query and key extents in powers of two from these.
+# Buckets of ``GatherPlan.capacities``: runs in multiples of RUN_BUCKET; the key index and the grids' query
+# extent in powers of two from these.
 RUN_BUCKET = 64
 MIN_KEYS = 1024
 MIN_EXTENT = 128
-MIN_KEY_EXTENT = 1024
 
 
 def _power_of_two(n: int, least: int) -> int:
@@ -165,9 +164,8 @@ class GatherPlan:
     num_keys: int  # B * K
     chunk_keys: int  # gathered keys per chunked kernel call
     distinct_keys: bool = False  # no key is read by two runs: gradients are written, not summed
-    # ``padded``: the query and key extents the kernels' grids cover (0: the plan's own largest run)
+    # ``padded``: the query extent the kernels' grids cover (0: the plan's own largest run)
     grid_q: int = 0
-    grid_k: int = 0
     key_tiles: KeyTiles | None = None  # for the indexed kernels' key/value gradients (host)
     tile_items: torch.Tensor | None = None  # its tables on the device (``to``)
     tile_entries: torch.Tensor | None = None
@@ -207,30 +205,30 @@ class GatherPlan:
 
     @property
     def max_k(self) -> int:
-        return max(int(self.run_keys.max()) if self.run_keys.size else 0, self.grid_k)
+        return int(self.run_keys.max()) if self.run_keys.size else 0
 
-    def capacities(self, max_runs: int = 0) -> tuple[int, int, int, int]:
-        """(runs, key-index entries, query extent, key extent), rounded up coarsely so that the plans of
-        batches of one padded length mostly share them (``padded``): runs to ``max_runs`` where the caller
-        knows a bound (``BatchLayouts.pad_plans``: a sequence's bars, from its summary slots), in multiples
-        of RUN_BUCKET; the index and the extents to powers of two (at least MIN_KEYS, MIN_EXTENT, MIN_KEY_EXTENT).
-        The query extent stays 16 for runs of at most 16 queries (the summaries'), which take small tiles."""
+    def capacities(self, max_runs: int = 0) -> tuple[int, int, int]:
+        """(runs, key-index entries, query extent), rounded up coarsely so that the plans of batches of one
+        padded length mostly share them (``padded``): runs to ``max_runs`` where the caller knows a bound
+        (``BatchLayouts.pad_plans``: a sequence's bars, from its summary slots), in multiples of RUN_BUCKET;
+        the index and the extent to powers of two (at least MIN_KEYS, MIN_EXTENT). The query extent stays 16
+        for runs of at most 16 queries (the summaries'), which take small tiles. (No key extent: the key/value
+        kernel's grid is the key tiles', ``KeyTiles``.)"""
         runs = round_up(max(len(self.run_first), max_runs), RUN_BUCKET)
         keys = _power_of_two(int(self.range_count.sum()), MIN_KEYS)
-        grid_q = 16 if self.max_q <= 16 else _power_of_two(self.max_q, MIN_EXTENT)
-        return runs, keys, grid_q, _power_of_two(self.max_k, MIN_KEY_EXTENT)
+        return runs, keys, 16 if self.max_q <= 16 else _power_of_two(self.max_q, MIN_EXTENT)
 
     def padded(self, max_runs: int = 0) -> GatherPlan:
         """This plan grown to its ``capacities``: the extra runs have no queries and no keys (the kernels'
         programs for them return at once), the extra key-index entries are never read, and the grids cover
-        the bucketed extents. Two batches whose plans pad alike launch the same kernels with the same
+        the bucketed query extent. Two batches whose plans pad alike launch the same kernels with the same
         arguments but for the tables' contents, which is what lets a CUDA graph of a training step
         (``train.graphs``) serve both. Returns itself where it is already at its capacities."""
-        runs, keys, grid_q, grid_k = self.capacities(max_runs)
+        runs, keys, grid_q = self.capacities(max_runs)
         extra_runs, extra_keys = runs - len(self.run_first), keys - int(self.range_count.sum())
         tiles = self.key_tiles
         grown = tiles is None or (len(tiles.items), len(tiles.entries), len(tiles.split)) == tiles.capacities()
-        if not extra_runs and not extra_keys and (grid_q, grid_k) == (self.max_q, self.max_k) and grown:
+        if not extra_runs and not extra_keys and grid_q == self.max_q and grown:
             return self
         none = np.zeros(extra_runs, np.int64)
         plan = dataclasses.replace(
@@ -247,7 +245,6 @@ class GatherPlan:
             range_first=np.r_[self.range_first, [0] * bool(extra_keys)],
             range_count=np.r_[self.range_count, [extra_keys] * bool(extra_keys)],
             grid_q=grid_q,
-            grid_k=grid_k,
         )
         return plan if self.k_rows is None else plan.to(self.k_rows.device)
 
@@ -255,7 +252,7 @@ class GatherPlan:
         """What a forward reads of this plan on the host (besides its tensors' shapes): a CUDA graph
         recorded with one plan is valid for another with the same key (``train.graphs``)."""
         read = self.read_queries
-        return (self.causal, self.distinct_keys, self.num_queries, self.num_keys, self.max_q, self.max_k,
+        return (self.causal, self.distinct_keys, self.num_queries, self.num_keys, self.max_q,
                 read == 0, read == self.num_queries)  # fmt: skip
 
     @property

@@ -5,7 +5,7 @@ and their Python (autograd, the gathered attention's bookkeeping) take about twi
 (docs/benchmarks.md). A CUDA graph replays all of a step's kernels with one launch.
 
 A graph fixes everything the host decided while it was recorded: the shapes, and the host values the
-forward reads -- for the gather path, what each plan's ``graph_key`` names (grid extents, flags). So
+forward reads -- for the gather path, what each plan's ``graph_key`` names (grid extent, flags). So
 graphs are kept per batch *signature* (``graph_inputs``): the shapes of the batch's tensors, its plans'
 keys and the structure that links them. A batch with a recorded signature has its tensors copied into the
 recorded batch's (one ``_foreach_copy_``) and the graph replayed; a new signature runs eagerly once (which

@@ -229,7 +229,7 @@ def build_train_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--cuda-graphs-max", type=int, default=256, metavar="N",
         help="batch shapes whose graphs are kept at once (least recently used dropped); (n)ASAP with the seed's "
-        "flags has 114-253 (benchmarks/graph_signatures.py); each keeps its batch's tensors (2-5 MiB at 15,360 tokens)",
+        "flags has 139-239 (benchmarks/graph_signatures.py); each keeps its batch's tensors (2-5 MiB at 15,360 tokens)",
     )
     _add_model_flags(parser)
     return parser

@@ -240,7 +240,7 @@ def _check_graph_replay() -> dict[str, float]:
 
     gathered.KERNEL = "indexed"
     # small grids: the interpreter runs every program of the padded grids, even those that return at once
-    gathered.RUN_BUCKET, gathered.MIN_EXTENT, gathered.MIN_KEY_EXTENT = 4, 16, 64
+    gathered.RUN_BUCKET, gathered.MIN_EXTENT = 4, 16
     errors = {}
     for task in ("language_modeling", "translation"):
         torch.manual_seed(0)
