@@ -131,15 +131,6 @@ class BatchLayouts:
         """On ``device``, plans included (the forward then moves nothing)."""
         return BatchLayouts(self.decoder.to(device), None if self.encoder is None else self.encoder.to(device))
 
-    def attention_layouts(self) -> list[AttentionLayout]:
-        """Every distinct attention layout, encoder first, in the order the forward uses them."""
-        seen: dict[int, AttentionLayout] = {}
-        for stack in (self.encoder, self.decoder):
-            for layer in stack.layers if stack is not None else ():
-                for layout in layer:
-                    seen.setdefault(id(layout), layout)
-        return list(seen.values())
-
     def pad_plans(self) -> None:
         """Grow every gather plan to its bucketed capacities (``GatherPlan.padded``), in place: batches of
         one padded length then mostly have plans alike, so one CUDA graph of the step serves them all.

@@ -105,9 +105,11 @@ def test_pad_plans_grows_each_layouts_own_plan():
     cfg = small_config("translation", attention_impl="gather")
     batch = _batch([5, 1, 9, 3, 12, 1, 4, 7], translation=True)
     layouts = LayoutPlanner(cfg, "cpu")(batch)
-    own = {id(layout): built_plan(layout) for layout in layouts.attention_layouts()}
+    every = {id(layout): layout for stack in (layouts.encoder, layouts.decoder) for layer in stack.layers
+             for layout in layer}  # fmt: skip
+    own = {key: built_plan(layout) for key, layout in every.items()}
     layouts.pad_plans()
-    for layout in layouts.attention_layouts():
+    for layout in every.values():
         plan, padded = own[id(layout)], built_plan(layout)
         assert padded is not plan and padded.k_rows is not None
         assert (padded.run_first[: len(plan.run_first)] == plan.run_first).all()
