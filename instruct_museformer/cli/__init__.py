@@ -22,6 +22,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("generate", "generate token lines for a data-bin split (fairseq-generate flags)"),
     "render": ("render", "score -> expressive performance MIDI"),
     "evaluate": ("evaluate", "compare renderings with human performances"),
+    "diagnose": ("diagnose", "teacher-forced loss per token class and expected-value correlations of a checkpoint"),
 }
 
 

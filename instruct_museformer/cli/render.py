@@ -13,6 +13,10 @@ from ..errors import UserError
 from ..files import write_text_atomic
 
 
+def _comma_list(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="imf render",
@@ -32,6 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampling-topk", type=int, default=8, help="sample among the k most likely tokens (0: all)")
     p.add_argument("--sampling-topp", type=float, default=None, help="nucleus sampling mass (default: off)")
     p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--ordinal", choices=("sample", "median", "mean"), default="sample",
+                   help="how the bins of --ordinal-types are chosen once their token type is drawn: sampled (as "
+                   "fairseq), or the median / mean bin of the model's distribution (no sampling noise)")
+    p.add_argument("--ordinal-types", default="tempo,velocity,duration", type=_comma_list,
+                   help="comma-separated ordinal token types for --ordinal: tempo, velocity, duration, position")
     p.add_argument("--num-samples", type=int, default=1, help="renderings per score")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
     p.add_argument("--beam", type=int, default=1, help="only 1 (sampling) is supported")
@@ -132,7 +141,8 @@ def main(argv: list[str]) -> int:
     renderer = load_renderer(args.checkpoint, args.device, args.window_tokens)
     if args.compile and renderer.device.type != "cuda":
         print(f"--compile: only on CUDA; decoding on {renderer.device.type} as usual", file=sys.stderr)
-    opts = SamplingOptions(args.sampling_topk, args.sampling_topp, args.temperature)
+    opts = SamplingOptions(args.sampling_topk, args.sampling_topp, args.temperature, args.ordinal, args.ordinal_types)
+    opts.check()
     stats = WindowStats()
     start = time.perf_counter()
     renderings = render_files(renderer, scores, opts, args.num_samples, args.seed, args.context_bars, stats,

@@ -29,18 +29,36 @@ from torch import nn
 from ..data.batch import collate_bar_tokens
 from ..model.masks import round_up
 from ..tokens.specials import BAR, EOS, PAD
-from .grammar import DEFAULT_NOTE_TOLERANCE, GrammarState, TokenGrammar
+from .grammar import DEFAULT_NOTE_TOLERANCE, NUM_TYPES, ORDINAL_TYPES, GrammarState, TokenGrammar
 from .incremental import IncrementalDecoder, step_threads
+
+ORDINAL_MODES = ("sample", "median", "mean")
 
 
 @dataclass
 class SamplingOptions:
+    """fairseq's sampling flags, and how the ordinal token types are chosen.
+
+    ``ordinal``: "sample" draws every token (fairseq); "median" / "mean" draw the token *type* as usual (its
+    probability is the mass of its allowed bins), then, for the types in ``ordinal_types``, take the median
+    bin -- or the bin nearest the mean value -- of that type's filtered distribution instead of a random bin:
+    the model's expected tempo, velocity or duration without the sampling noise around it.
+    """
+
     topk: int = 8
     topp: float | None = None
     temperature: float = 1.0
+    ordinal: str = "sample"
+    ordinal_types: tuple[str, ...] = ("tempo", "velocity", "duration")
 
     def check(self) -> None:
         from ..errors import UserError
+
+        if self.ordinal not in ORDINAL_MODES:
+            raise UserError(f"--ordinal {self.ordinal}: expected one of {', '.join(ORDINAL_MODES)}")
+        unknown = [t for t in self.ordinal_types if t not in ORDINAL_TYPES]
+        if unknown:
+            raise UserError(f"--ordinal-types {','.join(unknown)}: expected some of {', '.join(ORDINAL_TYPES)}")
 
         if self.topk < 0:
             raise UserError(f"--sampling-topk {self.topk}: must be >= 0 (0 = no top-k)")
@@ -118,6 +136,41 @@ def pick(x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isfinite(x).any(dim=-1), ids, torch.full_like(ids, PAD))
 
 
+def ordinal_types_mask(opts: SamplingOptions, device: torch.device) -> torch.Tensor | None:
+    """(NUM_TYPES,) bool: the token types whose bin is a median/mean instead of a sample; None if none."""
+    if opts.ordinal == "sample" or not opts.ordinal_types:
+        return None
+    mask = torch.zeros(NUM_TYPES, dtype=torch.bool)
+    for name in opts.ordinal_types:
+        mask[ORDINAL_TYPES[name]] = True
+    return mask.to(device)
+
+
+def ordinal_pick(
+    x: torch.Tensor, sampled: torch.Tensor, grammar: TokenGrammar, types_mask: torch.Tensor, mode: str
+) -> torch.Tensor:
+    """(B,) ids: where ``sampled`` is of an ordinal type in ``types_mask``, the median bin (``mode`` "median") or the
+    bin nearest the mean value ("mean") of that type's part of the filtered logits ``x`` (B, V); else ``sampled``.
+
+    Fixed-shape tensor work (graph-capturable): the type's bins are found by comparing types, not by indexing.
+    """
+    kind = grammar.types[sampled]  # (B,)
+    use = types_mask[kind]
+    same = (grammar.types[None, :] == kind[:, None]) & torch.isfinite(x)
+    probs = torch.softmax(x.masked_fill(~same, float("-inf")), dim=-1).nan_to_num(0.0)  # (B, V)
+    if mode == "median":
+        order = grammar.value_order
+        cdf = probs.index_select(1, order).cumsum(-1)
+        at = (cdf < 0.5).sum(-1).clamp(max=len(order) - 1)
+        chosen = order[at]
+    else:
+        values = grammar.value.nan_to_num(0.0)
+        mean = (probs * values).sum(-1, keepdim=True)
+        distance = (values[None, :] - mean).abs().masked_fill(~same, float("inf"))
+        chosen = distance.argmin(-1)
+    return torch.where(use, chosen, sampled)
+
+
 def sample_next(
     logits: torch.Tensor, allowed: torch.Tensor, opts: SamplingOptions, generator: torch.Generator | None
 ) -> torch.Tensor:
@@ -167,6 +220,7 @@ class _Loop:
         self.t = torch.zeros((), dtype=torch.long, device=dev)  # steps taken (device copy of the host's count)
         self.noise = torch.zeros(NOISE_CHUNK, b, state.grammar.vocab_size, device=dev)
         self.noise_at = torch.zeros((), dtype=torch.long, device=dev)
+        self.ordinal_mask = ordinal_types_mask(opts, dev)
         self.step_fn = self.step
         if compile_step:
             compiled = _compiled_step()
@@ -179,6 +233,8 @@ class _Loop:
         forced = t < self.prefix_len
         x = filtered_logits(logits, st.allowed(), self.opts)
         sampled = pick(x, self.noise.index_select(0, self.noise_at.view(1))[0])
+        if self.ordinal_mask is not None:
+            sampled = ordinal_pick(x, sampled, st.grammar, self.ordinal_mask, self.opts.ordinal)
         col = t.clamp(max=self.prefix.shape[1] - 1).view(1, 1).expand(len(sampled), 1)
         nxt = torch.where(forced, self.prefix.gather(1, col)[:, 0], sampled)
         nxt = torch.where(running, nxt, torch.full_like(nxt, PAD))

@@ -28,6 +28,7 @@ Token types come from the vocabulary strings (``Vocab.tokens``); ids beyond the 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -56,6 +57,21 @@ MAX_PEDALS_PER_POSITION = 2
 # half a beat (docs/model.md): notes that may drift further cross their neighbours and tempo r drops
 DEFAULT_NOTE_TOLERANCE = 8
 _FAR = 1 << 30  # beyond any position
+# the ordinal token types, whose bins are ordered values (decoding may take a median or mean bin of them)
+ORDINAL_TYPES = {"tempo": T_TEMPO, "velocity": T_VELOCITY, "duration": T_DURATION, "position": T_POSITION}
+
+
+def token_value(token: str) -> float:
+    """The ordered value of an ordinal token (log qpm, velocity, beats, position); NaN for other tokens."""
+    kind, _, value = token.partition("_")
+    if kind == "Tempo":
+        return math.log(float(value))
+    if kind in ("Velocity", "Position"):
+        return float(value)
+    if kind == "Duration":
+        beats, pos, res = (int(x) for x in value.split("."))
+        return beats + pos / res
+    return float("nan")
 
 
 class TokenGrammar:
@@ -83,6 +99,12 @@ class TokenGrammar:
                     n, d = (int(x) for x in value.split("/"))
                     self.bar_positions[i] = n * positions_per_beat
                     self.timesig_of[(n, d)] = i
+        self.value = torch.tensor([token_value(t) for t in tokens] + [math.nan] * (vocab_size - len(tokens)))
+        # ids sorted by (type, value): a type's bins are one ascending run of this order
+        self.value_order = torch.tensor(
+            sorted(range(vocab_size), key=lambda i: (int(self.types[i]), _nan_last(float(self.value[i])))),
+            dtype=torch.long,
+        )
         self.host_types = self.types.tolist()  # host copies: reading score tokens needs no device round trip
         self.host_position = self.position.tolist()
         if int(self.types[EOS]) != T_EOS:
@@ -101,9 +123,13 @@ class TokenGrammar:
         return cls(vocab.tokens, vocab_size or len(vocab.tokens), vocab.positions_per_beat)
 
     def to(self, device: torch.device) -> TokenGrammar:
-        for name in ("types", "position", "bar_positions", "follow"):
+        for name in ("types", "position", "bar_positions", "follow", "value", "value_order"):
             setattr(self, name, getattr(self, name).to(device))
         return self
+
+
+def _nan_last(value: float) -> float:
+    return math.inf if math.isnan(value) else value
 
 
 Note = tuple[int, int]  # (score position, Pitch token id)

@@ -192,13 +192,16 @@ class _RankBatches(torch.utils.data.Dataset):
     """Item i = (is_dummy, collated batch) of this rank's i-th batch, counted from ``start``."""
 
     def __init__(self, split: SplitData, batches: Sequence[Sequence[int]], rank: int, world_size: int,
-                 start: int, prepare: Callable[[Batch], Batch] | None = None) -> None:
+                 start: int, prepare: Callable[[Batch], Batch] | None = None,
+                 augment: Callable[[list[Any], int], list[Any]] | None = None) -> None:
         self.split = split
         self.all_batches = batches
         self.mine = list(batches[rank::world_size])
+        self.rank, self.world_size = rank, world_size
         self.length = shard_length(len(batches), world_size)
         self.start = start
         self.prepare = prepare
+        self.augment = augment
 
     def __len__(self) -> int:
         return max(0, self.length - self.start)
@@ -207,7 +210,10 @@ class _RankBatches(torch.utils.data.Dataset):
         index = self.start + i
         dummy = index >= len(self.mine)
         ids = self.all_batches[0] if dummy else self.mine[index]
-        batch = self.split.collate([self.split.dataset[j] for j in ids])
+        samples = [self.split.dataset[j] for j in ids]
+        if self.augment is not None:
+            samples = self.augment(samples, index * self.world_size + self.rank)
+        batch = self.split.collate(samples)
         if self.prepare is not None:
             batch = self.prepare(batch)
         return dummy, batch
@@ -226,15 +232,18 @@ def batch_stream(
     start: int,
     num_workers: int,
     prepare: Callable[[Batch], Batch] | None = None,
+    augment: Callable[[list[Any], int], list[Any]] | None = None,
 ) -> torch.utils.data.DataLoader:
     """This rank's batches from position ``start`` on, collated in ``num_workers`` worker processes, which
     also pass each batch through ``prepare`` (picklable): ``LayoutPlanner.prepare`` attaches the model's
-    layouts (``Batch.layouts``), ``train.graphs.GraphBatches`` also pads the batch for CUDA graphs.
+    layouts (``Batch.layouts``), ``train.graphs.GraphBatches`` also pads the batch for CUDA graphs. ``augment``
+    (picklable, e.g. ``data.augment.TokenAugmentation``) changes the samples of the batch with this index before
+    they are collated.
 
     The DataLoader gets its own generator so that creating it draws nothing from the global RNG (which
     would shift dropout masks after a resume).
     """
-    dataset = _RankBatches(split, batches, rank, world_size, start, prepare)
+    dataset = _RankBatches(split, batches, rank, world_size, start, prepare, augment)
     return torch.utils.data.DataLoader(
         dataset,
         batch_size=None,

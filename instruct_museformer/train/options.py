@@ -180,6 +180,19 @@ def build_train_parser() -> argparse.ArgumentParser:
     parser.add_argument("--disable-validation", action="store_true")
     parser.add_argument("--batch-size-valid", type=int, default=None)
     parser.add_argument("--max-tokens-valid", type=int, default=None)
+    # levers for expressive targets (train/objective.py, data/augment.py)
+    parser.add_argument("--ordinal-smoothing", type=float, default=0.0, metavar="SIGMA",
+                        help="soft targets for Tempo/Velocity/Position/Duration tokens: a Gaussian over neighbouring "
+                        "bins of the same class, SIGMA bins wide (0 = one-hot, fairseq's cross-entropy)")
+    parser.add_argument("--class-loss-weights", default=None, metavar="CLASS=W,...",
+                        help="loss weight per target class, e.g. Tempo=2,Velocity=2 (classes: Tempo, Velocity, "
+                        "Position, Duration, Pedal, Pitch, Bar, TimeSig; default 1)")
+    parser.add_argument("--augment-transpose", type=int, default=0, metavar="N",
+                        help="transpose each training sample (both sides) by up to N semitones")
+    parser.add_argument("--augment-tempo", type=int, default=0, metavar="N",
+                        help="shift every Tempo token of a training sample by up to N bins (3.7%% each)")
+    parser.add_argument("--augment-velocity", type=int, default=0, metavar="N",
+                        help="shift every Velocity token of a training sample by up to N bins")
     # optimisation
     parser.add_argument("--optimizer", default="adam", choices=("adam",))
     parser.add_argument("--adam-betas", type=parse_float_tuple, default=(0.9, 0.999))

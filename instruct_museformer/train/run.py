@@ -47,6 +47,7 @@ from .checkpoint import (
 )
 from .feed import DataBinSource, DataSource, SplitData, batch_stream, detect_task, epoch_batches, groups_per_epoch
 from .graphs import GraphBatches
+from .objective import Objective, build_objective
 from .options import args_to_json, model_config_from_args, task_kind
 from .progress import ProgressLogger, perplexity, setup_logging
 from .trainer import LN2, StepResult, Trainer, seed_everything
@@ -250,6 +251,41 @@ def _train_process(args: argparse.Namespace, hooks: Hooks) -> int:
             dist.destroy_process_group()
 
 
+def _vocabulary_tokens(data_bin: Path | None) -> list[str] | None:
+    """Token names of the data-bin's MidiTok tokenizer (``tokenizer.json``), None where it has none."""
+    if data_bin is None or not (Path(data_bin) / "tokenizer.json").is_file():
+        return None
+    from ..tokens.tokenizer import load_tokenizer, vocab_tokens
+
+    try:
+        return vocab_tokens(load_tokenizer(Path(data_bin) / "tokenizer.json"))
+    except UserError:
+        return None
+
+
+def _expressive_levers(args: argparse.Namespace, source: DataSource) -> tuple[Objective | None, Any]:
+    """The training objective and the token augmentation the flags ask for (docs/model.md, levers)."""
+    from ..data.augment import TokenAugmentation
+
+    shifts = {name: int(getattr(args, f"augment_{name}", 0) or 0) for name in ("transpose", "tempo", "velocity")}
+    wanted = getattr(args, "ordinal_smoothing", 0) or getattr(args, "class_loss_weights", None) or any(shifts.values())
+    tokens = _vocabulary_tokens(getattr(source, "data_bin", None)) if wanted else None
+    objective = build_objective(args, tokens, source.vocab_size)
+    augment = None
+    if any(shifts.values()):
+        if tokens is None:
+            raise UserError("--augment-*: needs token names, from a tokenizer.json in the data-bin")
+        if min(shifts.values()) < 0:
+            raise UserError("--augment-transpose/--augment-tempo/--augment-velocity: must be >= 0")
+        augment = TokenAugmentation.build(tokens, source.vocab_size, seed=args.seed, **shifts)
+        logger.info(f"augmentation: transpose +-{shifts['transpose']}, tempo +-{shifts['tempo']} bins, "
+                    f"velocity +-{shifts['velocity']} bins")
+    if objective is not None:
+        logger.info(f"objective: ordinal smoothing {args.ordinal_smoothing} bins, class weights "
+                    f"{args.class_loss_weights or 'none'}")
+    return objective, augment
+
+
 def _train_loop(args: argparse.Namespace, hooks: Hooks, info: DistInfo) -> int:
     wall_start = time.perf_counter()
     if args.user_dir:
@@ -275,7 +311,9 @@ def _train_loop(args: argparse.Namespace, hooks: Hooks, info: DistInfo) -> int:
     planner = layout_planner(model, info.device, pad_plans=graphs)
     # what the loader's workers do to each batch: its layouts; for graphs also a bucketed length
     prepare = GraphBatches(planner) if graphs else planner.prepare if planner is not None else None
-    trainer = Trainer(args, model, device=info.device, rank=info.rank, world_size=info.world_size, planner=planner)
+    objective, augment = _expressive_levers(args, source)
+    trainer = Trainer(args, model, device=info.device, rank=info.rank, world_size=info.world_size, planner=planner,
+                      objective=objective)
     logger.info(
         f"training on {info.world_size} devices; batch size per device = {args.batch_size}, max tokens per device = "
         f"{args.max_tokens}, update freq = {args.update_freq}"
@@ -405,7 +443,7 @@ def _train_loop(args: argparse.Namespace, hooks: Hooks, info: DistInfo) -> int:
         logger.info(f"begin training epoch {epoch}")
         stream = batch_stream(train_split, batches, rank=info.rank, world_size=info.world_size,
                               start=position * args.update_freq, num_workers=args.num_workers,
-                              prepare=prepare)
+                              prepare=prepare, augment=None if augment is None else augment.for_epoch(epoch))
         interval, epoch_meter = _Meter(), _Meter()
         progress.start_epoch(epoch, total, position)
         group: list[tuple[bool, Batch]] = []

@@ -28,6 +28,7 @@ from ..model import gathered, indexed
 from ..model.planning import LayoutPlanner
 from ..tokens.specials import PAD
 from .graphs import StepGraphs
+from .objective import Objective
 from .optim import (
     DynamicLossScaler,
     FairseqAdam,
@@ -85,8 +86,10 @@ class Trainer:
         rank: int = 0,
         world_size: int = 1,
         planner: LayoutPlanner | None = None,
+        objective: Objective | None = None,
     ) -> None:
         self.args = args
+        self.objective = None if objective is None else objective.to(device)
         self.device = device
         self.rank, self.world_size = rank, world_size
         self.model = model.to(device)
@@ -154,8 +157,15 @@ class Trainer:
         added into ``.grad``); the NLL is what the update reports."""
         with self._autocast(cache=False):  # a weight cast made outside a recording must not be reused inside
             logits = self.model(batch)
-        nll = batch_nll(logits, batch.target)
-        return nll * self._loss_weight, nll.detach()
+        loss, nll = self._loss(logits, batch.target)
+        return loss * self._loss_weight, nll.detach()
+
+    def _loss(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(what the gradient follows, the NLL reported), summed in nats; the same unless an objective is set."""
+        if self.objective is None:
+            nll = batch_nll(logits, target)
+            return nll, nll
+        return self.objective(logits, target)
 
     # -- schedule ------------------------------------------------------------------------------------
     def set_num_updates(self, num_updates: int) -> None:
@@ -201,10 +211,10 @@ class Trainer:
             with sync:
                 with self._autocast():
                     logits = self.wrapped(batch)
-                nll = batch_nll(logits, batch.target)
+                loss, nll = self._loss(logits, batch.target)
                 if dummy:
-                    nll = nll * 0.0
-                (nll * scale).backward()
+                    loss, nll = loss * 0.0, nll * 0.0
+                (loss * scale).backward()
             if not dummy:
                 nll_sum += float(nll.detach())
                 ntokens += int(batch.ntokens)

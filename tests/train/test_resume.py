@@ -87,3 +87,16 @@ def test_fp16_overflow_skips_the_update_and_halves_the_scale(data_bin: Path) -> 
     result = trainer.train_step([(False, batch)])
     assert not result.overflow and trainer.num_updates == 6 and result.loss == pytest.approx(result.loss)
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.params, strict=True))
+
+
+def test_resume_with_the_expressive_levers_continues_the_same_loss_curve(data_bin: Path, tmp_path: Path) -> None:
+    """Soft ordinal targets, class weights and augmentation are part of the reproducible run (seeded per batch)."""
+    levers = ("--ordinal-smoothing", "1.0", "--class-loss-weights", "Velocity=2,Tempo=2", "--augment-transpose", "3",
+              "--augment-velocity", "2", "--augment-tempo", "2", "--max-update", "5")
+    full = _run(_argv(data_bin, tmp_path / "full", *levers))
+    argv = _argv(data_bin, tmp_path / "killed", *levers)
+    first = _run(argv, kill_at=3)
+    second = _run(argv)
+    assert first[:2] + second == full
+    plain = _run(_argv(data_bin, tmp_path / "plain", "--max-update", "5"))
+    assert plain != full  # the levers change the run
