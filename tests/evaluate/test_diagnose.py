@@ -58,3 +58,27 @@ def test_onset_offsets_follow_the_nearest_score_note():
     truth = [row[0] for row in diag.series["Onset offset"]]
     assert truth == [2, 1, -8]
     assert [round(row[1], 3) for row in diag.series["Onset offset"]] == truth
+
+
+def test_imf_diagnose_end_to_end_on_a_tiny_checkpoint(tmp_path):
+    """The command runs a real (tiny, random) checkpoint over a data-bin split and writes the figures."""
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "render"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
+    from render_helpers import make_checkpoint
+    from train_helpers import make_data_bin
+
+    from instruct_museformer.cli import main as imf
+
+    data_bin = make_data_bin(tmp_path, n_train=1, n_valid=4, n_test=1)
+    checkpoint = make_checkpoint(tmp_path / "model")
+    out = tmp_path / "diag.json"
+    assert imf(["diagnose", str(data_bin), "--path", str(checkpoint), "--chunk-tokens", "64", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["pairs"] == 4 and result["pieces"] == 4
+    assert set(result["loss_bits"]) >= {"Velocity", "Pitch", "Position", "all"}
+    assert result["correlation"]["Velocity"]["pieces"] >= 1
+    assert imf(["diagnose", str(tmp_path / "missing"), "--path", str(checkpoint)]) == 2

@@ -1,0 +1,86 @@
+"""Render a list of jobs with several worker processes (GPU and CPU at once) that share one queue.
+
+    python scripts/render_queue.py JOBS.tsv --workers cuda:4,cpu:10 [--seconds S]
+
+JOBS.tsv: one job per line, ``output.mid<TAB>score<TAB>imf render flags...``, longest first. Every worker
+walks the list and claims a job by creating ``output.mid.claim`` exclusively, so each job runs once, on
+whichever device frees up first; a job already rendered is skipped. Each job is ``imf render`` in the
+worker's process (the default model and the libraries load once per worker). With --seconds, workers stop
+claiming jobs after that long and the run ends when the jobs in hand finish. Prints one line per job.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import multiprocessing as mp
+import os
+import time
+from pathlib import Path
+
+
+def _claim(output: Path) -> bool:
+    if output.exists():
+        return False
+    output.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(f"{output}.claim", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        return True
+    except FileExistsError:
+        return False
+
+
+def _worker(device: str, jobs: list[tuple[Path, str, list[str]]], deadline: float) -> None:
+    import torch
+
+    from instruct_museformer.cli.render import main as render
+
+    if device == "cpu":
+        torch.set_num_threads(1)
+    for output, score, flags in jobs:
+        if time.time() > deadline or not _claim(output):
+            continue
+        start = time.perf_counter()
+        log = io.StringIO()
+        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            try:
+                rc = render([score, "-o", str(output), "--report", str(output.with_suffix(".json")), "--device",
+                             device, *flags])
+            except SystemExit as error:
+                rc = error.code
+            except Exception as error:  # a crash is a result to report, not a reason to stop the queue
+                rc = f"{type(error).__name__}: {error}"
+        output.with_suffix(".log").write_text(log.getvalue())
+        last = log.getvalue().strip().splitlines()[-1:] or [""]
+        print(f"{output} {device} rc={rc} {time.perf_counter() - start:.1f}s {last[0]}", flush=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("jobs", type=Path)
+    p.add_argument("--workers", default="cpu:2", help="DEVICE:COUNT,... e.g. cuda:4,cpu:10")
+    p.add_argument("--seconds", type=float, default=1e9)
+    args = p.parse_args()
+    jobs = []
+    for line in args.jobs.read_text().splitlines():
+        if line.strip():
+            output, score, *flags = line.split("\t")
+            jobs.append((Path(output), score, [f for f in flags if f]))
+    deadline = time.time() + args.seconds
+    ctx = mp.get_context("spawn")
+    procs = []
+    for spec in args.workers.split(","):
+        device, _, count = spec.partition(":")
+        for _ in range(int(count or 1)):
+            procs.append(ctx.Process(target=_worker, args=(device, jobs, deadline)))
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join()
+    done = sum(1 for output, _, _ in jobs if output.exists())
+    print(f"render queue: {done} of {len(jobs)} jobs rendered")
+
+
+if __name__ == "__main__":
+    main()
