@@ -287,51 +287,72 @@ def _expressive_levers(args: argparse.Namespace, source: DataSource) -> tuple[Ob
 
 
 def _train_loop(args: argparse.Namespace, hooks: Hooks, info: DistInfo) -> int:
-    wall_start = time.perf_counter()
-    if args.user_dir:
-        logger.info(f"--user-dir {args.user_dir}: not needed (Museformer is built in); ignored")
-    if args.take_bos_as_bar:
-        logger.info("--take-bos-as-bar True: the leading EOS is always a clean 1-token prefix here (BOS-leak fix)")
-    task = _resolve_task(args, hooks)
-    source = (hooks.source_factory or _default_source)(args, task)
-    seed_everything(args.seed)
-    cfg = model_config_from_args(args, vocab_size=source.vocab_size, task=task)
-    model = (hooks.model_factory or _default_model)(cfg)
-    if args.fp16 and info.device.type == "cpu":
-        logger.info("--fp16 on CPU: computing in float32; the dynamic loss scaler still runs (loss_scale is logged)")
-    logger.info(f"task: {task} ({args.source_lang} -> {args.target_lang}), arch: {args.arch}, device: {info.device}, "
-                f"world size: {info.world_size}")
-    logger.info(f"model config: {json.dumps(cfg.to_dict(), sort_keys=True)}")
-    num_params = sum(p.numel() for p in model.parameters())
-    num_trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    logger.info(f"num. model params: {num_params} (num. trained: {num_trained})")
-    graphs = args.cuda_graphs and info.device.type == "cuda"
-    if args.cuda_graphs and not graphs:
-        logger.info("--cuda-graphs: not on a GPU; steps run eagerly")
-    planner = layout_planner(model, info.device, pad_plans=graphs)
-    # what the loader's workers do to each batch: its layouts; for graphs also a bucketed length
-    prepare = GraphBatches(planner) if graphs else planner.prepare if planner is not None else None
-    objective, augment = _expressive_levers(args, source)
-    trainer = Trainer(args, model, device=info.device, rank=info.rank, world_size=info.world_size, planner=planner,
-                      objective=objective)
-    logger.info(
-        f"training on {info.world_size} devices; batch size per device = {args.batch_size}, max tokens per device = "
-        f"{args.max_tokens}, update freq = {args.update_freq}"
-    )
+    run = _TrainingRun(args, hooks, info)
+    run.restore()
+    run.load_splits()
+    run.train()
+    logger.info(f"done training in {time.perf_counter() - run.wall_start:.1f} seconds")
+    return 0
 
-    epoch, position, best_loss = 1, 0, None
-    meters_state = {"train_wall": 0.0, "wall": 0.0}
-    restore = _restore_path(args)
-    try:
-        restore_dir: Path | None = resolve_checkpoint(restore)
-    except UserError:
-        restore_dir = None
-        if args.restore_file != "checkpoint_last":
-            raise
-    if restore_dir is not None:
+
+class _TrainingRun:
+    """One ``imf train`` process: model, trainer and data, where training stands (epoch, update group in it,
+    best validation loss, wall clocks), and the epoch loop with its logging, validation and checkpoints."""
+
+    def __init__(self, args: argparse.Namespace, hooks: Hooks, info: DistInfo) -> None:
+        self.wall_start = time.perf_counter()
+        self.args, self.hooks, self.info = args, hooks, info
+        if args.user_dir:
+            logger.info(f"--user-dir {args.user_dir}: not needed (Museformer is built in); ignored")
+        if args.take_bos_as_bar:
+            logger.info("--take-bos-as-bar True: the leading EOS is always a clean 1-token prefix here (BOS-leak fix)")
+        task = _resolve_task(args, hooks)
+        self.source = (hooks.source_factory or _default_source)(args, task)
+        seed_everything(args.seed)
+        self.cfg = model_config_from_args(args, vocab_size=self.source.vocab_size, task=task)
+        model = (hooks.model_factory or _default_model)(self.cfg)
+        if args.fp16 and info.device.type == "cpu":
+            logger.info("--fp16 on CPU: computing in float32; the dynamic loss scaler still runs (loss_scale is "
+                        "logged)")
+        logger.info(f"task: {task} ({args.source_lang} -> {args.target_lang}), arch: {args.arch}, device: "
+                    f"{info.device}, world size: {info.world_size}")
+        logger.info(f"model config: {json.dumps(self.cfg.to_dict(), sort_keys=True)}")
+        num_params = sum(p.numel() for p in model.parameters())
+        num_trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        logger.info(f"num. model params: {num_params} (num. trained: {num_trained})")
+        graphs = args.cuda_graphs and info.device.type == "cuda"
+        if args.cuda_graphs and not graphs:
+            logger.info("--cuda-graphs: not on a GPU; steps run eagerly")
+        planner = layout_planner(model, info.device, pad_plans=graphs)
+        # what the loader's workers do to each batch: its layouts; for graphs also a bucketed length
+        self.prepare = GraphBatches(planner) if graphs else planner.prepare if planner is not None else None
+        objective, self.augment = _expressive_levers(args, self.source)
+        self.trainer = Trainer(args, model, device=info.device, rank=info.rank, world_size=info.world_size,
+                               planner=planner, objective=objective)
+        logger.info(
+            f"training on {info.world_size} devices; batch size per device = {args.batch_size}, max tokens per "
+            f"device = {args.max_tokens}, update freq = {args.update_freq}"
+        )
+        self.epoch, self.position, self.best_loss = 1, 0, None
+        self.train_wall_offset, self.wall_offset, self.train_time = 0.0, 0.0, 0.0
+
+    def restore(self) -> None:
+        """Continue from ``--restore-file`` (default checkpoint_last) when it exists: weights, optimizer,
+        schedule, RNG, and where in which epoch training stood."""
+        args, info, trainer = self.args, self.info, self.trainer
+        restore = _restore_path(args)
+        try:
+            restore_dir: Path | None = resolve_checkpoint(restore)
+        except UserError:
+            restore_dir = None
+            if args.restore_file != "checkpoint_last":
+                raise
+        if restore_dir is None:
+            logger.info(f"no existing checkpoint found {restore}")
+            return
         state, opt_tensors, rng_tensors = load_training_state(restore_dir)
         saved_cfg = read_config(restore_dir)["model"]
-        changed = sorted(k for k, v in cfg.to_dict().items() if saved_cfg.get(k) != v)
+        changed = sorted(k for k, v in self.cfg.to_dict().items() if saved_cfg.get(k) != v)
         fixed = [k for k in changed if k not in RUNTIME_MODEL_FIELDS]
         if fixed:
             raise UserError(f"{restore_dir}: model flags differ from the checkpoint's ({', '.join(fixed)}); "
@@ -342,56 +363,56 @@ def _train_loop(args: argparse.Namespace, hooks: Hooks, info: DistInfo) -> int:
         trainer.load_state(state, opt_tensors, reset_optimizer=args.reset_optimizer,
                            reset_lr_scheduler=args.reset_lr_scheduler)
         if not args.reset_dataloader:
-            epoch, position = int(state["epoch"]), int(state["iterations_in_epoch"])
+            self.epoch, self.position = int(state["epoch"]), int(state["iterations_in_epoch"])
             restore_rng(rng_tensors, state.get("rng", {}))
             per_update_then = int(state.get("world_size", 1)) * int(state.get("update_freq", 1))
             per_update_now = info.world_size * args.update_freq
-            if per_update_then != per_update_now and position:
+            if per_update_then != per_update_now and self.position:
                 # the batch list of an epoch does not depend on them: continue after the batches consumed
-                position = position * per_update_then // per_update_now
+                self.position = self.position * per_update_then // per_update_now
                 logger.warning(f"world size x update freq changed ({per_update_then} -> {per_update_now}): "
-                               f"continuing epoch {epoch} at update group {position}")
-        best_loss = state.get("best_loss")
+                               f"continuing epoch {self.epoch} at update group {self.position}")
+        self.best_loss = state.get("best_loss")
         if not args.reset_meters:
-            meters_state = state.get("meters", meters_state)
-        logger.info(f"loaded checkpoint {restore_dir} (epoch {epoch} @ {trainer.num_updates} updates)")
-    else:
-        logger.info(f"no existing checkpoint found {restore}")
+            meters = state.get("meters", {})
+            self.train_wall_offset = float(meters.get("train_wall", 0.0))
+            self.wall_offset = float(meters.get("wall", 0.0))
+        logger.info(f"loaded checkpoint {restore_dir} (epoch {self.epoch} @ {trainer.num_updates} updates)")
 
-    progress = ProgressLogger(args.log_format, args.tensorboard_logdir, enabled=info.rank == 0,
-                              no_progress_bar=args.no_progress_bar)
-    train_split = source.load(args.train_subset, args.truncate_train, chunk=args.chunk_train)
-    valid_names = [] if args.disable_validation else [s for s in args.valid_subset.split(",") if s]
-    # loaded now, as fairseq does, so that a missing split fails before hours of training
-    valid_splits: dict[str, SplitData] = {name: source.load(name, _truncation(args, name)) for name in valid_names}
-    train_wall_offset = float(meters_state.get("train_wall", 0.0))
-    wall_offset = float(meters_state.get("wall", 0.0))
-    train_time = 0.0
+    def load_splits(self) -> None:
+        args = self.args
+        self.progress = ProgressLogger(args.log_format, args.tensorboard_logdir, enabled=self.info.rank == 0,
+                                       no_progress_bar=args.no_progress_bar)
+        self.train_split = self.source.load(args.train_subset, args.truncate_train, chunk=args.chunk_train)
+        self.valid_names = [] if args.disable_validation else [s for s in args.valid_subset.split(",") if s]
+        # loaded now, as fairseq does, so that a missing split fails before hours of training
+        self.valid_splits: dict[str, SplitData] = {
+            name: self.source.load(name, _truncation(args, name)) for name in self.valid_names
+        }
 
-    def walls() -> tuple[float, float]:
-        return train_wall_offset + train_time, wall_offset + time.perf_counter() - wall_start
+    def walls(self) -> tuple[float, float]:
+        return (self.train_wall_offset + self.train_time,
+                self.wall_offset + time.perf_counter() - self.wall_start)
 
-    def run_validation() -> float | None:
-        nonlocal best_loss
-        if not valid_names:
-            return None
+    def validate(self) -> float | None:
+        """Loss of every validation subset (logged); returns the first one's, which selects checkpoint_best."""
         first_loss = None
-        for name in valid_names:
-            loss, stats = _evaluate(args, source, valid_splits[name], trainer, info)
-            stats["num_updates"] = trainer.num_updates
+        for name in self.valid_names:
+            loss, stats = _evaluate(self.args, self.source, self.valid_splits[name], self.trainer, self.info)
+            stats["num_updates"] = self.trainer.num_updates
             if first_loss is None:
                 first_loss = loss
-                stats["best_loss"] = loss if best_loss is None else min(best_loss, loss)
-            progress.log_summary(stats, tag="valid", epoch=epoch,
-                                 step=trainer.num_updates, prefix=f"valid on '{name}' subset")
+                stats["best_loss"] = loss if self.best_loss is None else min(self.best_loss, loss)
+            self.progress.log_summary(stats, tag="valid", epoch=self.epoch, step=self.trainer.num_updates,
+                                      prefix=f"valid on '{name}' subset")
         return first_loss
 
-    def save(end_of_epoch: bool, val_loss: float | None) -> None:
-        nonlocal best_loss
-        is_best = val_loss is not None and (best_loss is None or val_loss <= best_loss)
+    def save(self, end_of_epoch: bool, val_loss: float | None) -> None:
+        args, trainer, epoch = self.args, self.trainer, self.epoch
+        is_best = val_loss is not None and (self.best_loss is None or val_loss <= self.best_loss)
         if val_loss is not None:
-            best_loss = val_loss if best_loss is None else min(best_loss, val_loss)
-        if args.no_save or info.rank != 0:
+            self.best_loss = val_loss if self.best_loss is None else min(self.best_loss, val_loss)
+        if args.no_save or self.info.rank != 0:
             return
         n = trainer.num_updates
         names: list[str] = []
@@ -407,16 +428,17 @@ def _train_loop(args: argparse.Namespace, hooks: Hooks, info: DistInfo) -> int:
             return
         tstate, opt_tensors = trainer.state()
         rng_tensors, rng_py = capture_rng()
-        train_wall, wall = walls()
+        train_wall, wall = self.walls()
         tstate.update({
-            "epoch": epoch, "iterations_in_epoch": position, "best_loss": best_loss, "rng": rng_py,
-            "meters": {"train_wall": train_wall, "wall": wall}, "world_size": info.world_size,
+            "epoch": epoch, "iterations_in_epoch": self.position, "best_loss": self.best_loss, "rng": rng_py,
+            "meters": {"train_wall": train_wall, "wall": wall}, "world_size": self.info.world_size,
             "update_freq": args.update_freq,
         })
         start = time.perf_counter()
         contents = CheckpointContents(
-            model=trainer.model, cfg=cfg, args=args_to_json(args), trainer_state=tstate,
-            optimizer_tensors=opt_tensors, rng_tensors=rng_tensors, data_bin=source.data_bin, langs=source.langs,
+            model=trainer.model, cfg=self.cfg, args=args_to_json(args), trainer_state=tstate,
+            optimizer_tensors=opt_tensors, rng_tensors=rng_tensors, data_bin=self.source.data_bin,
+            langs=self.source.langs,
         )
         written = save_checkpoint(Path(args.save_dir), names, contents)
         prune_checkpoints(Path(args.save_dir), args.keep_interval_updates, args.keep_last_epochs)
@@ -425,30 +447,41 @@ def _train_loop(args: argparse.Namespace, hooks: Hooks, info: DistInfo) -> int:
             f"(writing took {time.perf_counter() - start:.2f} seconds)"
         )
 
-    max_update = args.max_update if args.max_update > 0 else math.inf
-    max_epoch = args.max_epoch if args.max_epoch > 0 else math.inf
-    stop = trainer.num_updates >= max_update
-    while not stop and epoch <= max_epoch:
-        batches = epoch_batches(
-            source, train_split, max_positions=args.tokens_per_sample, batch_size=args.batch_size,
-            max_tokens=args.max_tokens, seed=args.seed, epoch=epoch, shuffle=True, skip_invalid=True,
-        )
-        if not batches:
-            raise UserError(f"split '{args.train_subset}' of {args.data}: no sample fits --tokens-per-sample "
-                            f"{args.tokens_per_sample}")
-        total = groups_per_epoch(len(batches), info.world_size, args.update_freq)
-        if position >= total:
-            epoch, position = epoch + 1, 0
-            continue
-        logger.info(f"begin training epoch {epoch}")
-        stream = batch_stream(train_split, batches, rank=info.rank, world_size=info.world_size,
-                              start=position * args.update_freq, num_workers=args.num_workers,
-                              prepare=prepare, augment=None if augment is None else augment.for_epoch(epoch))
+    def train(self) -> None:
+        """Epochs until --max-update or --max-epoch."""
+        args = self.args
+        max_update = args.max_update if args.max_update > 0 else math.inf
+        max_epoch = args.max_epoch if args.max_epoch > 0 else math.inf
+        stop = self.trainer.num_updates >= max_update
+        while not stop and self.epoch <= max_epoch:
+            batches = epoch_batches(
+                self.source, self.train_split, max_positions=args.tokens_per_sample, batch_size=args.batch_size,
+                max_tokens=args.max_tokens, seed=args.seed, epoch=self.epoch, shuffle=True, skip_invalid=True,
+            )
+            if not batches:
+                raise UserError(f"split '{args.train_subset}' of {args.data}: no sample fits --tokens-per-sample "
+                                f"{args.tokens_per_sample}")
+            total = groups_per_epoch(len(batches), self.info.world_size, args.update_freq)
+            if self.position >= total:
+                self.epoch, self.position = self.epoch + 1, 0
+                continue
+            stop = self._epoch(batches, total, max_update)
+        self.progress.close()
+
+    def _epoch(self, batches: list[list[int]], total: int, max_update: float) -> bool:
+        """The rest of this epoch's update groups (or up to the last update); returns whether to stop."""
+        args, info, trainer = self.args, self.info, self.trainer
+        logger.info(f"begin training epoch {self.epoch}")
+        augment = None if self.augment is None else self.augment.for_epoch(self.epoch)
+        stream = batch_stream(self.train_split, batches, rank=info.rank, world_size=info.world_size,
+                              start=self.position * args.update_freq, num_workers=args.num_workers,
+                              prepare=self.prepare, augment=augment)
         interval, epoch_meter = _Meter(), _Meter()
-        progress.start_epoch(epoch, total, position)
+        self.progress.start_epoch(self.epoch, total, self.position)
         group: list[tuple[bool, Batch]] = []
         iterator = iter(stream)
-        while position < total:
+        stop = False
+        while self.position < total:
             group.clear()
             for _ in range(args.update_freq):
                 item = next(iterator, None)
@@ -457,55 +490,58 @@ def _train_loop(args: argparse.Namespace, hooks: Hooks, info: DistInfo) -> int:
                 group.append(item)
             step_start = time.perf_counter()
             result = trainer.train_step(group)
-            train_time += time.perf_counter() - step_start
-            position += 1
+            self.train_time += time.perf_counter() - step_start
+            self.position += 1
             interval.add(result)
             epoch_meter.add(result)
-            progress.advance()
-            if result.overflow:
-                logger.info(f"NOTE: gradient overflow detected, ignoring gradient, setting loss scale to: "
-                            f"{trainer.scaler.scale if trainer.scaler else None}")
-            for callback in hooks.on_update:
-                callback(trainer.num_updates, result)
-            end_of_epoch = position >= total
+            self.progress.advance()
             stop = trainer.num_updates >= max_update
-            n = trainer.num_updates
-            if not result.overflow and args.log_interval > 0 and n % args.log_interval == 0:
-                progress.log_inner(interval.stats(trainer, *walls()), epoch=epoch, position=position, total=total,
-                                   step=n)
-                interval.reset()
-            updated = not result.overflow
-            save_due = (
-                (end_of_epoch and epoch % args.save_interval == 0)
-                or stop
-                or (updated and args.save_interval_updates > 0 and n > 0 and n % args.save_interval_updates == 0)
-            )
-            validate_due = (
-                (not end_of_epoch and save_due)
-                or (end_of_epoch and epoch % args.validate_interval == 0)
-                or stop
-                or (updated and args.validate_interval_updates > 0 and n % args.validate_interval_updates == 0)
-            )
-            val_loss = run_validation() if validate_due else None
-            if save_due:
-                save(end_of_epoch, val_loss)
-            elif val_loss is not None:
-                best_loss = val_loss if best_loss is None else min(best_loss, val_loss)
+            self._after_update(result, interval, total, stop=stop)
             if stop:
                 break
-        progress.end_epoch()
+        self.progress.end_epoch()
         if trainer.graphs is not None:
             g = trainer.graphs
             logger.info(f"CUDA graphs: {g.recorded} recorded ({len(g)} kept), {g.replays} steps replayed, "
                         f"{g.eager} run eagerly")
         del iterator, stream
-        if position >= total:
-            progress.log_summary(epoch_meter.stats(trainer, *walls()), tag="train", epoch=epoch,
-                                 step=trainer.num_updates)
-            epoch, position = epoch + 1, 0
-    progress.close()
-    logger.info(f"done training in {time.perf_counter() - wall_start:.1f} seconds")
-    return 0
+        if self.position >= total:
+            self.progress.log_summary(epoch_meter.stats(trainer, *self.walls()), tag="train", epoch=self.epoch,
+                                      step=trainer.num_updates)
+            self.epoch, self.position = self.epoch + 1, 0
+        return stop
+
+    def _after_update(self, result: StepResult, interval: _Meter, total: int, *, stop: bool) -> None:
+        """Callbacks, logging, and the validation and checkpoints that fall due after one update."""
+        args, trainer = self.args, self.trainer
+        end_of_epoch = self.position >= total
+        if result.overflow:
+            logger.info(f"NOTE: gradient overflow detected, ignoring gradient, setting loss scale to: "
+                        f"{trainer.scaler.scale if trainer.scaler else None}")
+        for callback in self.hooks.on_update:
+            callback(trainer.num_updates, result)
+        n = trainer.num_updates
+        if not result.overflow and args.log_interval > 0 and n % args.log_interval == 0:
+            self.progress.log_inner(interval.stats(trainer, *self.walls()), epoch=self.epoch,
+                                    position=self.position, total=total, step=n)
+            interval.reset()
+        updated = not result.overflow
+        save_due = (
+            (end_of_epoch and self.epoch % args.save_interval == 0)
+            or stop
+            or (updated and args.save_interval_updates > 0 and n > 0 and n % args.save_interval_updates == 0)
+        )
+        validate_due = (
+            (not end_of_epoch and save_due)
+            or (end_of_epoch and self.epoch % args.validate_interval == 0)
+            or stop
+            or (updated and args.validate_interval_updates > 0 and n % args.validate_interval_updates == 0)
+        )
+        val_loss = self.validate() if validate_due else None
+        if save_due:
+            self.save(end_of_epoch, val_loss)
+        elif val_loss is not None:
+            self.best_loss = val_loss if self.best_loss is None else min(self.best_loss, val_loss)
 
 
 # -- validation ----------------------------------------------------------------------------------------
