@@ -21,7 +21,8 @@ EOS (2) is appended to every line. Differences from fairseq, all deliberate:
 * Everything is staged in a hidden folder inside destdir and moved into place only when the whole run
   succeeded, so a failed run leaves destdir as it was.
 * A ``tokenizer.json`` beside ``--srcdict`` (or ``--tgtdict``) is copied into destdir: training derives
-  beat ids from it (``dataset.load_beat_table``).
+  beat ids from it (:mod:`.vocabulary`: this project's tokenizer or any MidiTok REMI-family one); without
+  one, training uses the bar structure alone.
 """
 
 from __future__ import annotations
@@ -408,7 +409,7 @@ def preprocess(opts: PreprocessOptions, *, progress: bool | None = None) -> Prep
             shutil.copyfile(tokenizer, staging / TOKENIZER_FILE)
             log.append(f"copied {tokenizer} -> {destdir / TOKENIZER_FILE}")
         else:
-            log.append(f"no {TOKENIZER_FILE} beside the dictionaries: training will need one in {destdir}")
+            log.append(f"no {TOKENIZER_FILE} beside the dictionaries: training will have bars but no beats")
         report.seconds = time.perf_counter() - started
         log.append(f"Wrote preprocessed data to {destdir} in {report.seconds:.2f}s")
         previous = destdir / LOG_FILE

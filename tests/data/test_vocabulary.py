@@ -45,7 +45,8 @@ def test_default_miditok_remi_gives_positions_and_the_bar_flag_names_a_token(tmp
     assert beat_ids_of(seq, layout.beat_table).tolist() == [0, 0, 5, 5, 5, 0, 5]
     named = token_layout(tmp_path / "tokenizer.json", [d], n, eob_token="Position_0")
     assert named.bar_token == ids["Position_0"]
-    assert token_layout(tmp_path / "tokenizer.json", [d], n, eob_token=str(ids["Pitch_60"])).bar_token == ids["Pitch_60"]
+    by_id = token_layout(tmp_path / "tokenizer.json", [d], n, eob_token=str(ids["Pitch_60"]))
+    assert by_id.bar_token == ids["Pitch_60"]
 
 
 def test_no_tokenizer_means_no_beats_and_the_flag_is_checked(tmp_path):
