@@ -16,8 +16,9 @@ from train_helpers import SEED_COMMAND
 from instruct_museformer.cli import main
 
 # the seed's flags, then a tiny model, two updates, no worker processes (the last occurrence of a flag wins)
-SMALL = ("--num-layers 2 --attention-embed-dim 32 --num-attention-heads 2 --ffn-embed-dim 64 --bar-abs-pos-embed-dim 16 "
-         "--beat-abs-pos-embed-dim 8 --max-update 2 --num-workers 0 --cpu")
+CKPT = "checkpoints/museformer_instruct/checkpoint_last"
+SMALL = ("--num-layers 2 --attention-embed-dim 32 --num-attention-heads 2 --ffn-embed-dim 64 "
+         "--bar-abs-pos-embed-dim 16 --beat-abs-pos-embed-dim 8 --max-update 2 --num-workers 0 --cpu")
 
 
 def _train(capsys: pytest.CaptureFixture[str], *extra: str, data: str = "data-bin/instruct_museformer") -> str:
@@ -28,7 +29,7 @@ def _train(capsys: pytest.CaptureFixture[str], *extra: str, data: str = "data-bi
 
 
 def _generate(capsys: pytest.CaptureFixture[str], *extra: str) -> tuple[str, str]:
-    assert main(["generate", "data-bin/instruct_museformer", "--path", "checkpoints/museformer_instruct/checkpoint_last",
+    assert main(["generate", "data-bin/instruct_museformer", "--path", CKPT,
                  "--cpu", "--max-len-a", "1", "--max-len-b", "8", "--seed", "2", *extra]) == 0
     captured = capsys.readouterr()
     return captured.out, captured.err
@@ -49,7 +50,7 @@ def test_a_default_miditok_remi_through_the_seed_workflow(own: Path, capsys: pyt
     assert re.search(r"saved checkpoint checkpoints/museformer_instruct/checkpoint_last \(epoch 1 @ 2 updates", out)
     out = _train(capsys, "--max-update", "3")  # resume
     assert "loaded checkpoint checkpoints/museformer_instruct/checkpoint_last" in out and "@ 3 updates" in out
-    assert main(["validate", "data-bin/instruct_museformer", "--path", "checkpoints/museformer_instruct/checkpoint_last",
+    assert main(["validate", "data-bin/instruct_museformer", "--path", CKPT,
                  "--valid-subset", "valid,test", "--cpu"]) == 0
     assert re.search(r"valid on 'test' subset \| loss [\d.]+ \| ppl [\d.]+", capsys.readouterr().out)
     out, err = _generate(capsys, "--results-path", "gen")
@@ -60,7 +61,7 @@ def test_a_default_miditok_remi_through_the_seed_workflow(own: Path, capsys: pyt
     assert midi.ticks_per_quarter > 0
     # imf render cannot drive this tokenizer: one line pointing to imf generate
     assert main(["render", str(BACH / "midi_score.mid"), "-o", "r.mid", "--checkpoint",
-                 "checkpoints/museformer_instruct/checkpoint_last", "--device", "cpu"]) == 2
+                 CKPT, "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "MidiTok REMI tokenizer that imf render cannot drive" in err
     assert "imf generate" in err and not (own / "r.mid").exists()
@@ -98,7 +99,7 @@ def test_d_bar_token_named_with_the_flag(own: Path, capsys: pytest.CaptureFixtur
     # every piece has BARS bar tokens (id 9 here), each closing a bar for Museformer
     assert batch.source.num_complete_bars.tolist() == [BARS] * len(split.dataset)
     assert batch.prev_output.num_complete_bars.tolist() == [BARS] * len(split.dataset)
-    assert main(["validate", "data-bin/instruct_museformer", "--path", "checkpoints/museformer_instruct/checkpoint_last",
+    assert main(["validate", "data-bin/instruct_museformer", "--path", CKPT,
                  "--cpu"]) == 0
     assert "--eob-token 9" in capsys.readouterr().out  # inherited from the checkpoint's training flags
     out, _ = _generate(capsys)
