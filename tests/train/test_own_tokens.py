@@ -18,7 +18,8 @@ from instruct_museformer.cli import main
 # the seed's flags, then a tiny model, two updates, no worker processes (the last occurrence of a flag wins)
 CKPT = "checkpoints/museformer_instruct/checkpoint_last"
 SMALL = ("--num-layers 2 --attention-embed-dim 32 --num-attention-heads 2 --ffn-embed-dim 64 "
-         "--bar-abs-pos-embed-dim 16 --beat-abs-pos-embed-dim 8 --max-update 2 --num-workers 0 --cpu")
+         "--bar-abs-pos-embed-dim 16 --beat-abs-pos-embed-dim 8 --truncate-train 128 --truncate-valid 128 "
+         "--max-update 2 --num-workers 0 --cpu")
 
 
 def _train(capsys: pytest.CaptureFixture[str], *extra: str, data: str = "data-bin/instruct_museformer") -> str:
@@ -30,7 +31,7 @@ def _train(capsys: pytest.CaptureFixture[str], *extra: str, data: str = "data-bi
 
 def _generate(capsys: pytest.CaptureFixture[str], *extra: str) -> tuple[str, str]:
     assert main(["generate", "data-bin/instruct_museformer", "--path", CKPT,
-                 "--cpu", "--max-len-a", "1", "--max-len-b", "8", "--seed", "2", *extra]) == 0
+                 "--cpu", "--max-len-a", "0.1", "--max-len-b", "8", "--seed", "2", *extra]) == 0
     captured = capsys.readouterr()
     return captured.out, captured.err
 
@@ -89,7 +90,8 @@ def test_d_bar_token_named_with_the_flag(own: Path, capsys: pytest.CaptureFixtur
     from instruct_museformer.train.feed import DataBinSource
 
     write_own_tokens(own, tokenizer_file=False, relabel_bar=9)
-    assert main(shlex.split(SEED_PREPROCESS)) == 0
+    assert main([*shlex.split(SEED_PREPROCESS), "--eob-token", "9"]) == 0
+    assert "Bar tokens" not in capsys.readouterr().err  # paired lines have as many bars (of token 9)
     out = _train(capsys, "--eob-token", "9")
     assert "bar token 9" in out
     source = DataBinSource(Path("data-bin/instruct_museformer"), task="translation", source_lang="score",
