@@ -4,6 +4,7 @@ token other than 4, and with a tokenizer that does not fit the dictionary."""
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from pathlib import Path
@@ -49,6 +50,8 @@ def test_a_default_miditok_remi_through_the_seed_workflow(own: Path, capsys: pyt
     out = _train(capsys)
     assert "MidiTok REMI tokenizer: beats from 96 Position tokens, 8 per beat" in out
     assert re.search(r"saved checkpoint checkpoints/museformer_instruct/checkpoint_last \(epoch 1 @ 2 updates", out)
+    trained_with = json.loads((own / CKPT / "config.json").read_text())
+    assert trained_with["tokenizer"]["tokenization"] == "REMI" and trained_with["args"]["eob_token"] is None
     out = _train(capsys, "--max-update", "3")  # resume
     assert "loaded checkpoint checkpoints/museformer_instruct/checkpoint_last" in out and "@ 3 updates" in out
     assert main(["validate", "data-bin/instruct_museformer", "--path", CKPT,
@@ -94,6 +97,8 @@ def test_d_bar_token_named_with_the_flag(own: Path, capsys: pytest.CaptureFixtur
     assert "Bar tokens" not in capsys.readouterr().err  # paired lines have as many bars (of token 9)
     out = _train(capsys, "--eob-token", "9")
     assert "bar token 9" in out
+    trained_with = json.loads((own / CKPT / "config.json").read_text())
+    assert trained_with["tokenizer"] is None and trained_with["args"]["eob_token"] == "9"
     source = DataBinSource(Path("data-bin/instruct_museformer"), task="translation", source_lang="score",
                            target_lang="perf", eob_token="9")
     split = source.load("train", None)
