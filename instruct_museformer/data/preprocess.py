@@ -18,6 +18,8 @@ EOS (2) is appended to every line. Differences from fairseq, all deliberate:
   drop ids and so are refused when a dictionary is built (fairseq ignores them with a given dict).
 * A token that is not in the dictionary is an error naming file, line and token, not ``<unk>``.
 * Only ``--dataset-impl mmap`` is written; alignments (``--align-suffix``, ``--alignfile``) are refused.
+* Paired lines should have as many bar tokens (id 4, or ``--eob-token ID``, our flag): a warning says
+  where they do not, since ``imf train`` refuses such pairs.
 * Everything is staged in a hidden folder inside destdir and moved into place only when the whole run
   succeeded, so a failed run leaves destdir as it was.
 * A ``tokenizer.json`` beside ``--srcdict`` (or ``--tgtdict``) is copied into destdir: training derives
