@@ -47,7 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", "--max-sentences", dest="batch_size", type=int, default=8)
     p.add_argument("--max-tokens", type=int, default=None, help="accepted for fairseq compatibility")
     p.add_argument("--min-len", type=int, default=1, help="LM: EOS is not allowed before this many tokens")
-    p.add_argument("--max-len-a", type=float, default=0.0, help="accepted; the score's bars bound a rendering")
+    p.add_argument("--max-len-a", type=float, default=0.0,
+                   help="this project's tokens: accepted (the score's bars bound a rendering); other tokens: the "
+                   "length limit is a * source length + b, as in fairseq-generate")
     p.add_argument("--max-len-b", type=int, default=200, help="LM: EOS is forced at this length")
     p.add_argument("--num-samples", type=int, default=1, help="LM: number of unconditional samples")
     p.add_argument("--max-samples", type=int, default=None, help="translation: only the first N samples")
@@ -91,13 +93,47 @@ def _check_dictionary(data: Path, langs: list[str], vocab_size: int) -> None:
                 raise UserError(f"{path}: {size} entries, but the checkpoint's model has {vocab_size} tokens")
 
 
+def _free_translations(renderer, sources: list[list[int]], opts, generator, args: argparse.Namespace,
+                       logprobs: list[list[float]]) -> list[list[int]]:
+    """Sample one performance per source, EOS once a token exists, forced at max-len-a * |source| + max-len-b."""
+    from ..render.decode import DecodeRequest, decode
+
+    max_len = max(1, int(args.max_len_a * max(map(len, sources)) + args.max_len_b))
+    results = decode(renderer.model, [DecodeRequest(src) for src in sources], renderer.beat_table, renderer.grammar,
+                     opts, generator, min_len=1, max_len=max_len)
+    logprobs.extend(r.logprobs for r in results)
+    return [r.tokens for r in results]
+
+
+class _MidiWriter:
+    """Hypotheses -> ``RESULTS/midi/H-<id>.mid`` through a MidiTok tokenizer (a researcher's own tokens)."""
+
+    def __init__(self, tokenizer: object | None, results_path: Path | None) -> None:
+        self.tokenizer, self.folder, self.written = tokenizer, results_path, 0
+        if tokenizer is not None and results_path is None:
+            print("imf generate: MidiTok tokenizer present: pass --results-path DIR to also write DIR/midi/H-<id>.mid",
+                  file=sys.stderr)
+
+    def write(self, i: int, tokens: list[int]) -> None:
+        from ..render.free import write_midi
+
+        if self.tokenizer is not None and self.folder is not None:
+            write_midi(self.tokenizer, tokens, self.folder / "midi" / f"H-{i}.mid")
+            self.written += 1
+
+    def report(self) -> None:
+        if self.written:
+            print(f"decoded {self.written} hypotheses to MIDI with MidiTok in {self.folder / 'midi'}", file=sys.stderr)
+
+
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     import torch
 
+    from ..data.vocabulary import PROJECT
     from ..render.decode import DecodeRequest, SamplingOptions, decode
+    from ..render.free import load_generator
     from ..render.incremental import set_step_threads
-    from ..render.pipeline import load_renderer
     from ..render.windows import render_token_bars
 
     if args.beam != 1 or args.nbest != 1:
@@ -112,8 +148,9 @@ def main(argv: list[str]) -> int:
     if not args.data.is_dir():
         raise UserError(f"{args.data}: no such data-bin directory")
     lm = "language_modeling" in args.task or args.task == "museformer_lm"
-    renderer = load_renderer(args.path, "cpu" if args.cpu else args.device, args.window_tokens,
-                             task="language_modeling" if lm else "translation")
+    renderer, layout = load_generator(args.path, "cpu" if args.cpu else args.device, args.window_tokens,
+                                      task="language_modeling" if lm else "translation")
+    midi = _MidiWriter(renderer.tokenizer if layout.kind != PROJECT else None, args.results_path)
     _check_dictionary(args.data, [None, args.target_lang] if lm else [args.source_lang, args.target_lang],
                       renderer.cfg.vocab_size)
     opts = SamplingOptions(args.sampling_topk, args.sampling_topp, args.temperature)
@@ -137,31 +174,37 @@ def main(argv: list[str]) -> int:
                              renderer.grammar, opts, generator, min_len=args.min_len, max_len=args.max_len_b)
             for k, result in enumerate(results):
                 emit(_hypothesis_lines(first + k, result.tokens, result.logprobs))
+                midi.write(first + k, result.tokens)
                 produced += len(result.tokens)
     else:
         from ..data.dataset import load_dataset
 
         dataset = load_dataset(args.data, args.gen_subset, task="translation", source_lang=args.source_lang,
-                               target_lang=args.target_lang)
+                               target_lang=args.target_lang, bar_token=layout.bar_token)
         count = len(dataset) if args.max_samples is None else min(len(dataset), args.max_samples)
         for first in range(0, count, args.batch_size):
             samples = [dataset[i] for i in range(first, min(count, first + args.batch_size))]
             sources = [s.source.tolist() for s in samples]
             logprobs: list[list[float]] = []
-            outs = render_token_bars(renderer.model, sources, renderer.beat_table, renderer.grammar, opts, generator,
-                                     window_tokens=renderer.window_tokens, context_bars=args.context_bars,
-                                     logprobs=logprobs, constrain_notes=args.score_constrained,
-                                     note_tolerance=args.note_tolerance)
+            if layout.kind != PROJECT:  # no grammar to window by: fairseq-generate's length bound instead
+                outs = _free_translations(renderer, sources, opts, generator, args, logprobs)
+            else:
+                outs = render_token_bars(renderer.model, sources, renderer.beat_table, renderer.grammar, opts,
+                                         generator, window_tokens=renderer.window_tokens,
+                                         context_bars=args.context_bars, logprobs=logprobs,
+                                         constrain_notes=args.score_constrained, note_tolerance=args.note_tolerance)
             for sample, out, lp in zip(samples, outs, logprobs, strict=True):
                 i = int(sample.id)
                 emit([f"S-{i}\t{' '.join(str(t) for t in sample.source.tolist() if t != 2)}",
                       f"T-{i}\t{' '.join(str(t) for t in sample.target.tolist() if t != 2)}"])
                 emit(_hypothesis_lines(i, out, lp))
+                midi.write(i, out)
                 produced += len(out)
     elapsed = time.perf_counter() - start
     summary = (f"Generated {produced} tokens in {elapsed:.1f}s ({produced / max(elapsed, 1e-9):.2f} tokens/s) "
                f"on {renderer.device}")
     print(summary, file=sys.stderr)
+    midi.report()
     if args.results_path is not None:
         write_text_atomic(args.results_path / f"generate-{args.gen_subset}.txt", "\n".join(lines + [summary]) + "\n")
     return 0

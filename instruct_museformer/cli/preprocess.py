@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--padding-factor", metavar="N", default=8, type=int, help="pad a built dictionary's size")
     p.add_argument("--workers", metavar="N", default=1, type=int, help="number of parallel workers")
     p.add_argument("--dict-only", action="store_true", help="only write the dictionaries")
+    p.add_argument("--eob-token", metavar="ID", default=4, type=int,
+                   help="the bar token's id, for the paired-bars check (imf train --eob-token; default 4)")
     return p
 
 

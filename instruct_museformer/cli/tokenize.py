@@ -19,7 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--corpus", choices=["nasap"], help="a known corpus; needs --root")
-    source.add_argument("--manifest", type=Path, help="CSV with columns score,performance,alignment,split")
+    source.add_argument("--manifest", type=Path, help="CSV with columns score,performance,alignment,split "
+                        "(alignment may be empty: parangonar aligns the pair)")
     parser.add_argument("--root", type=Path, help="(n)ASAP directory or the shipped .tar.xz")
     parser.add_argument("--metadata", type=Path, help="(n)ASAP metadata CSV with an acpas_split column")
     parser.add_argument("--out", type=Path, default=Path("data/tokens"), help="token files folder")
@@ -43,6 +44,8 @@ def main(argv: list[str]) -> int:
     if not pairs:
         raise UserError("no pairs to tokenize")
     report = tokenize_corpus(pairs, args.out, args.meta, workers=args.workers, cache_dir=args.cache_dir)
+    for performance, matched in report.auto_aligned.items():
+        print(f"aligned with parangonar: {performance}: {matched:.1%} of the score's notes matched")
     for split in ("train", "val", "test"):
         skipped = report.skipped.get(split, {})
         reasons = ", ".join(f"{reason}: {n}" for reason, n in sorted(skipped.items())) or "none"

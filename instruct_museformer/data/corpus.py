@@ -25,6 +25,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..files import write_text_atomic
+from ..tokens.autoalign import MIN_MATCHED
 from ..tokens.specials import BAR
 
 SPLITS = ("train", "val", "test")
@@ -44,6 +45,7 @@ class Pair:
     annotations: Path | None = None  # ASAP beat annotations of the performance
     score_annotations: Path | None = None  # ASAP beat annotations of the score MIDI
     match: Path | None = None  # a match file (score + performance + alignment)
+    auto_align: bool = False  # none of the above: align with parangonar (tokens.autoalign)
 
     @property
     def name(self) -> str:
@@ -58,6 +60,7 @@ class PairResult:
     reason: str | None = None  # why the pair was skipped
     message: str = ""
     seconds: float = 0.0
+    matched: float | None = None  # auto-aligned pairs: share of score notes parangonar matched
 
     @property
     def ok(self) -> bool:
@@ -71,6 +74,7 @@ class CorpusReport:
     tokens_per_score: dict[str, float] = field(default_factory=dict)
     tokens_per_performance: dict[str, float] = field(default_factory=dict)
     bars: dict[str, float] = field(default_factory=dict)
+    auto_aligned: dict[str, float] = field(default_factory=dict)  # performance -> share of score notes matched
     cached: int = 0
     wall_seconds: float = 0.0
 
@@ -214,6 +218,7 @@ def manifest_pairs(manifest: Path) -> list[Pair]:
                     annotations=annotations,
                     score_annotations=path("score_annotations"),
                     match=match,
+                    auto_align=alignment is None and annotations is None and match is None,
                 )
             )
     return pairs
@@ -231,19 +236,28 @@ def _init_worker(tokenizer_path: str) -> None:
     _worker_tokenizer = load_tokenizer(Path(tokenizer_path))
 
 
-def _tokenize_one(pair: Pair) -> PairResult:
+def _tokenize_one(pair: Pair, auto_alignment: Path | None = None) -> PairResult:
+    """Tokenize one pair; a pair without any alignment is first aligned into ``auto_alignment`` (a cache file)."""
     from ..tokens.pair import TokenizationError, tokenize_pair
 
     start = time.perf_counter()
     missing = [p for p in (pair.score, pair.performance) if not p.is_file()]
     if missing:
         return PairResult(pair, reason="missing file", message=f"{missing[0]}: not found")
+    matched = None
     try:
+        alignment = pair.alignment if pair.alignment and pair.alignment.is_file() else None
+        if pair.auto_align and auto_alignment is not None:
+            alignment, matched = _auto_align(pair, auto_alignment)
+            if matched < MIN_MATCHED:
+                return PairResult(pair, reason="alignment below threshold", matched=matched,
+                                  message=f"{pair.performance}: parangonar matched {matched:.1%} of the score's "
+                                  f"notes (< {MIN_MATCHED:.0%}); not tokenized", seconds=time.perf_counter() - start)
         tokens = tokenize_pair(
             pair.score,
             pair.performance,
             _worker_tokenizer,
-            alignment=pair.alignment if pair.alignment and pair.alignment.is_file() else None,
+            alignment=alignment,
             annotations=pair.annotations if pair.annotations and pair.annotations.is_file() else None,
             score_annotations=(
                 pair.score_annotations if pair.score_annotations and pair.score_annotations.is_file() else None
@@ -251,15 +265,42 @@ def _tokenize_one(pair: Pair) -> PairResult:
             match=pair.match if pair.match and pair.match.is_file() else None,
         )
     except TokenizationError as error:
-        return PairResult(pair, reason=error.reason, message=str(error), seconds=time.perf_counter() - start)
+        return PairResult(pair, reason=error.reason, message=str(error), seconds=time.perf_counter() - start,
+                          matched=matched)
     except Exception as error:  # a corrupt file must never abort a corpus run
         return PairResult(
             pair, reason="parse error", message=f"{type(error).__name__}: {error}",
-            seconds=time.perf_counter() - start,
+            seconds=time.perf_counter() - start, matched=matched,
         )
     return PairResult(
-        pair, score_ids=list(tokens.score_ids), perf_ids=list(tokens.perf_ids), seconds=time.perf_counter() - start
+        pair, score_ids=list(tokens.score_ids), perf_ids=list(tokens.perf_ids), seconds=time.perf_counter() - start,
+        matched=matched,
     )
+
+
+def _auto_align(pair: Pair, path: Path) -> tuple[Path, float]:
+    """(alignment file, share of score notes matched) from parangonar (cached in ``path``)."""
+    from ..tokens.autoalign import align_pair
+    from ..tokens.errors import TokenizationError
+    from ..tokens.score import MIDI_SUFFIXES
+
+    if pair.score.suffix.lower() in MIDI_SUFFIXES:
+        raise TokenizationError("no alignment", f"{pair.performance}: no alignment given, and a MIDI score "
+                                f"({pair.score}) has no note ids to align to: give beat annotations")
+    aligned = align_pair(pair.score, pair.performance, path)
+    return aligned.path, aligned.fraction
+
+
+def _alignment_cache(pair: Pair, cache_dir: Path) -> Path | None:
+    """Where a pair without alignment keeps its parangonar alignment: keyed by the two input files only, so
+    that it outlives a change of the tokenizer (which re-tokenizes every pair)."""
+    if not pair.auto_align:
+        return None
+    parts = []
+    for path in (pair.score, pair.performance):
+        stat = path.stat() if path.is_file() else None
+        parts.append(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}" if stat else f"{path}:missing")
+    return cache_dir / f"{hashlib.sha1(chr(10).join(parts).encode()).hexdigest()}.alignment.tsv"
 
 
 def _tokenization_fingerprint(tokenizer_path: Path) -> str:
@@ -288,7 +329,8 @@ def _read_cache(path: Path, pair: Pair) -> PairResult | None:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    return PairResult(pair, data.get("score_ids"), data.get("perf_ids"), data.get("reason"), data.get("message", ""))
+    return PairResult(pair, data.get("score_ids"), data.get("perf_ids"), data.get("reason"), data.get("message", ""),
+                      matched=data.get("matched"))
 
 
 def tokenize_corpus(
@@ -341,7 +383,7 @@ def tokenize_corpus(
 
         bar = tqdm(total=len(todo), desc="tokenize", unit="pair", disable=not show)
         with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(str(tokenizer_path),)) as pool:
-            futures = {pool.submit(_tokenize_one, pairs[i]): i for i in todo}
+            futures = {pool.submit(_tokenize_one, pairs[i], _alignment_cache(pairs[i], cache_dir)): i for i in todo}
             for future in as_completed(futures):
                 index = futures[future]
                 result = future.result()
@@ -367,6 +409,8 @@ def _write_outputs(results: Iterable[PairResult], out_dir: Path, meta_dir: Path,
     reasons: dict[str, Counter] = {s: Counter() for s in SPLITS}
     for result in results:
         split = result.pair.split
+        if result.matched is not None:
+            report.auto_aligned[str(result.pair.performance)] = round(result.matched, 4)
         if not result.ok:
             reasons[split][result.reason or "unknown"] += 1
             skipped_rows.append((split, result.pair.score, result.pair.performance, result.reason, result.message))

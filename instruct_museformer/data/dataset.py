@@ -48,33 +48,6 @@ TASKS = ("translation", "lm")
 SPLIT_NAMES_HINT = {"val": "valid", "validation": "valid", "dev": "valid"}
 
 
-def load_beat_table(data_bin: Path, *, beat_mask_ts: bool = True) -> torch.LongTensor:
-    """(V,) beat table of the data-bin's tokenizer (``data_bin/tokenizer.json``, copied by preprocess).
-
-    Checked against the data-bin's dictionaries: a table shorter than a dictionary would index past
-    its end for some tokens.
-    """
-    from ..tokens.tokenizer import beat_table, load_tokenizer
-
-    data_bin = Path(data_bin)
-    path = data_bin / "tokenizer.json"
-    if not path.is_file():
-        raise UserError(
-            f"{path}: not found; imf preprocess copies tokenizer.json from beside --srcdict "
-            "(imf tokenize writes it to data/meta/), or copy it there by hand"
-        )
-    table = beat_table(load_tokenizer(path), beat_mask_ts=beat_mask_ts)
-    for dict_file in sorted(data_bin.glob("dict*.txt")):
-        with open(dict_file, encoding="utf-8") as f:
-            entries = sum(1 for line in f if line.strip())
-        if entries > len(table):
-            raise UserError(
-                f"{dict_file}: {entries} entries but {path} has {len(table)} tokens: the dictionary and "
-                "the tokenizer do not belong together"
-            )
-    return table
-
-
 @dataclass(frozen=True)
 class Sample:
     """One training example. ``source`` is None for the language model."""
@@ -95,9 +68,9 @@ class TruncationStats:
     tokens_total: int
 
 
-def _bar_ends(data: MMapIndexedDataset) -> tuple[np.ndarray, np.ndarray]:
+def _bar_ends(data: MMapIndexedDataset, bar_token: int = BAR) -> tuple[np.ndarray, np.ndarray]:
     """(positions, per-sample start index into positions) of Bar tokens, positions relative to the sample."""
-    flat = np.flatnonzero(np.asarray(data.data) == BAR)
+    flat = np.flatnonzero(np.asarray(data.data) == bar_token)
     first = np.searchsorted(flat, data.offsets)
     owner = np.searchsorted(data.offsets, flat, side="right") - 1
     relative = flat - data.offsets[owner] if flat.size else flat
@@ -181,6 +154,7 @@ class PairDataset:
         truncate: int | None = None,
         chunk: bool = False,
         name: str = "dataset",
+        bar_token: int = BAR,
     ):
         if truncate is not None and truncate < 1:
             raise UserError(f"{name}: truncation length {truncate} must be at least 1")
@@ -190,6 +164,7 @@ class PairDataset:
         self.target_data = target
         self.source_data = source
         self.truncate = truncate
+        self.bar_token = bar_token
         if source is None:
             tgt_keep = target.sizes.astype(np.int64)
             if truncate is not None:
@@ -197,7 +172,7 @@ class PairDataset:
             src_keep = None
             partial = np.zeros(len(target), dtype=bool)
             if truncate is not None and (target.sizes > truncate).any():
-                positions, starts = _bar_ends(target)
+                positions, starts = _bar_ends(target, bar_token)
                 first_end = np.full(len(target), np.iinfo(np.int64).max)
                 has_bar = starts[:-1] < starts[1:]
                 first_end[has_bar] = positions[starts[:-1][has_bar]] + 1
@@ -208,7 +183,7 @@ class PairDataset:
                     f"{name}: {len(source)} source but {len(target)} target sequences ({source.prefix}, "
                     f"{target.prefix})"
                 )
-            src_bars, tgt_bars = _bar_ends(source), _bar_ends(target)
+            src_bars, tgt_bars = _bar_ends(source, bar_token), _bar_ends(target, bar_token)
             src_counts, tgt_counts = np.diff(src_bars[1]), np.diff(tgt_bars[1])
             bad = np.flatnonzero(src_counts != tgt_counts)
             if bad.size:
@@ -239,8 +214,8 @@ class PairDataset:
             self.sizes = np.maximum(self.sizes, self.source_lengths - self.source_start)
 
     def _chunk(self, target: MMapIndexedDataset, source: MMapIndexedDataset | None, limit: int) -> None:
-        t_pos, t_start = _bar_ends(target)
-        s_pos, s_start = (t_pos, t_start) if source is None else _bar_ends(source)
+        t_pos, t_start = _bar_ends(target, self.bar_token)
+        s_pos, s_start = (t_pos, t_start) if source is None else _bar_ends(source, self.bar_token)
         s_sizes = target.sizes if source is None else source.sizes
         rows = []
         for i in range(len(target)):
@@ -292,9 +267,10 @@ def load_dataset(
     target_lang: str = "perf",
     truncate: int | None = None,
     chunk: bool = False,
+    bar_token: int = BAR,
 ) -> PairDataset:
     """Open ``split`` of ``data_bin`` for ``task`` ('translation', or 'lm' alias 'language_modeling'), truncated
-    (or chunked: see the module docstring)."""
+    (or chunked: see the module docstring); ``bar_token``: the id that closes a bar (``--eob-token``)."""
     data_bin = Path(data_bin)
     name = f"{data_bin}/{split}"
     if task == "translation":
@@ -306,13 +282,14 @@ def load_dataset(
             if dataset_exists(src_prefix) and dataset_exists(tgt_prefix):
                 source = MMapIndexedDataset(src_prefix)
                 target = MMapIndexedDataset(tgt_prefix)
-                return PairDataset(target, source, truncate=truncate, chunk=chunk, name=name)
+                return PairDataset(target, source, truncate=truncate, chunk=chunk, name=name, bar_token=bar_token)
         raise UserError(f"split '{split}' not found: tried {' and '.join(tried)}{_split_hint(split)}")
     if task in ("lm", "language_modeling"):
         candidates = [data_bin / split, data_bin / f"{split}.{source_lang}-None.{source_lang}"]
         for prefix in candidates:
             if dataset_exists(prefix):
-                return PairDataset(MMapIndexedDataset(prefix), None, truncate=truncate, chunk=chunk, name=name)
+                return PairDataset(MMapIndexedDataset(prefix), None, truncate=truncate, chunk=chunk, name=name,
+                                   bar_token=bar_token)
         tried = " and ".join(f"{p}.bin/.idx" for p in candidates)
         raise UserError(f"split '{split}' not found: tried {tried}{_split_hint(split)}")
     raise UserError(f"task {task!r}: expected one of {', '.join(TASKS)}")
@@ -368,20 +345,20 @@ def batch_indices(
     return batches
 
 
-def collate(samples: list[Sample], beat_table: torch.Tensor) -> Batch:
+def collate(samples: list[Sample], beat_table: torch.Tensor, bar_token: int = BAR) -> Batch:
     """Pad samples into a Batch: decoder input ``[EOS] + target[:-1]``, bar/beat ids on both sides."""
     if not samples:
         raise ValueError("cannot collate an empty list of samples")
     targets = [s.target for s in samples]
     prev = [torch.cat([torch.tensor([EOS], dtype=torch.long), t[:-1]]) for t in targets]
-    prev_output = collate_bar_tokens(prev, beat_table)
+    prev_output = collate_bar_tokens(prev, beat_table, bar_token)
     target = torch.full(prev_output.tokens.shape, PAD, dtype=torch.long)
     for i, t in enumerate(targets):
         target[i, : len(t)] = t
     has_source = [s.source is not None for s in samples]
     if any(has_source) and not all(has_source):
         raise ValueError("a batch mixes translation and language-model samples")
-    source = collate_bar_tokens([s.source for s in samples], beat_table) if all(has_source) else None
+    source = collate_bar_tokens([s.source for s in samples], beat_table, bar_token) if all(has_source) else None
     ntokens = int(sum(len(t) for t in targets))
     ids = torch.tensor([s.id for s in samples], dtype=torch.long)
     return Batch(prev_output, target, source, ntokens, ids)

@@ -18,10 +18,13 @@ EOS (2) is appended to every line. Differences from fairseq, all deliberate:
   drop ids and so are refused when a dictionary is built (fairseq ignores them with a given dict).
 * A token that is not in the dictionary is an error naming file, line and token, not ``<unk>``.
 * Only ``--dataset-impl mmap`` is written; alignments (``--align-suffix``, ``--alignfile``) are refused.
+* Paired lines should have as many bar tokens (id 4, or ``--eob-token ID``, our flag): a warning says
+  where they do not, since ``imf train`` refuses such pairs.
 * Everything is staged in a hidden folder inside destdir and moved into place only when the whole run
   succeeded, so a failed run leaves destdir as it was.
 * A ``tokenizer.json`` beside ``--srcdict`` (or ``--tgtdict``) is copied into destdir: training derives
-  beat ids from it (``dataset.load_beat_table``).
+  beat ids from it (:mod:`.vocabulary`: this project's tokenizer or any MidiTok REMI-family one); without
+  one, training uses the bar structure alone.
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ class PreprocessOptions:
     dict_only: bool = False
     align_suffix: str | None = None
     alignfile: str | None = None
+    eob_token: int = BAR  # the bar token, for the check that paired lines have as many bars (imf train --eob-token)
 
 
 @dataclass
@@ -164,9 +168,9 @@ def _read_lines(path: Path, start: int, end: int) -> list[bytes]:
     return lines
 
 
-def _binarize_chunk(task: tuple[str, int, int, int, str | None, str]) -> _ChunkResult:
+def _binarize_chunk(task: tuple[str, int, int, int, str | None, str, int]) -> _ChunkResult:
     """Encode the lines of one chunk (+ EOS each); worker side. ``mode`` 'count' only counts ids."""
-    path_text, start, end, vocab_size, dict_path, mode = task
+    path_text, start, end, vocab_size, dict_path, mode, bar_token = task
     path = Path(path_text)
     lines = _read_lines(path, start, end)
     sizes = np.empty(len(lines), dtype=np.int32)
@@ -185,7 +189,7 @@ def _binarize_chunk(task: tuple[str, int, int, int, str | None, str]) -> _ChunkR
     if mode == "count":  # vocab_size is MAX_BUILT_VOCAB here, so larger ids were already refused
         return _ChunkResult(lines=len(lines), nbytes=end - start, counts=np.bincount(flat))
     line_of = np.repeat(np.arange(len(lines)), sizes)
-    bars = np.bincount(line_of[flat == BAR], minlength=len(lines)).astype(np.int32)
+    bars = np.bincount(line_of[flat == bar_token], minlength=len(lines)).astype(np.int32)
     tokens = flat.astype(best_fitting_dtype(vocab_size))
     return _ChunkResult(lines=len(lines), nbytes=end - start, sizes=sizes, tokens=tokens, bars=bars)
 
@@ -228,6 +232,8 @@ def _check_options(opts: PreprocessOptions) -> None:
         raise UserError("--align-suffix/--alignfile: alignment datasets are not supported")
     if opts.workers < 1:
         raise UserError(f"--workers {opts.workers}: must be at least 1")
+    if opts.eob_token < 4:
+        raise UserError(f"--eob-token {opts.eob_token}: the bar token cannot be a special id (0-3)")
     if opts.padding_factor < 1:
         raise UserError(f"--padding-factor {opts.padding_factor}: must be at least 1")
     if not opts.only_source and (opts.source_lang is None or opts.target_lang is None):
@@ -258,7 +264,7 @@ def _build_dictionary(
         )
     counts = np.zeros(0, dtype=np.int64)
     for path in files:
-        tasks = [(str(path), a, b, MAX_BUILT_VOCAB, None, "count") for a, b in _pairs(path, opts.workers)]
+        tasks = [(str(path), a, b, MAX_BUILT_VOCAB, None, "count", BAR) for a, b in _pairs(path, opts.workers)]
         lines_before = 0
         for result in runner.map(tasks):
             if result.error is not None:
@@ -277,14 +283,14 @@ def _pairs(path: Path, workers: int) -> list[tuple[int, int]]:
 
 
 def _binarize(
-    path: Path, dictionary: Dictionary, out_prefix: Path, runner: _Runner, workers: int
+    path: Path, dictionary: Dictionary, out_prefix: Path, runner: _Runner, workers: int, bar_token: int = BAR
 ) -> tuple[int, int, np.ndarray]:
     """Binarize one token file into ``out_prefix.bin/.idx``.
 
     Returns (sequences, tokens incl. EOS, Bar tokens per line).
     """
     dict_path = None if dictionary.path is None else str(dictionary.path)
-    tasks = [(str(path), a, b, len(dictionary), dict_path, "encode") for a, b in _pairs(path, workers)]
+    tasks = [(str(path), a, b, len(dictionary), dict_path, "encode", bar_token) for a, b in _pairs(path, workers)]
     sequences = tokens = 0
     bars: list[np.ndarray] = []
     with MMapIndexedDatasetBuilder(out_prefix, vocab_size=len(dictionary)) as builder:
@@ -386,7 +392,8 @@ def preprocess(opts: PreprocessOptions, *, progress: bool | None = None) -> Prep
             for split, _, lang, path in inputs:
                 t0 = time.perf_counter()
                 out_name = dest_prefix(opts, split, lang)
-                n_seq, n_tok, bars = _binarize(path, dicts[lang], staging / out_name, runner, opts.workers)
+                n_seq, n_tok, bars = _binarize(path, dicts[lang], staging / out_name, runner, opts.workers,
+                                               opts.eob_token)
                 seconds = time.perf_counter() - t0
                 report.splits.append(SplitReport(lang, str(path), out_name, n_seq, n_tok, seconds))
                 counts.setdefault(split, {})[lang] = (n_seq, path, bars)
@@ -408,7 +415,7 @@ def preprocess(opts: PreprocessOptions, *, progress: bool | None = None) -> Prep
             shutil.copyfile(tokenizer, staging / TOKENIZER_FILE)
             log.append(f"copied {tokenizer} -> {destdir / TOKENIZER_FILE}")
         else:
-            log.append(f"no {TOKENIZER_FILE} beside the dictionaries: training will need one in {destdir}")
+            log.append(f"no {TOKENIZER_FILE} beside the dictionaries: training will have bars but no beats")
         report.seconds = time.perf_counter() - started
         log.append(f"Wrote preprocessed data to {destdir} in {report.seconds:.2f}s")
         previous = destdir / LOG_FILE

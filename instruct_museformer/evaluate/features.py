@@ -159,20 +159,16 @@ def read_alignment(path: Path) -> list[dict]:
 
 
 def align(score: ScoreInfo, performance: PerformanceData) -> list[dict]:
-    """Score-to-performance note alignment with parangonar's DualDTWNoteMatcher (its default, SOTA matcher)."""
-    import parangonar
+    """Score-to-performance note alignment with parangonar's DualDTWNoteMatcher (its default, SOTA matcher);
+    the same matcher ``imf tokenize`` aligns pairs without an alignment with (``tokens.autoalign``)."""
+    from ..tokens.autoalign import match_notes
 
     try:
-        with _quiet():
-            alignment = parangonar.DualDTWNoteMatcher()(score.note_array, performance.note_array)
+        return match_notes(score.note_array, performance.note_array)
     except Exception as error:
         raise EvaluationInputError(
             f"{performance.path}: alignment to {score.path} failed ({type(error).__name__}: {error})"
         ) from error
-    return [
-        {key: (str(value) if key in ("score_id", "performance_id") else value) for key, value in a.items()}
-        for a in alignment
-    ]
 
 
 # ------------------------------------------------------------------------------------------------ features

@@ -211,7 +211,8 @@ class _Loop:
                 self.prefix[i, : len(r.prefix)] = torch.tensor(r.prefix, dtype=torch.long)
         self.final = torch.tensor([r.final for r in requests], device=dev)
         self.stop_at = torch.tensor([r.stop_at if r.stop_at is not None else 2**62 for r in requests], device=dev)
-        self.prefix_bars = torch.tensor([sum(1 for t in r.prefix if t == BAR) for r in requests], device=dev)
+        bar = getattr(state.grammar, "bar_token", BAR)
+        self.prefix_bars = torch.tensor([sum(1 for t in r.prefix if t == bar) for r in requests], device=dev)
         self.out = torch.full((b, capacity), PAD, dtype=torch.long, device=dev)
         self.lp = torch.full((b, capacity if with_logprobs else 1), float("nan"), device=dev)
         self.running = torch.ones(b, dtype=torch.bool, device=dev)
@@ -388,10 +389,11 @@ def decode(
     p = next(model.parameters())
     dev = p.device
     b = len(requests)
+    bar = getattr(grammar, "bar_token", BAR)  # render.free's grammars name their own bar token
     encoder_out = None
     if getattr(model, "encoder", None) is not None:
         sources = [torch.tensor(r.source if r.source is not None else [EOS], dtype=torch.long) for r in requests]
-        encoder_out = model.encoder(collate_bar_tokens(sources, beat_table.cpu()).to(dev))
+        encoder_out = model.encoder(collate_bar_tokens(sources, beat_table.cpu(), bar).to(dev))
     capacity = max((len(r.prefix) + 64 for r in requests), default=64)
     bounded = max_len is not None or all(r.stop_at is not None for r in requests)
     if max_len is not None:
@@ -422,8 +424,9 @@ def decode(
             slots = round_up(max(side.sum_bar.shape[1], min_bars * per_bar), COMPILE_BARS_STEP)
             source_size = (regular, slots)
     cache = IncrementalDecoder(model.decoder, b, beat_table, encoder_out, capacity=capacity, static=static,
-                               max_bars=max_bars, source_size=source_size)
-    state = GrammarState.start(grammar, [r.target_bars for r in requests], [r.timesigs for r in requests],
+                               max_bars=max_bars, source_size=source_size, bar_token=bar)
+    state_type = getattr(grammar, "state_type", GrammarState)  # render.free's grammars have their own state
+    state = state_type.start(grammar, [r.target_bars for r in requests], [r.timesigs for r in requests],
                                [r.bar_budget for r in requests], min_len=min_len, max_len=max_len,
                                notes=[r.notes for r in requests], note_tolerance=note_tolerance,
                                pad_multiple=(COMPILE_BARS_STEP, 16) if compile_step else (1, 1),
@@ -437,5 +440,5 @@ def decode(
     for i in range(b):
         seq = out[i][: out[i].index(PAD)] if PAD in out[i] else out[i]
         scores = lp[i][: len(seq)] if with_logprobs else [float("nan")] * len(seq)
-        results.append(DecodeResult(seq, sum(1 for t in seq if t == BAR), bool(loop.finished[i]), scores))
+        results.append(DecodeResult(seq, sum(1 for t in seq if t == bar), bool(loop.finished[i]), scores))
     return results

@@ -299,8 +299,10 @@ class IncrementalDecoder:
         max_bars: int | None = None,
         cuda_graph: bool = False,
         source_size: tuple[int, int] | None = None,
+        bar_token: int = BAR,
     ) -> None:
         check_cacheable(decoder)
+        self.bar_token = bar_token  # the token that closes a bar (--eob-token)
         if decoder.training:
             raise ValueError("IncrementalDecoder needs the model in eval mode (no dropout)")
         self.dec = decoder
@@ -520,7 +522,7 @@ class IncrementalDecoder:
             self.length += 1
             return logits
         self._ensure_capacity(self.length + 1)
-        closes = active & (tokens == BAR)
+        closes = active & (tokens == self.bar_token)
         logits = self._regular_gathered(tokens, active)
         if self.ns > 0:
             close_idx = closes.nonzero().flatten()
@@ -540,7 +542,7 @@ class IncrementalDecoder:
             raise RuntimeError("prefill needs an empty cache")
         b, p = tokens.shape
         dev = self.device
-        batch = collate_bar_tokens(list(tokens.cpu()), self.beat_table.cpu()).to(dev)
+        batch = collate_bar_tokens(list(tokens.cpu()), self.beat_table.cpu(), self.bar_token).to(dev)
         bars = int(batch.num_complete_bars.max())
         if self.static:
             if p >= self.pos_bar.shape[1] or bars * self.ns > self.caches[0].k2.shape[2]:
@@ -584,7 +586,7 @@ class IncrementalDecoder:
         feed inactive padding).
         """
         logits = self._regular(tokens, active)
-        self.closes.copy_(active & (tokens == BAR))
+        self.closes.copy_(active & (tokens == self.bar_token))
         self._t.copy_((self._t + 1).clamp(max=self.pos_bar.shape[1] - 1))
         return logits
 

@@ -59,17 +59,24 @@ def resolve_device(name: str) -> torch.device:
 
 
 def _checkpoint_tokenizer(directory: Path, metadata: dict[str, Any]) -> Any:
+    """This project's tokenizer of a checkpoint; any other (or none) is a one-line error naming imf generate."""
+    from ..data.vocabulary import is_project_tokenizer, load_miditok
     from ..tokens.tokenizer import load_tokenizer
 
     path = directory / "tokenizer.json"
-    if path.is_file():
+    with tempfile.TemporaryDirectory() as tmp:
+        if not path.is_file() and isinstance(metadata.get("tokenizer"), dict):
+            path = Path(tmp) / "tokenizer.json"
+            path.write_text(json.dumps(metadata["tokenizer"]), encoding="utf-8")
+        if not path.is_file():
+            raise UserError(f"{directory}: trained without a tokenizer (bar structure only), which imf render cannot "
+                            "drive; sample it with imf generate DATA-BIN --path CHECKPOINT")
+        foreign = load_miditok(path)
+        if not is_project_tokenizer(foreign):
+            raise UserError(f"{directory}: trained with a MidiTok {type(foreign).__name__} tokenizer that imf render "
+                            "cannot drive (it needs this project's); use imf generate DATA-BIN --path CHECKPOINT, "
+                            "which also decodes to MIDI")
         return load_tokenizer(path)
-    if isinstance(metadata.get("tokenizer"), dict):
-        with tempfile.TemporaryDirectory() as tmp:
-            file = Path(tmp) / "tokenizer.json"
-            file.write_text(json.dumps(metadata["tokenizer"]), encoding="utf-8")
-            return load_tokenizer(file)
-    raise UserError(f"{directory}: the checkpoint has no tokenizer (tokenizer.json); it cannot render")
 
 
 def load_renderer(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..errors import UserError
 
-REASONS = ("missing file", "parse error", "no alignment", "bar mismatch")
+REASONS = ("missing file", "parse error", "no alignment", "bar mismatch", "alignment below threshold")
 
 
 class TokenizationError(UserError):

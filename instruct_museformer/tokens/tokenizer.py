@@ -104,15 +104,25 @@ def load_tokenizer(path: Path) -> miditok.REMI:
     return tokenizer
 
 
-def _check_layout(tokenizer: miditok.REMI, where: str) -> None:
+def layout_problem(tokenizer: miditok.MusicTokenizer) -> str | None:
+    """Why this project's encoder/decoder cannot drive ``tokenizer`` (None: it can)."""
+    if not isinstance(tokenizer, miditok.REMI):
+        return f"a MidiTok {type(tokenizer).__name__} tokenizer, not REMI"
     expected = {"PAD_None": specials.PAD, "BOS_None": specials.BOS, "EOS_None": specials.EOS,
                 "MASK_None": specials.MASK, "Bar_None": specials.BAR}
     vocab = tokenizer.vocab
     for token, token_id in expected.items():
         if vocab.get(token) != token_id:
-            raise UserError(f"{where}: token {token} must have id {token_id}, has {vocab.get(token)}")
+            return f"token {token} must have id {token_id}, has {vocab.get(token)}"
     if not (tokenizer.config.use_tempos and tokenizer.config.use_time_signatures):
-        raise UserError(f"{where}: the tokenizer needs Tempo and TimeSig tokens")
+        return "the tokenizer needs Tempo and TimeSig tokens"
+    return None
+
+
+def _check_layout(tokenizer: miditok.REMI, where: str) -> None:
+    problem = layout_problem(tokenizer)
+    if problem is not None:
+        raise UserError(f"{where}: {problem}")
 
 
 def vocab_tokens(tokenizer: miditok.REMI) -> list[str]:

@@ -52,14 +52,15 @@ class DataSource(Protocol):
 
 
 class _Collater:
-    """Picklable ``collate(samples, beat_table)`` closure for DataLoader workers."""
+    """Picklable ``collate(samples, beat_table, bar_token)`` closure for DataLoader workers."""
 
-    def __init__(self, collate: Callable[..., Batch], beat_table: torch.Tensor) -> None:
+    def __init__(self, collate: Callable[..., Batch], beat_table: torch.Tensor, bar_token: int) -> None:
         self.collate = collate
         self.beat_table = beat_table
+        self.bar_token = bar_token
 
     def __call__(self, samples: list[Any]) -> Batch:
-        return self.collate(samples, self.beat_table)
+        return self.collate(samples, self.beat_table, self.bar_token)
 
 
 _LM_PAIR = re.compile(r"\.([^.]+)-None\.\1\.idx$")  # fairseq-preprocess --only-source -s LANG
@@ -91,10 +92,12 @@ class DataBinSource:
     """A data-bin written by ``imf preprocess``, read with ``instruct_museformer.data.dataset``."""
 
     def __init__(
-        self, data_bin: Path, *, task: str, source_lang: str, target_lang: str, beat_mask_ts: bool = False
+        self, data_bin: Path, *, task: str, source_lang: str, target_lang: str, beat_mask_ts: bool = False,
+        eob_token: str | None = None,
     ) -> None:
         from ..data import dataset as data_api
         from ..data.dictionary import Dictionary
+        from ..data.vocabulary import TOKENIZER_FILE, token_layout
 
         self._api = data_api
         self.data_bin = data_bin
@@ -123,15 +126,18 @@ class DataBinSource:
                 "the model shares one vocabulary (preprocess with the same --srcdict and --tgtdict)"
             )
         self.vocab_size = sizes[0]
-        self.beat_table = data_api.load_beat_table(data_bin, beat_mask_ts=beat_mask_ts)
+        self.layout = token_layout(data_bin / TOKENIZER_FILE, dict_paths, self.vocab_size,
+                                   beat_mask_ts=beat_mask_ts, eob_token=eob_token)
+        self.beat_table, self.bar_token = self.layout.beat_table, self.layout.bar_token
+        logger.info(f"tokens: {self.layout.description}")
 
     def load(self, split: str, truncate: int | None, chunk: bool = False) -> SplitData:
         kind = "translation" if self.task == "translation" else "lm"
         dataset = self._api.load_dataset(
             self.data_bin, split, task=kind, source_lang=self.source_lang, target_lang=self.target_lang,
-            truncate=truncate, chunk=chunk,
+            truncate=truncate, chunk=chunk, bar_token=self.bar_token,
         )
-        return SplitData(split, dataset, _Collater(self._api.collate, self.beat_table))
+        return SplitData(split, dataset, _Collater(self._api.collate, self.beat_table, self.bar_token))
 
     def batch_indices(
         self, sizes: np.ndarray, *, batch_size: int | None, max_tokens: int | None, seed: int, epoch: int,

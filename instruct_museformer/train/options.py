@@ -163,6 +163,11 @@ def _add_common_data_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--beat-mask-ts", type=parse_bool, nargs="?", const=True, default=False, metavar="BOOL")
     parser.add_argument("--take-bos-as-bar", type=parse_bool, nargs="?", const=True, default=False, metavar="BOOL")
+    parser.add_argument(
+        "--eob-token", default=None, metavar="TOKEN",
+        help="the token that closes a bar (Museformer's --eob-token): a dictionary id, or a token of the data-bin's "
+        "tokenizer.json (default: 4, MidiTok's Bar_None)",
+    )
     parser.add_argument("--log-format", default=None, choices=("none", "simple", "tqdm", "json"))
     parser.add_argument("--log-interval", type=int, default=100)
     parser.add_argument("--no-progress-bar", action="store_true")

@@ -76,7 +76,7 @@ class Hooks:
 def _default_source(args: argparse.Namespace, task: str) -> DataSource:
     return DataBinSource(
         Path(args.data), task=task, source_lang=args.source_lang, target_lang=args.target_lang,
-        beat_mask_ts=args.beat_mask_ts,
+        beat_mask_ts=args.beat_mask_ts, eob_token=getattr(args, "eob_token", None),
     )
 
 
@@ -583,7 +583,7 @@ def _evaluate(args: argparse.Namespace, source: DataSource, split: SplitData, tr
 
 # Data flags that fairseq-validate takes from the checkpoint unless the command line sets them.
 INHERITED_DATA_FLAGS = ("source_lang", "target_lang", "beat_mask_ts", "take_bos_as_bar", "tokens_per_sample",
-                        "truncate_train", "truncate_valid", "truncate_test")
+                        "truncate_train", "truncate_valid", "truncate_test", "eob_token")
 
 
 def _inherit_data_flags(args: argparse.Namespace, saved: dict[str, Any]) -> None:
@@ -620,8 +620,7 @@ def validate(args: argparse.Namespace) -> int:
         found = detect_task(Path(args.data), args.source_lang, args.target_lang)
         if found != cfg.task:
             raise UserError(f"{args.path}: a {cfg.task} model, but {args.data} holds {found} data")
-        source = DataBinSource(Path(args.data), task=found, source_lang=args.source_lang,
-                               target_lang=args.target_lang, beat_mask_ts=args.beat_mask_ts)
+        source = _default_source(args, found)
         if source.vocab_size != cfg.vocab_size:
             raise UserError(f"{args.path}: vocabulary of {cfg.vocab_size} tokens, but {args.data}'s dictionary has "
                             f"{source.vocab_size}")

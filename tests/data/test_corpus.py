@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -136,3 +137,56 @@ def test_cli_tokenize_nasap_fixture_subset(tmp_path: Path, capsys):
 def test_cli_tokenize_missing_root_exits_2(tmp_path: Path, capsys):
     assert imf(["tokenize", "--corpus", "nasap", "--root", str(tmp_path / "nope")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def _performance_notes(ids: list[int], tokens: list[str]) -> list[tuple[int, str, str, str, str]]:
+    """(bar, Position, Pitch, Velocity, Duration) of every note of a performance token sequence."""
+    bar, position, notes = 0, "", []
+    for i, t in enumerate(ids):
+        token = tokens[t]
+        if token == "Bar_None":
+            bar += 1
+        elif token.startswith("Position_"):
+            position = token
+        elif token.startswith("Pitch_"):
+            notes.append((bar, position, token, tokens[ids[i + 1]], tokens[ids[i + 2]]))
+    return notes
+
+
+def test_manifest_pair_without_alignment_is_aligned_by_parangonar(tmp_path: Path, capsys):
+    """A fixture pair with its alignment removed tokenizes as with its (n)ASAP alignment; a pair of two different
+    pieces is skipped below the threshold; the alignment is cached beside the token cache and not redone."""
+    from collections import Counter
+
+    from instruct_museformer.tokens.tokenizer import Vocab, load_tokenizer
+
+    score = BACH / "xml_score.musicxml"
+    manifest = tmp_path / "pairs.csv"
+    manifest.write_text(
+        "score,performance,alignment,split\n"
+        f"{score},{BACH / 'LuA01M.mid'},,train\n"
+        f"{score},{BACH / 'LuA01M.mid'},{BACH / 'LuA01M_note_alignments' / 'note_alignment.tsv'},test\n"
+        f"{score},{BEETHOVEN / 'KimSY03.mid'},,val\n"
+    )
+    out, meta = tmp_path / "tokens", tmp_path / "meta"
+    argv = ["tokenize", "--manifest", str(manifest), "--out", str(out), "--meta", str(meta), "--workers", "1"]
+    assert imf(argv) == 0
+    printed = capsys.readouterr().out
+    matched = {name: float(x) for name, x in re.findall(r"aligned with parangonar: \S+/(\w+)\.mid: ([\d.]+)%", printed)}
+    assert matched["LuA01M"] >= 95.0 and matched["KimSY03"] < 80.0  # measured: 97.4% and 9.3%
+    assert "val: 0 pairs tokenized, 1 skipped (alignment below threshold: 1)" in printed
+    tokens = Vocab(load_tokenizer(meta / "tokenizer.json")).tokens
+    auto, aligned = ([int(t) for t in (out / f"{s}.perf").read_text().split()] for s in ("train", "test"))
+    assert (out / "train.score").read_text() == (out / "test.score").read_text()
+    auto_notes, aligned_notes = _performance_notes(auto, tokens), _performance_notes(aligned, tokens)
+    agree = sum((Counter(auto_notes) & Counter(aligned_notes)).values()) / max(len(auto_notes), len(aligned_notes))
+    assert agree >= 0.95  # measured: 1.0 (459 of 459 notes; the token sequences are identical)
+
+    cached = sorted((meta / "cache").glob("*.alignment.tsv"))
+    assert len(cached) == 2
+    stamps = [p.stat().st_mtime_ns for p in cached]
+    for token_cache in (meta / "cache").glob("*.json"):  # e.g. after a tokenizer change: tokens are redone ...
+        token_cache.unlink()
+    assert imf(argv) == 0
+    assert [p.stat().st_mtime_ns for p in cached] == stamps  # ... but not the alignments
+    assert capsys.readouterr().out.count("aligned with parangonar") == 2

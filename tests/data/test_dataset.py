@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from instruct_museformer.data.batch import BEAT_INHERIT, BEAT_ZERO
-from instruct_museformer.data.dataset import batch_indices, collate, load_beat_table, load_dataset
+from instruct_museformer.data.dataset import batch_indices, collate, load_dataset
 from instruct_museformer.data.indexed import write_dataset
 from instruct_museformer.errors import UserError
 
@@ -150,20 +150,6 @@ def test_collate_shapes_and_decoder_input_shift(tmp_path):
     cut = collate([load_dataset(tmp_path, "train", truncate=5)[0]], _table())
     assert cut.target.tolist() == [[10, 30, 31, 4]] and cut.prev_output.tokens.tolist() == [[EOS, 10, 30, 31]]
     assert cut.source.tokens.tolist() == [[10, 20, 4]] and cut.prev_output.num_complete_bars.tolist() == [0]
-
-
-def test_load_beat_table_uses_the_data_bins_tokenizer(tmp_path):
-    from instruct_museformer.tokens.tokenizer import beat_table, build_tokenizer, save_tokenizer
-
-    with pytest.raises(UserError, match="tokenizer.json: not found"):
-        load_beat_table(tmp_path)
-    tokenizer = build_tokenizer()
-    save_tokenizer(tokenizer, tmp_path / "tokenizer.json")
-    table = load_beat_table(tmp_path)
-    assert torch.equal(table, beat_table(tokenizer)) and table[:5].tolist() == [0] * 5
-    (tmp_path / "dict.perf.txt").write_text("".join(f"{i} 1\n" for i in range(len(table) + 1)))
-    with pytest.raises(UserError, match="do not belong together"):
-        load_beat_table(tmp_path)
 
 
 def test_barless_pieces_truncate_without_empty_targets(tmp_path):
