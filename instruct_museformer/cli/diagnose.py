@@ -23,6 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subset", default="valid", help="data-bin split (default: valid)")
     p.add_argument("--chunk-tokens", type=int, default=4096, help="teacher-forced windows of at most this many tokens")
     p.add_argument("--max-tokens", type=int, default=16384, help="tokens per batch")
+    p.add_argument("--pairs-per-piece", type=int, default=None, metavar="N",
+                   help="only the first N performances of each piece (default: all)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--attention-impl", default=None, choices=("auto", "gather", "flex", "reference"))
     p.add_argument("--out", type=Path, default=None, metavar="FILE.json", help="write the figures as JSON")
@@ -38,7 +40,8 @@ def main(argv: list[str]) -> int:
         raise UserError(f"--chunk-tokens {args.chunk_tokens}: must be at least 16")
     checkpoint = args.path if args.path is not None else default_model_dir()
     result = run_diagnosis(args.data, checkpoint, args.subset, chunk_tokens=args.chunk_tokens,
-                           max_tokens=args.max_tokens, device=args.device, attention_impl=args.attention_impl)
+                           max_tokens=args.max_tokens, device=args.device, attention_impl=args.attention_impl,
+                           pairs_per_piece=args.pairs_per_piece)
     print(format_table(result))
     if args.out is not None:
         write_text_atomic(args.out, json.dumps(result, indent=2) + "\n")

@@ -225,16 +225,19 @@ def summarize(pairs: dict[int, PairDiagnosis], piece_of_pair: dict[int, str]) ->
 def run_diagnosis(
     data_bin: Path, checkpoint: Path, subset: str = "valid", *, chunk_tokens: int = 4096, max_tokens: int = 16384,
     device: str = "cpu", attention_impl: str | None = None, progress: bool = True,
+    pairs_per_piece: int | None = None,
 ) -> dict:
     """Teacher-forced diagnosis of ``checkpoint`` on ``subset`` of ``data_bin`` (see the module docstring).
 
-    Pieces are told apart by their score tokens (the performances of one score share them).
+    Pieces are told apart by their score tokens (the performances of one score share them);
+    ``pairs_per_piece`` keeps only the first N performances of each piece (a quicker run on a CPU).
     """
     import hashlib
     import sys
     import time
 
-    from ..data.dataset import batch_indices, collate, load_beat_table, load_dataset
+    from ..data.dataset import batch_indices, collate, load_dataset
+    from ..data.vocabulary import TOKENIZER_FILE, token_layout
     from ..tokens.tokenizer import load_tokenizer
     from ..train.checkpoint import load_checkpoint_model, read_config
 
@@ -242,14 +245,24 @@ def run_diagnosis(
     model.to(device)
     vocab = Vocab(load_tokenizer(Path(metadata["path"])))
     table = ClassTable.of(vocab)
-    beat_table = load_beat_table(Path(data_bin), beat_mask_ts=bool(read_config(checkpoint).get("args", {}).get(
-        "beat_mask_ts", True)))
+    data_bin = Path(data_bin)
+    layout = token_layout(data_bin / TOKENIZER_FILE, sorted(data_bin.glob("dict.*.txt")), cfg.vocab_size,
+                          beat_mask_ts=bool(read_config(checkpoint).get("args", {}).get("beat_mask_ts", True)))
+    beat_table = layout.beat_table
     dataset = load_dataset(Path(data_bin), subset, truncate=chunk_tokens, chunk=True)
     piece_of_pair = {}
     for pair in range(len(dataset.source_data)):
         digest = hashlib.sha1(dataset.source_data.tokens(pair).tobytes()).hexdigest()
         piece_of_pair[pair] = digest
-    batches = batch_indices(dataset.sizes, batch_size=None, max_tokens=max_tokens, seed=1, epoch=1, shuffle=False)
+    if pairs_per_piece is not None:
+        kept: dict[str, list[int]] = defaultdict(list)
+        for pair, piece in piece_of_pair.items():
+            if len(kept[piece]) < pairs_per_piece:
+                kept[piece].append(pair)
+        piece_of_pair = {pair: piece for piece, pairs in kept.items() for pair in pairs}
+    samples = np.flatnonzero(np.isin(dataset.piece_of, list(piece_of_pair)))
+    batches = [[int(samples[i]) for i in batch] for batch in batch_indices(
+        dataset.sizes[samples], batch_size=None, max_tokens=max_tokens, seed=1, epoch=1, shuffle=False)]
     start, done = time.perf_counter(), 0
 
     def stream():
