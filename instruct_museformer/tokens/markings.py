@@ -16,6 +16,7 @@ encoder (``tokenized``), so a marking that is read but not written never disappe
 
 from __future__ import annotations
 
+import bisect
 import re
 import zipfile
 from collections import Counter
@@ -65,23 +66,24 @@ _ORNAMENT_NAMES = {"trill-mark": "trill", "mordent": "mordent", "inverted-morden
                    "delayed-inverted-turn": "inverted-turn", "inverted-vertical-turn": "inverted-turn",
                    "tremolo": "tremolo", "wavy-line": "wavy-line", "shake": "trill"}
 _BREAKS = {"breath-mark": "Break_breath", "caesura": "Break_caesura"}
-_LEVEL_ALIASES = {"ppppp": "pppp", "pppppp": "pppp", "fffff": "ffff", "ffffff": "ffff", "piano": "p",
+_LEVEL_ALIASES = {"ppppp": "pppp", "pppppp": "pppp", "fffff": "ffff", "ffffff": "ffff", "sff": "sffz", "ffp": "fp",
+                  "sfpp": "sfp", "sfzp": "sfz", "pf": "fp", "piano": "p",
                   "pianissimo": "pp", "forte": "f", "fortissimo": "ff", "mezzo forte": "mf", "mezzo piano": "mp"}
 
 # Words, matched on lower-cased text (a text may say several things: "cresc. e accel.").
 _WORD_RULES: tuple[tuple[str, str, str], ...] = (
-    (r"\btempo\s*(i|1|primo)\b|\bprimo tempo\b", "TempoChange_tempo1", "tempo change:tempo I"),
+    (r"\btempo\s*(i|1|primo)\b|\bprimo tempo\b|\berstes tempo\b", "TempoChange_tempo1", "tempo change:tempo I"),
     (r"\b(a|in) tempo\b|\btempo giusto\b|\bdoppio movimento\b", "TempoChange_atempo", "tempo change:a tempo"),
-    (r"\b(rit|ritard|ritardando|riten|ritenuto|ritenente|rall|rallent|rallentando|slentando|allarg|allargando)\b",
+    (r"\b(rit|ritar|ritard|ritardando|riten|ritenuto|ritenente|rall|rallent|rallentando|slentando|allarg|allargando)\b",
      "TempoChange_rit", "tempo change:rit"),
     (r"\b(accel|acc|acceler|accelerando|string|stringendo|stretto|incalzando|affrettando|animando)\b",
      "TempoChange_accel", "tempo change:accel"),
-    (r"\bmeno\b", "TempoChange_meno", "tempo change:meno mosso"),
+    (r"\bmeno\b|\bplus lent\b|\blangsamer\b", "TempoChange_meno", "tempo change:meno mosso"),
     (r"\bpi[uù] (mosso|moto|animato|vivo|presto|allegro|lento|largo)\b", "TempoChange_piu", "tempo change:più mosso"),
-    (r"\brubato\b", "TempoChange_rubato", "tempo change:rubato"),
-    (r"\b(cresc|crescendo)\b", "Cresc_Start", "crescendo"),
+    (r"\brubato\b|\bad lib|\ba piacere\b|\bsenza tempo\b", "TempoChange_rubato", "tempo change:rubato"),
+    (r"\b(cresc|crescendo)\b", "Cresc_Start", "crescendo (words)"),
     (r"\b(dim|dimin|diminuendo|decresc|decr|decrescendo|smorz|smorzando|calando|morendo|perdendosi|mancando)\b",
-     "Dim_Start", "diminuendo"),
+     "Dim_Start", "diminuendo (words)"),
     (r"\b(rinf|rinforz|rinforzando|rf)\b", "Dyn_rf", "dynamic:rf"),
     (r"\brfz\b", "Dyn_rfz", "dynamic:rfz"),
     (r"\b(dolce|dolcissimo|dolciss)\b", "Expr_dolce", "expression:dolce"),
@@ -118,7 +120,7 @@ _WORD_RULES: tuple[tuple[str, str, str], ...] = (
 )
 _WORD_PATTERNS = tuple((re.compile(pattern), token, kind) for pattern, token, kind in _WORD_RULES)
 _TEMPO_WORD_PATTERNS = tuple(
-    (re.compile(rf"\b{word}\b" if word != "vivace" else r"\b(vivace|vivacissimo|vivo)\b"), word)
+    (re.compile(rf"\b{word}\b" if word != "vivace" else r"\b(vivac\w*|vivo)\b"), word)
     for word in TEMPO_WORDS
 )
 
@@ -161,9 +163,11 @@ def classify_words(text: str) -> list[tuple[str, str]]:
     for pattern, token, kind in _WORD_PATTERNS:
         if pattern.search(text):
             out.append((token, kind))
-    level = _LEVEL_ALIASES.get(text, text)
-    if not out and level in DYNAMIC_LEVELS + DYNAMIC_IMPULSES:
-        out.append((f"Dyn_{level}", f"dynamic:{level}"))
+    for word in dict.fromkeys(text.replace(".", " ").split()):  # "sempre f", "p dolce", "più f"
+        level = _LEVEL_ALIASES.get(word, word)
+        found = (f"Dyn_{level}", f"dynamic:{level}")
+        if level in DYNAMIC_LEVELS + DYNAMIC_IMPULSES and found not in out:
+            out.append(found)
     return out
 
 
@@ -177,20 +181,22 @@ def read_markings(folded, unfolded, path: Path | None = None) -> ScoreMarkings:
 
     marks = ScoreMarkings()
     quarter = unfolded.quarter_map
+    is_musicxml = path is not None and path.suffix.lower() in (".musicxml", ".xml", ".mxl")
+    extras = read_musicxml_extras(path) if is_musicxml else MusicXmlExtras()
     onsets = np.sort(np.asarray(unfolded.note_array(include_grace_notes=True)["onset_quarter"], dtype=np.float64))
     _read_notes(unfolded, marks, ps)
-    _read_directions(unfolded, marks, quarter, ps)
+    _read_directions(unfolded, marks, quarter, ps, extras)
     _read_tempos(unfolded, marks, quarter, ps)
     _read_fermatas(unfolded, marks, quarter, onsets, ps)
     copies = _unfolded_copies(folded, unfolded)
     _read_slurs(folded, marks, copies, ps)
-    if path is not None and path.suffix.lower() in (".musicxml", ".xml", ".mxl"):
-        for base_id in sorted(arpeggiated_note_ids(path)):
-            targets = copies.get(base_id, [])
-            if not targets:
-                marks.parsed["arpeggio"] += 1  # counted, and left out of "tokenized": its note is unknown
-            for note_id, _ in targets:
-                marks.add_note_token(note_id, "Arpeggio_None", "arpeggio")
+    _count_dropped(folded, marks, extras, ps)
+    for base_id in sorted(extras.arpeggiated):
+        targets = copies.get(base_id, [])
+        if not targets:
+            marks.parsed["arpeggio"] += 1  # counted, and left out of "tokenized": its note is unknown
+        for note_id, _ in targets:
+            marks.add_note_token(note_id, "Arpeggio_None", "arpeggio")
     return marks
 
 
@@ -203,6 +209,17 @@ def read_markings_safely(folded, unfolded, path: Path) -> ScoreMarkings:
         marks = ScoreMarkings()
         marks.parsed[f"markings unreadable ({type(error).__name__})"] += 1
         return marks
+
+
+def _count_dropped(folded, marks: ScoreMarkings, extras: MusicXmlExtras, ps) -> None:
+    """Hairpins and slurs the file starts but partitura dropped (no stop): counted, so the report shows them."""
+    hairpins = sum(1 for d in folded.iter_all(ps.LoudnessDirection, include_subclasses=True)
+                   if getattr(d, "wedge", False))
+    slurs = sum(1 for _ in folded.iter_all(ps.Slur))
+    if extras.starts["hairpin"] > hairpins:
+        marks.parsed["hairpin without a stop (dropped by partitura)"] += extras.starts["hairpin"] - hairpins
+    if extras.starts["slur"] > slurs:
+        marks.parsed["slur without a stop (dropped by partitura)"] += extras.starts["slur"] - slurs
 
 
 def _tie_head(note):
@@ -232,14 +249,20 @@ def _read_notes(part, marks: ScoreMarkings, ps) -> None:
             marks.add_note_token(note_id, f"Orn_{_ORNAMENT_NAMES.get(name, 'other')}", f"ornament:{name}")
 
 
-def _read_directions(part, marks: ScoreMarkings, quarter, ps) -> None:
+def _read_directions(part, marks: ScoreMarkings, quarter, ps, extras: MusicXmlExtras) -> None:
     """Loudness, tempo, pedal and expression directions, and partitura's unparsed words."""
     items = list(part.iter_all(ps.Direction, include_subclasses=True)) + list(part.iter_all(ps.Words))
+    measures = sorted(part.measures, key=lambda m: m.start.t)
+    measure_starts = [m.start.t for m in measures]
+    used: Counter = Counter()
     for item in items:
         start = float(quarter(item.start.t))
         end = getattr(item, "end", None)
         end_q = float(quarter(end.t)) if end is not None and end.t > item.start.t else None
-        for token, kind in _direction_tokens(item, ps):
+        found = _direction_tokens(item, ps)
+        if isinstance(item, ps.Words) and item.text == "other-dynamics":
+            found = _other_dynamics(item, quarter, measures, measure_starts, extras, used)
+        for token, kind in found:
             marks.parsed[kind] += 1
             if not token:
                 continue
@@ -248,6 +271,24 @@ def _read_directions(part, marks: ScoreMarkings, quarter, ps) -> None:
             if token in closing and end_q is not None:
                 marks.directions.append(DirectionEvent(end_q, closing[token], f"{kind} end"))
                 marks.parsed[f"{kind} end"] += 1
+
+
+def _other_dynamics(item, quarter, measures, measure_starts, extras: MusicXmlExtras, used: Counter
+                    ) -> list[tuple[str, str]]:
+    """Tokens of an ``<other-dynamics>`` partitura kept without its text: the text read from the MusicXML."""
+    k = bisect.bisect_right(measure_starts, item.start.t) - 1
+    if k < 0 or not extras.other_dynamics:
+        return [("", "other-dynamics (text not found)")]
+    measure = measures[k]
+    offset = round(float(quarter(item.start.t) - quarter(measure.start.t)), 4)
+    key = (measure.number, offset, item.staff)
+    texts = extras.other_dynamics.get(key) or extras.other_dynamics.get((measure.number, offset, None)) or []
+    slot = (measure.start.t, key)
+    index = used[slot]
+    used[slot] += 1
+    if index >= len(texts):
+        return [("", "other-dynamics (text not found)")]
+    return classify_words(texts[index]) or [("", "other-dynamics (unrecognised)")]
 
 
 def _direction_tokens(item, ps) -> list[tuple[str, str]]:
@@ -276,8 +317,8 @@ def _direction_tokens(item, ps) -> list[tuple[str, str]]:
         return [("TempoChange_rit", "tempo change:rit")]
     if isinstance(item, (ps.ConstantLoudnessDirection, ps.ImpulsiveLoudnessDirection)):
         return [("", f"dynamic (unsupported):{text}")]
-    if isinstance(item, ps.Words):
-        return [("", "words (unrecognised)")]
+    if isinstance(item, ps.Words):  # fingerings, tuplet numbers, titles, hand signs (m.d.), "simile", ...
+        return [("", "words (unrecognised)" if re.search(r"[a-z]", text) else "words (numbers, signs)")]
     return [("Expr_other", f"expression (other):{type(item).__name__}")]
 
 
@@ -340,27 +381,63 @@ def _read_slurs(folded, marks: ScoreMarkings, copies: dict[str, list[tuple[str, 
                 marks.parsed["slur end"] += 1  # a slur without an end note: counted, not tokenized
 
 
-def arpeggiated_note_ids(path: Path) -> set[str]:
-    """Ids of the notes marked ``<arpeggiate>`` in a MusicXML (or .mxl) file; empty if unreadable."""
+@dataclass
+class MusicXmlExtras:
+    """What partitura does not keep from a MusicXML file: arpeggiated note ids and ``<other-dynamics>`` texts
+    (partitura makes them ``Words('other-dynamics')``), the latter by (measure index, offset in quarters, staff)."""
+
+    arpeggiated: set[str] = field(default_factory=set)
+    other_dynamics: dict[tuple[int, float, int | None], list[str]] = field(default_factory=dict)
+    starts: Counter = field(default_factory=Counter)  # "hairpin" / "slur": starts written in the file
+
+
+def read_musicxml_extras(path: Path) -> MusicXmlExtras:
+    """Walk the MusicXML as partitura does (measure index from 1 per part, ``backup``/``forward``, chords)."""
     from lxml import etree
 
+    extras = MusicXmlExtras()
     try:
         if path.suffix.lower() == ".mxl":
             with zipfile.ZipFile(path) as archive:
-                names = [n for n in archive.namelist() if not n.startswith("META-INF") and
-                         n.lower().endswith((".xml", ".musicxml"))]
+                names = [n for n in archive.namelist()
+                         if not n.startswith("META-INF") and n.lower().endswith((".xml", ".musicxml"))]
                 if not names:
-                    return set()
+                    return extras
                 root = etree.fromstring(archive.read(names[0]))
         else:
             root = etree.parse(str(path)).getroot()
     except (OSError, zipfile.BadZipFile, etree.XMLSyntaxError):
-        return set()
-    out = set()
-    for note in root.iter("note"):
-        if note.find("notations/arpeggiate") is not None:
-            out.add(note.get("id") or note.get("ID") or "")
-    return out
+        return extras
+    for part in root.iter("part"):
+        divisions, position = 1.0, 0.0
+        for index, measure in enumerate(part.findall("measure"), start=1):
+            position = 0.0
+            for element in measure:
+                if element.tag == "attributes" and element.findtext("divisions"):
+                    divisions = float(element.findtext("divisions") or 1) or 1.0
+                elif element.tag == "note":
+                    extras.starts["slur"] += len(element.findall("notations/slur[@type='start']"))
+                    if element.find("notations/arpeggiate") is not None:
+                        extras.arpeggiated.add(element.get("id") or element.get("ID") or "")
+                    if element.find("chord") is None and element.find("grace") is None:
+                        position += _duration(element)
+                elif element.tag in ("backup", "forward"):
+                    position += _duration(element) * (-1 if element.tag == "backup" else 1)
+                elif element.tag == "direction":
+                    staff = int(element.findtext("staff")) if (element.findtext("staff") or "").isdigit() else None
+                    key = (index, round(position / divisions, 4), staff)
+                    extras.starts["hairpin"] += sum(w.get("type") in ("crescendo", "diminuendo")
+                                                    for w in element.iterfind("direction-type/wedge"))
+                    for item in element.iterfind("direction-type/dynamics/other-dynamics"):
+                        extras.other_dynamics.setdefault(key, []).append(item.text or "")
+    return extras
+
+
+def _duration(element) -> float:
+    try:
+        return float(element.findtext("duration") or 0)
+    except ValueError:
+        return 0.0
 
 
 # ------------------------------------------------------------------------------------------- writing
