@@ -171,11 +171,12 @@ def classify_words(text: str) -> list[tuple[str, str]]:
     return out
 
 
-def read_markings(folded, unfolded, path: Path | None = None) -> ScoreMarkings:
+def read_markings(folded, unfolded, path: Path | None = None, notes: np.ndarray | None = None) -> ScoreMarkings:
     """Markings of a partitura score: ``folded`` is the merged part, ``unfolded`` its maximal unfolding.
 
     Times are in quarters of ``unfolded``; note ids are those of ``unfolded.note_array()`` (the first note
-    of a tied group). ``path`` (a MusicXML file) supplies the arpeggios partitura does not read.
+    of a tied group). ``path`` (a MusicXML file) supplies what partitura does not read; ``notes`` is
+    ``unfolded.note_array(include_grace_notes=True)`` when the caller has it (it is slow on large scores).
     """
     import partitura.score as ps
 
@@ -183,12 +184,13 @@ def read_markings(folded, unfolded, path: Path | None = None) -> ScoreMarkings:
     quarter = unfolded.quarter_map
     is_musicxml = path is not None and path.suffix.lower() in (".musicxml", ".xml", ".mxl")
     extras = read_musicxml_extras(path) if is_musicxml else MusicXmlExtras()
-    onsets = np.sort(np.asarray(unfolded.note_array(include_grace_notes=True)["onset_quarter"], dtype=np.float64))
+    notes = unfolded.note_array(include_grace_notes=True) if notes is None else notes
+    onsets = np.sort(np.asarray(notes["onset_quarter"], dtype=np.float64))
     _read_notes(unfolded, marks, ps)
     _read_directions(unfolded, marks, quarter, ps, extras)
     _read_tempos(unfolded, marks, quarter, ps)
     _read_fermatas(unfolded, marks, quarter, onsets, ps)
-    copies = _unfolded_copies(folded, unfolded)
+    copies = _unfolded_copies(folded, notes)
     _read_slurs(folded, marks, copies, ps)
     _count_dropped(folded, marks, extras, ps)
     for base_id in sorted(extras.arpeggiated):
@@ -200,11 +202,11 @@ def read_markings(folded, unfolded, path: Path | None = None) -> ScoreMarkings:
     return marks
 
 
-def read_markings_safely(folded, unfolded, path: Path) -> ScoreMarkings:
+def read_markings_safely(folded, unfolded, path: Path, notes: np.ndarray | None = None) -> ScoreMarkings:
     """:func:`read_markings`, but a score whose markings cannot be read keeps its notes: the failure is
     counted in ``parsed`` (and so shows in the corpus report) instead of losing the score."""
     try:
-        return read_markings(folded, unfolded, path)
+        return read_markings(folded, unfolded, path, notes)
     except Exception as error:  # partitura objects in unforeseen states: never lose the notes for them
         marks = ScoreMarkings()
         marks.parsed[f"markings unreadable ({type(error).__name__})"] += 1
@@ -346,10 +348,9 @@ def _read_fermatas(part, marks: ScoreMarkings, quarter, onsets: np.ndarray, ps) 
         marks.parsed["fermata:barline"] += 1
 
 
-def _unfolded_copies(folded, unfolded) -> dict[str, list[tuple[str, float]]]:
+def _unfolded_copies(folded, notes: np.ndarray) -> dict[str, list[tuple[str, float]]]:
     """Folded note id -> (unfolded id, onset in quarters) of each of its copies, in time order."""
     folded_ids = {str(n.id) for n in folded.notes}
-    notes = unfolded.note_array(include_grace_notes=True)
     copies: dict[str, list[tuple[str, float]]] = {}
     for note_id, onset in zip(notes["id"], notes["onset_quarter"], strict=True):
         note_id = str(note_id)

@@ -122,7 +122,7 @@ def _load_partitura_score(path: Path) -> ScoreData:
             )
             dynamics = _partitura_dynamics(part, pt)
             qmap = part.quarter_map
-            markings = read_markings_safely(merged, part, path)
+            markings = read_markings_safely(merged, part, path, notes)
     except TokenizationError:
         raise
     except Exception as error:  # partitura raises many types on malformed files
