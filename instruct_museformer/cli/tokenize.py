@@ -66,7 +66,8 @@ def main(argv: list[str]) -> int:
     print(f"tokens per score {json.dumps(report.tokens_per_score)}, per performance "
           f"{json.dumps(report.tokens_per_performance)}, bars {json.dumps(report.bars)}")
     if report.markings:
-        print(f"score markings in {report.marking_scores} scores (type: parsed by partitura -> tokens):")
+        print(f"score markings in {report.marking_scores} scores "
+              "(type: in the scores, as partitura parsed them -> tokens):")
         for kind, counts in report.markings.items():
             print(f"  {kind}: {counts['parsed']} -> {counts['tokenized']}")
     print(f"{report.cached} pairs from cache; wall time {report.wall_seconds:.1f} s; "

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .unread_markings import unread_markings
+
 MARKINGS_VERSION = 1  # the value of the tokenizer option ``score_markings``; bump when the token list changes
 
 DYNAMIC_LEVELS = ("pppp", "ppp", "pp", "p", "mp", "mf", "f", "ff", "fff", "ffff")
@@ -193,6 +195,8 @@ def read_markings(folded, unfolded, path: Path | None = None, notes: np.ndarray 
     copies = _unfolded_copies(folded, notes)
     _read_slurs(folded, marks, copies, ps)
     _count_dropped(folded, marks, extras, ps)
+    if path is not None:
+        marks.parsed.update(unread_markings(path, sum(1 for _ in folded.iter_all(ps.Slur))))
     for base_id in sorted(extras.arpeggiated):
         targets = copies.get(base_id, [])
         if not targets:

@@ -61,7 +61,7 @@ def _marking_lines(markings, tokenized: Counter, enabled: bool) -> list[str]:
         return ["markings: none (a MIDI score carries no markings)"]
     if not markings.parsed:
         return ["markings: none found"]
-    lines = ["markings (type: parsed by partitura -> tokens)" + ("" if enabled else
+    lines = ["markings (type: in the score, as partitura parsed it -> tokens)" + ("" if enabled else
              "; this tokenizer has no marking tokens (score_markings off)")]
     for kind in sorted(set(markings.parsed) | set(tokenized)):
         lines.append(f"  {kind}: {markings.parsed[kind]} -> {tokenized[kind]}")

@@ -145,3 +145,20 @@ def test_decoding_skips_markings(tokenizer):
 ])
 def test_words(text, expected):
     assert [token for token, _ in classify_words(text)] == expected
+
+
+@pytest.mark.parametrize(("name", "read", "unread"), [
+    ("marked.krn", {"slur": 1, "slur end": 1, "staff:2": 2},
+     {"dynamic": 3, "staccato": 1, "accent": 1, "tenuto": 1, "fermata": 1, "trill": 1}),
+    ("marked.mei", {"staff:2": 2}, {"dynamic": 2, "hairpin": 1, "articulation": 2, "fermata": 1, "slur": 1}),
+])
+def test_mei_and_kern_markings_are_tokenized_or_counted(tokenizer, name, read, unread):
+    """What partitura reads from MEI/kern becomes tokens; what it skips is counted, by type, with no token."""
+    data = load_score(FIXTURES / "markings" / name)
+    tokenized: Counter = Counter()
+    encode_score(data, score_grid(data, Vocab(tokenizer)), tokenized)
+    prefix = "kern" if name.endswith(".krn") else "MEI"
+    for kind, n in read.items():
+        assert data.markings.parsed[kind] == tokenized[kind] == n, kind
+    assert {kind: n for kind, n in data.markings.parsed.items() if "not read" in kind} == {
+        f"{prefix} {kind} (not read by partitura)": n for kind, n in unread.items()}
