@@ -342,9 +342,10 @@ def _read_fermatas(part, marks: ScoreMarkings, quarter, onsets: np.ndarray, ps) 
     """A note's fermata sits at the note; a barline's at the last onset before the barline (the held chord)."""
     for fermata in part.iter_all(ps.Fermata):
         q = float(quarter(fermata.start.t))
-        if isinstance(fermata.ref, ps.GenericNote):
-            marks.directions.append(DirectionEvent(q, "Fermata_Note", "fermata:note"))
-            marks.parsed["fermata:note"] += 1
+        if isinstance(fermata.ref, ps.GenericNote):  # a note, grace note or rest
+            kind = "fermata:rest" if isinstance(fermata.ref, ps.Rest) else "fermata:note"
+            marks.directions.append(DirectionEvent(q, "Fermata_Note", kind))
+            marks.parsed[kind] += 1
             continue
         before = onsets[onsets < q - 1e-9]
         marks.directions.append(DirectionEvent(float(before[-1]) if len(before) else q, "Fermata_Barline",
