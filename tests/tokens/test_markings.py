@@ -162,3 +162,18 @@ def test_mei_and_kern_markings_are_tokenized_or_counted(tokenizer, name, read, u
         assert data.markings.parsed[kind] == tokenized[kind] == n, kind
     assert {kind: n for kind, n in data.markings.parsed.items() if "not read" in kind} == {
         f"{prefix} {kind} (not read by partitura)": n for kind, n in unread.items()}
+
+
+def test_show_prints_bars_and_counts_and_fails_in_one_line(capsys, tmp_path):
+    from instruct_museformer.cli import main as imf
+
+    assert imf(["tokenize", "--show", str(MARKED), "--bars", "2"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1] == "bar 1: TimeSig_4/4" and "bar 3: TimeSig_4/4" not in out and "... 6 more bars" in out
+    assert any(line.strip().startswith("Position_0 Cresc_Start") for line in out)
+    assert "  crescendo: 1 -> 1" in out and "  slur without a stop (dropped by partitura): 1 -> 0" in out
+    bad = tmp_path / "bad.musicxml"
+    bad.write_text("<score-partwise><part-list>")
+    assert imf(["tokenize", "--show", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "bad.musicxml" in err[0]
