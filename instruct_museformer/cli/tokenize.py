@@ -21,6 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--corpus", choices=["nasap"], help="a known corpus; needs --root")
     source.add_argument("--manifest", type=Path, help="CSV with columns score,performance,alignment,split "
                         "(alignment may be empty: parangonar aligns the pair)")
+    source.add_argument("--show", type=Path, metavar="SCORE",
+                        help="print one score's tokens bar by bar with their names and its marking counts")
     parser.add_argument("--root", type=Path, help="(n)ASAP directory or the shipped .tar.xz")
     parser.add_argument("--metadata", type=Path, help="(n)ASAP metadata CSV with an acpas_split column")
     parser.add_argument("--out", type=Path, default=Path("data/tokens"), help="token files folder")
@@ -28,11 +30,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     parser.add_argument("--cache-dir", type=Path, default=None, help="per-pair cache (default: META/cache)")
     parser.add_argument("--limit", type=int, default=None, help="tokenize only the first N pairs (smoke tests)")
+    parser.add_argument("--tokenizer", type=Path, default=None,
+                        help="with --show: a tokenizer.json or checkpoint folder (default: what imf tokenize writes)")
+    parser.add_argument("--bars", type=int, default=None, help="with --show: print only the first N bars")
     return parser
+
+
+def _show(args: argparse.Namespace) -> int:
+    from ..tokens.show import score_token_lines
+    from ..tokens.tokenizer import build_tokenizer, load_tokenizer
+
+    tokenizer = build_tokenizer() if args.tokenizer is None else load_tokenizer(args.tokenizer)
+    print("\n".join(score_token_lines(args.show, tokenizer, args.bars)))
+    return 0
 
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    if args.show is not None:
+        return _show(args)
     if args.corpus == "nasap":
         if args.root is None:
             raise UserError("--corpus nasap needs --root PATH (an (n)ASAP directory or .tar.xz)")
@@ -52,6 +68,11 @@ def main(argv: list[str]) -> int:
         print(f"{split:>5}: {report.pairs.get(split, 0)} pairs tokenized, {sum(skipped.values())} skipped ({reasons})")
     print(f"tokens per score {json.dumps(report.tokens_per_score)}, per performance "
           f"{json.dumps(report.tokens_per_performance)}, bars {json.dumps(report.bars)}")
+    if report.markings:
+        print(f"score markings in {report.marking_scores} scores "
+              "(type: in the scores, as partitura parsed them -> tokens):")
+        for kind, counts in report.markings.items():
+            print(f"  {kind}: {counts['parsed']} -> {counts['tokenized']}")
     print(f"{report.cached} pairs from cache; wall time {report.wall_seconds:.1f} s; "
           f"report in {args.meta / 'tokenize_report.json'}, skipped pairs in {args.meta / 'skipped.tsv'}")
     return 0

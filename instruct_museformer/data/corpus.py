@@ -61,6 +61,7 @@ class PairResult:
     message: str = ""
     seconds: float = 0.0
     matched: float | None = None  # auto-aligned pairs: share of score notes parangonar matched
+    markings: dict[str, dict[str, int]] = field(default_factory=dict)  # the score's, by type: parsed/tokenized
 
     @property
     def ok(self) -> bool:
@@ -75,6 +76,9 @@ class CorpusReport:
     tokens_per_performance: dict[str, float] = field(default_factory=dict)
     bars: dict[str, float] = field(default_factory=dict)
     auto_aligned: dict[str, float] = field(default_factory=dict)  # performance -> share of score notes matched
+    # per marking type, summed over the distinct scores of the tokenized pairs: parsed by partitura / tokens
+    markings: dict[str, dict[str, int]] = field(default_factory=dict)
+    marking_scores: int = 0
     cached: int = 0
     wall_seconds: float = 0.0
 
@@ -275,6 +279,7 @@ def _tokenize_one(pair: Pair, auto_alignment: Path | None = None) -> PairResult:
     return PairResult(
         pair, score_ids=list(tokens.score_ids), perf_ids=list(tokens.perf_ids), seconds=time.perf_counter() - start,
         matched=matched,
+        markings=tokens.info.get("markings", {}),
     )
 
 
@@ -330,7 +335,7 @@ def _read_cache(path: Path, pair: Pair) -> PairResult | None:
     except (OSError, ValueError):
         return None
     return PairResult(pair, data.get("score_ids"), data.get("perf_ids"), data.get("reason"), data.get("message", ""),
-                      matched=data.get("matched"))
+                      matched=data.get("matched"), markings=data.get("markings") or {})
 
 
 def tokenize_corpus(
@@ -407,6 +412,7 @@ def _write_outputs(results: Iterable[PairResult], out_dir: Path, meta_dir: Path,
     perf_lengths: dict[str, list[int]] = {s: [] for s in SPLITS}
     bar_counts: list[int] = []
     reasons: dict[str, Counter] = {s: Counter() for s in SPLITS}
+    score_markings: dict[str, dict[str, dict[str, int]]] = {}
     for result in results:
         split = result.pair.split
         if result.matched is not None:
@@ -415,6 +421,7 @@ def _write_outputs(results: Iterable[PairResult], out_dir: Path, meta_dir: Path,
             reasons[split][result.reason or "unknown"] += 1
             skipped_rows.append((split, result.pair.score, result.pair.performance, result.reason, result.message))
             continue
+        score_markings.setdefault(str(result.pair.score), result.markings)
         assert result.score_ids is not None and result.perf_ids is not None
         lines[split][0].append(" ".join(map(str, result.score_ids)))
         lines[split][1].append(" ".join(map(str, result.perf_ids)))
@@ -432,8 +439,19 @@ def _write_outputs(results: Iterable[PairResult], out_dir: Path, meta_dir: Path,
         report.tokens_per_score = {"mean": round(statistics.mean(every_score), 1), "max": max(every_score)}
         report.tokens_per_performance = {"mean": round(statistics.mean(every_perf), 1), "max": max(every_perf)}
         report.bars = {"mean": round(statistics.mean(bar_counts), 1), "max": max(bar_counts)}
+    report.markings, report.marking_scores = _sum_markings(score_markings.values()), len(score_markings)
     with open(meta_dir / ".skipped.tsv.tmp", "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, delimiter="\t")
         writer.writerow(["split", "score", "performance", "reason", "message"])
         writer.writerows(skipped_rows)
     os.replace(meta_dir / ".skipped.tsv.tmp", meta_dir / "skipped.tsv")
+
+
+def _sum_markings(per_score: Iterable[dict[str, dict[str, int]]]) -> dict[str, dict[str, int]]:
+    """Marking counts by type summed over scores (each score once, however many performances it has)."""
+    total: dict[str, Counter] = {}
+    for counts in per_score:
+        for kind, numbers in counts.items():
+            total.setdefault(kind, Counter()).update(numbers)
+    return {kind: {"parsed": numbers["parsed"], "tokenized": numbers["tokenized"]}
+            for kind, numbers in sorted(total.items())}

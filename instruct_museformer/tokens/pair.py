@@ -8,6 +8,7 @@ tokens (id 4), each sequence ending with one.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from . import specials
 from .alignment import anchors_from_annotations, anchors_from_match, anchors_from_note_alignment
 from .errors import TokenizationError
 from .performance import PerformanceData, decode_performance, encode_performance, fit_tempo, load_performance
-from .score import MIDI_SUFFIXES, encode_score, load_score, score_grid
+from .score import MIDI_SUFFIXES, ScoreData, encode_score, load_score, score_grid
 from .tokenizer import Vocab
 
 __all__ = ["PairTokens", "TokenizationError", "roundtrip_errors", "tokenize_pair"]
@@ -33,7 +34,8 @@ class PairTokens:
     ``origin`` is the performance time (s) of the start of bar 1: decoded times are relative to it.
     ``aligned`` marks the performance notes (``perf.onset`` order) whose onset is an alignment anchor.
     ``info``: ``tempo_beats`` (tempo segments), ``anchors`` (alignment anchors used) and
-    ``bar_agreement`` (share of anchors whose performance bar is their score bar).
+    ``bar_agreement`` (share of anchors whose performance bar is their score bar), ``markings`` (per marking
+    type of the score: ``parsed`` by partitura and ``tokenized``).
     """
 
     score_ids: list[int]
@@ -87,7 +89,8 @@ def tokenize_pair(
         fit = fit_tempo(grid, anchor_q, anchor_s, float(events.min()), float(events.max()))
     except ValueError as error:
         raise TokenizationError("no alignment", f"{alignment or match or annotations}: {error}") from None
-    score_ids = encode_score(data, grid)
+    tokenized: Counter = Counter()
+    score_ids = encode_score(data, grid, tokenized)
     perf_ids = encode_performance(perf, grid, fit)
     n_score, n_perf = score_ids.count(specials.BAR), perf_ids.count(specials.BAR)
     if n_score != n_perf or n_score != grid.num_bars:  # cannot happen by construction; guard the invariant
@@ -112,7 +115,16 @@ def tokenize_pair(
     return PairTokens(score_ids, perf_ids, grid.num_bars, perf, fit.origin, aligned,
                       time.perf_counter() - started, source,
                       {"tempo_beats": len(fit.tempo_index), "anchors": len(anchor_q),
-                       "bar_agreement": bar_agreement})
+                       "bar_agreement": bar_agreement, "markings": _marking_counts(data, tokenized, vocab)})
+
+
+def _marking_counts(data: ScoreData, tokenized: Counter, vocab: Vocab) -> dict[str, dict[str, int]]:
+    """Markings of the score by type: as partitura parsed them and as tokens (empty for a MIDI score)."""
+    if data.markings is None:
+        return {}
+    parsed = data.markings.parsed
+    return {kind: {"parsed": int(parsed[kind]), "tokenized": int(tokenized[kind]) if vocab.score_markings else 0}
+            for kind in sorted(set(parsed) | set(tokenized))}
 
 
 def _pair_by_pitch(orig_t: np.ndarray, orig_p: np.ndarray, dec_t: np.ndarray, dec_p: np.ndarray

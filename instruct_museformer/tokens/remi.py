@@ -4,6 +4,11 @@ Layout of one bar, in the order the writer emits it::
 
     TimeSig_n/d  { Position_p [Tempo_t] [PedalOff_0] [Pedal_0] (Pitch_x Velocity_v Duration_d)* }*  Bar_None
 
+A score written with the ``score_markings`` vocabulary (docs/tokens.md) adds direction tokens after a
+position's Tempo, attribute tokens after a note's Duration, and ``Staff_k`` before the notes of staff k > 1::
+
+    Position_p [Tempo_t] Direction* (Pitch Velocity Duration Attribute*)* {Staff_k (Pitch ...)*}*
+
 This is MidiTok REMI's grammar with the bar's leading ``Bar_None`` moved to its end (Museformer's
 ``b-1``); :func:`to_remi_order` undoes the rotation for MidiTok's own decoder. The reader
 (:func:`decode_ids`) is our own because it has to accept anything a model may emit: it never raises on
@@ -21,6 +26,7 @@ from symusic import ControlChange, Note, Pedal, Score, Tempo, TimeSignature, Tra
 
 from . import specials
 from .grid import BarGrid
+from .markings import MARKING_KINDS
 from .tokenizer import Vocab
 
 DEFAULT_TEMPO = 120.0
@@ -32,7 +38,10 @@ SUSTAIN_CC = 64
 class _BarContent:
     tempo: dict[int, int] = field(default_factory=dict)  # position -> Tempo id
     pedals: dict[int, list[tuple[float, int]]] = field(default_factory=lambda: defaultdict(list))
-    notes: dict[int, list[tuple[int, int, int]]] = field(default_factory=lambda: defaultdict(list))
+    directions: dict[int, set[int]] = field(default_factory=lambda: defaultdict(set))
+    # (staff, pitch, Velocity id, Duration id, attribute ids); staff 1 and no attributes: the plain REMI note
+    notes: dict[int, list[tuple[int, int, int, int, tuple[int, ...]]]] = field(
+        default_factory=lambda: defaultdict(list))
 
 
 class BarWriter:
@@ -50,31 +59,47 @@ class BarWriter:
         token = "Pedal_0" if down else "PedalOff_0"
         self.bars[bar].pedals[pos].append((order, self.vocab.ids[token]))
 
-    def add_note(self, bar: int, pos: int, pitch: int, velocity: int, duration_ticks: float) -> None:
-        """Velocity in MIDI units and duration in ticks; both are snapped to the nearest token."""
+    def add_direction(self, bar: int, pos: int, token_id: int) -> None:
+        """A score marking at a position (written once however often it is added)."""
+        self.bars[bar].directions[pos].add(token_id)
+
+    def add_note(self, bar: int, pos: int, pitch: int, velocity: int, duration_ticks: float, staff: int = 1,
+                 attributes: tuple[int, ...] = ()) -> bool:
+        """Velocity in MIDI units and duration in ticks; both are snapped to the nearest token.
+
+        ``staff`` > 1 and ``attributes`` (marking token ids) exist only in score_markings vocabularies.
+        Returns False for a pitch outside the vocabulary's piano range (the note is not written).
+        """
         v = self.vocab
         if f"Pitch_{int(pitch)}" not in v.ids:  # outside the piano range of the vocabulary
-            return
+            return False
         vel_index = int(np.abs(v.velocities - velocity).argmin())
         durations, dur_ids = v.durations(self.grid.bars[bar].denominator)
         dur_index = int(np.abs(durations - duration_ticks).argmin())
-        note = (int(pitch), v.ids[f"Velocity_{int(v.velocities[vel_index])}"], dur_ids[dur_index])
+        note = (int(staff), int(pitch), v.ids[f"Velocity_{int(v.velocities[vel_index])}"], dur_ids[dur_index],
+                tuple(attributes))
         self.bars[bar].notes[pos].append(note)
+        return True
 
     def ids(self) -> list[int]:
         v = self.vocab
         out: list[int] = []
         for bar, content in zip(self.grid.bars, self.bars, strict=True):
             out.append(v.ids[f"TimeSig_{bar.numerator}/{bar.denominator}"])
-            positions = sorted(set(content.tempo) | set(content.pedals) | set(content.notes))
+            positions = sorted(set(content.tempo) | set(content.pedals) | set(content.notes) | set(content.directions))
             for pos in positions:
                 out.append(v.ids[f"Position_{pos}"])
                 if pos in content.tempo:
                     out.append(content.tempo[pos])
+                out += sorted(content.directions.get(pos, ()))
                 for _, token_id in sorted(content.pedals.get(pos, ())):
                     out.append(token_id)
-                for pitch, vel_id, dur_id in sorted(content.notes.get(pos, ())):
-                    out += [v.ids[f"Pitch_{pitch}"], vel_id, dur_id]
+                staff = 1
+                for note_staff, pitch, vel_id, dur_id, attributes in sorted(content.notes.get(pos, ())):
+                    if note_staff != staff:
+                        out.append(v.ids[f"Staff_{note_staff}"])
+                        staff = note_staff
+                    out += [v.ids[f"Pitch_{pitch}"], vel_id, dur_id, *attributes]
             out.append(specials.BAR)
         return out
 
@@ -157,6 +182,8 @@ def decode_ids(ids: Sequence[int], vocab: Vocab) -> Score:
         if token_id < specials.NUM_SPECIALS or token_id >= len(tokens):
             continue
         kind, _, value = tokens[token_id].partition("_")
+        if kind in MARKING_KINDS:  # score markings: nothing to play, and a note's triple stays open across them
+            continue
         if kind in ("Velocity", "Duration"):
             if pending is not None:
                 if kind == "Velocity" and pending[1] is None:

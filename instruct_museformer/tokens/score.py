@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import warnings
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import numpy as np
 
 from .errors import TokenizationError
 from .grid import BarGrid, Measure
+from .markings import ScoreMarkings, count_note_tokens, note_attributes, place_directions, read_markings_safely
 from .remi import BarWriter
 from .tokenizer import Vocab
 
@@ -46,6 +48,7 @@ class ScoreData:
     ids: list[str]  # note ids (partitura ids of the unfolded score; "" for MIDI)
     is_grace: np.ndarray  # bool (N,)
     tempo_qpm: float
+    markings: ScoreMarkings | None = None  # what partitura read beyond the notes (None: a MIDI score)
 
     def id_to_onset(self) -> dict[str, float]:
         return {note_id: float(q) for note_id, q in zip(self.ids, self.onset, strict=True) if note_id}
@@ -106,7 +109,8 @@ def _load_partitura_score(path: Path) -> ScoreData:
             parts = list(score.parts)
             if not parts:
                 raise TokenizationError("parse error", f"{path}: the score has no parts")
-            part = pt.score.unfold_part_maximal(pt.score.merge_parts(parts))
+            merged = pt.score.merge_parts(parts)
+            part = pt.score.unfold_part_maximal(merged)
             notes = part.note_array(include_grace_notes=True)
             measures = list(part.measures)
             signatures = sorted(
@@ -118,6 +122,7 @@ def _load_partitura_score(path: Path) -> ScoreData:
             )
             dynamics = _partitura_dynamics(part, pt)
             qmap = part.quarter_map
+            markings = read_markings_safely(merged, part, path, notes)
     except TokenizationError:
         raise
     except Exception as error:  # partitura raises many types on malformed files
@@ -146,7 +151,7 @@ def _load_partitura_score(path: Path) -> ScoreData:
         if 20.0 <= candidate <= 300.0:
             qpm = candidate
     return ScoreData(path, out_measures, onset, duration, notes["pitch"].astype(np.int64), velocity,
-                     [str(i) for i in notes["id"]], is_grace, qpm)
+                     [str(i) for i in notes["id"]], is_grace, qpm, markings)
 
 
 def _partitura_dynamics(part, pt) -> list[tuple[int, int]]:
@@ -306,18 +311,28 @@ def score_grid(data: ScoreData, vocab: Vocab) -> BarGrid:
         raise TokenizationError("parse error", f"{data.path}: {error}") from None
 
 
-def encode_score(data: ScoreData, grid: BarGrid) -> list[int]:
-    """Deadpan tokens of a score on ``grid`` (see the module docstring)."""
+def encode_score(data: ScoreData, grid: BarGrid, tokenized: Counter | None = None) -> list[int]:
+    """Deadpan tokens of a score on ``grid`` (see the module docstring), with its marking tokens when the
+    vocabulary has them; ``tokenized`` receives how many markings of each type became tokens."""
     vocab = grid.vocab
     writer = BarWriter(grid)
     writer.add_tempo(0, 0, int(np.abs(np.log(vocab.tempos / data.tempo_qpm)).argmin()))
+    marks = data.markings if vocab.score_markings else None
+    staffs, attributes = note_attributes(marks, data.ids, vocab.ids) if marks is not None else (None, None)
     onset_tick = grid.quarter_to_tick(data.onset)
     end_tick = grid.quarter_to_tick(data.onset + data.duration)
     bar, pos = grid.snap(onset_tick)
     snapped = grid.position_tick(bar, pos)
+    written = []
     for i in range(len(data.pitch)):
         duration = max(end_tick[i] - snapped[i], vocab.ticks_per_quarter * GRACE_QUARTERS)
-        writer.add_note(int(bar[i]), int(pos[i]), int(data.pitch[i]), int(data.velocity[i]), float(duration))
+        extra = {} if staffs is None else {"staff": staffs[i], "attributes": attributes[i]}
+        written.append(writer.add_note(int(bar[i]), int(pos[i]), int(data.pitch[i]), int(data.velocity[i]),
+                                       float(duration), **extra))
+    if marks is not None:
+        counts = place_directions(writer, marks) + count_note_tokens(marks, data.ids, written)
+        if tokenized is not None:
+            tokenized.update(counts)
     return writer.ids()
 
 

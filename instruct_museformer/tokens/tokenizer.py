@@ -18,7 +18,9 @@ single embedding table fit the translation model. The configuration is chosen fo
   :mod:`.grid`, so Position ids stay below 12 * 48.
 
 Token ids: PAD=0 BOS=1 EOS=2 MASK=3 (MidiTok's specials, in this order) and ``Bar_None`` = 4, as
-:mod:`.specials` fixes; :func:`load_tokenizer` checks this.
+:mod:`.specials` fixes; :func:`load_tokenizer` checks this. With the ``score_markings`` option (on for
+new tokenizations) the score-marking tokens of :mod:`.markings` follow MidiTok's vocabulary, so every
+id of a configuration without the option keeps its meaning (docs/tokens.md).
 """
 
 from __future__ import annotations
@@ -36,13 +38,15 @@ import torch
 
 from ..errors import UserError
 from . import specials
+from .markings import MARKING_TOKENS, MARKINGS_VERSION
 
 POSITIONS_PER_BEAT = 48
 MAX_BEATS_PER_BAR = 12
 TIME_SIGNATURE_DENOMINATORS = (4, 8, 16)
 
 
-def _config() -> miditok.TokenizerConfig:
+def _config(score_markings: bool) -> miditok.TokenizerConfig:
+    extra = {"score_markings": MARKINGS_VERSION} if score_markings else {}
     return miditok.TokenizerConfig(
         pitch_range=(21, 108),
         beat_res={(0, 1): POSITIONS_PER_BEAT, (1, 2): 16, (2, 4): 8, (4, 8): 4, (8, 16): 2},
@@ -64,14 +68,38 @@ def _config() -> miditok.TokenizerConfig:
         delete_equal_successive_tempo_changes=False,
         delete_equal_successive_time_sig_changes=False,
         time_signature_range={d: list(range(1, MAX_BEATS_PER_BAR + 1)) for d in TIME_SIGNATURE_DENOMINATORS},
+        **extra,
     )
 
 
-def build_tokenizer() -> miditok.REMI:
-    """The project's one REMI configuration (see the module docstring for why each setting)."""
-    tokenizer = miditok.REMI(_config())
+def build_tokenizer(score_markings: bool = True) -> miditok.REMI:
+    """The project's one REMI configuration (see the module docstring for why each setting).
+
+    ``score_markings`` (the default for new tokenizations) adds the score-marking tokens after the REMI
+    vocabulary (docs/tokens.md); without it the vocabulary and ids are those of the first models.
+    """
+    tokenizer = miditok.REMI(_config(score_markings))
+    _add_marking_tokens(tokenizer, "built tokenizer")
     _check_layout(tokenizer, "built tokenizer")
     return tokenizer
+
+
+def markings_version(tokenizer: miditok.REMI) -> int:
+    """The ``score_markings`` option of a tokenizer configuration (0: none, as in configs written before it)."""
+    value = (tokenizer.config.additional_params or {}).get("score_markings") or 0
+    return int(value) if isinstance(value, (int, float, bool)) else -1
+
+
+def _add_marking_tokens(tokenizer: miditok.REMI, where: str) -> None:
+    """Append the marking tokens after MidiTok's vocabulary (saved configs record only the option)."""
+    version = markings_version(tokenizer)
+    if version == 0:
+        return
+    if version != MARKINGS_VERSION:
+        raise UserError(f"{where}: score_markings version {version} is not known to this version "
+                        f"(it writes version {MARKINGS_VERSION})")
+    for token in MARKING_TOKENS:
+        tokenizer.add_to_vocab(token)
 
 
 def save_tokenizer(tokenizer: miditok.REMI, path: Path) -> None:
@@ -100,6 +128,7 @@ def load_tokenizer(path: Path) -> miditok.REMI:
         tokenizer = miditok.REMI(params=path)
     except Exception as error:  # MidiTok raises assorted errors on malformed configs
         raise UserError(f"{path}: cannot build a tokenizer from this file ({type(error).__name__}: {error})") from None
+    _add_marking_tokens(tokenizer, str(path))
     _check_layout(tokenizer, str(path))
     return tokenizer
 
@@ -162,6 +191,11 @@ class Vocab:
     @cached_property
     def tokens(self) -> list[str]:
         return vocab_tokens(self.tokenizer)
+
+    @cached_property
+    def score_markings(self) -> bool:
+        """Whether scores are written with their marking tokens (the tokenizer's ``score_markings`` option)."""
+        return markings_version(self.tokenizer) > 0
 
     @property
     def ticks_per_quarter(self) -> int:

@@ -102,11 +102,23 @@ def test_tokenize_corpus_writes_paired_lines_and_reports_skips(tmp_path: Path):
     assert len(skipped) == 1 + 3 and any("\tmissing file\t" in row for row in skipped)
     saved = json.loads((meta / "tokenize_report.json").read_text())
     assert saved["pairs"] == report.pairs
+    # score markings: each tokenized pair's score once, as partitura parsed them and as tokens
+    from collections import Counter
+
+    from instruct_museformer.tokens.score import load_score
+
+    parsed: Counter = Counter()
+    for score in (BACH / "xml_score.musicxml", BEETHOVEN / "xml_score.musicxml"):
+        parsed.update(load_score(score).markings.parsed)
+    assert {kind: n["parsed"] for kind, n in saved["markings"].items()} == dict(parsed)
+    assert saved["marking_scores"] == 2
+    assert saved["markings"]["slur"]["tokenized"] == saved["markings"]["slur"]["parsed"] > 0
 
     # A second run resumes from the cache and writes identical files.
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     again = tokenize_corpus(pairs, out, meta, workers=2, progress=False)
     assert again.cached == len(pairs)
+    assert again.markings == report.markings  # the counts come back from the cache
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 

@@ -22,10 +22,14 @@ CONTAINER = """<?xml version="1.0" encoding="UTF-8"?>
 def test_mei_and_mxl_give_the_same_ids(tokenizer, tmp_path):
     import partitura as pt
 
+    from instruct_museformer.tokens.tokenizer import build_tokenizer
+
     reference = tokenize_score(MOZART_XML, tokenizer)
     mei = tmp_path / "mozart.mei"
     pt.save_mei(pt.load_score(str(MOZART_XML)), str(mei))
-    assert tokenize_score(mei, tokenizer) == reference
+    # partitura's MEI writer drops slurs: the notes (the vocabulary without markings) are the same
+    notes_only = build_tokenizer(score_markings=False)
+    assert tokenize_score(mei, notes_only) == tokenize_score(MOZART_XML, notes_only)
     mxl = tmp_path / "mozart.mxl"
     with zipfile.ZipFile(mxl, "w") as archive:
         archive.writestr("META-INF/container.xml", CONTAINER)
