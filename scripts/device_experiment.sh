@@ -8,7 +8,8 @@
 #   VARIANTS="a b"  FLAGS_a="..."  FLAGS_b="..."    extra imf train flags per variant (on top of RECIPE)
 #   TRAIN_SECONDS=300                               training time of this call (0: none)
 #   EXPORT=1                                        export each variant's checkpoint_last to exports/<variant>
-#   DIAGNOSE="a b shipped"                          imf diagnose on the validation data (GPU)
+#   DIAGNOSE="a b shipped"  DIAGNOSE_FLAGS=...      imf diagnose on the validation data (GPU; default one
+#                                                   performance per piece)
 #   RENDER="name=CKPT|flags;..."                    render SPLIT with these (CKPT: a folder, 'shipped' = default)
 #   SPLIT=validation  RENDER_SECONDS=240  CUDA_WORKERS=4  CPU_WORKERS=10
 # $OUT gets logs.tgz, the evaluation JSONs and the exported models (float16, < 16 MiB each part).
@@ -84,7 +85,8 @@ export_inference_checkpoint(Path('checkpoints/$v/checkpoint_last'), Path('export
 fi
 for d in ${DIAGNOSE:-}; do
   [ "$d" = shipped ] && ck="" || ck="--path exports/$d"
-  timeout -k 5 120 python3 -m instruct_museformer diagnose $DATA $ck --device cuda --out renders/diagnose_$d.json \
+  timeout -k 5 120 python3 -m instruct_museformer diagnose $DATA $ck --device cuda ${DIAGNOSE_FLAGS:---pairs-per-piece 1} \
+    --out renders/diagnose_$d.json \
     > $LOG/diagnose_$d.log 2>&1; echo "== diagnose $d"; grep "^|" $LOG/diagnose_$d.log
 done
 if [ -n "${RENDER:-}" ] && [ "${RENDER_FIRST:-0}" != 1 ]; then render_split; fi

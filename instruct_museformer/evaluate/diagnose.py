@@ -213,12 +213,15 @@ def summarize(pairs: dict[int, PairDiagnosis], piece_of_pair: dict[int, str]) ->
             if not rows:
                 continue
             truth, expected, best = (np.array(x) for x in zip(*rows, strict=True))
-            by_piece[piece_of_pair[pair]].append((pearson(truth, expected), pearson(truth, best)))
+            # persistence: the previous true value of the quantity, what a model gets for free from its history
+            by_piece[piece_of_pair[pair]].append(
+                (pearson(truth, expected), pearson(truth, best), pearson(truth[1:], truth[:-1])))
         means = [np.nanmean(np.array(v), axis=0) for v in by_piece.values() if np.isfinite(np.array(v)).any()]
         if means:
             stacked = np.array(means)
             correlations[quantity] = {"r_expected": float(np.nanmean(stacked[:, 0])),
-                                      "r_argmax": float(np.nanmean(stacked[:, 1])), "pieces": len(means)}
+                                      "r_argmax": float(np.nanmean(stacked[:, 1])),
+                                      "r_previous": float(np.nanmean(stacked[:, 2])), "pieces": len(means)}
     return {"loss_bits": loss, "token_share": share, "correlation": correlations}
 
 
@@ -292,7 +295,9 @@ def format_table(result: dict) -> str:
     lines = ["| class | share of targets | loss (bits/token) |", "|---|---|---|"]
     lines += [f"| {n} | {share[n]:.3f} | {loss[n]:.3f} |" for n in names]
     lines.append(f"| all | 1.000 | {loss['all']:.3f} |")
-    lines += ["", "| quantity | r (expected value) | r (most likely bin) | pieces |", "|---|---|---|---|"]
+    lines += ["", "| quantity | r (expected value) | r (most likely bin) | r (previous true value) | pieces |",
+              "|---|---|---|---|---|"]
     for quantity, row in result["correlation"].items():
-        lines.append(f"| {quantity} | {row['r_expected']:.3f} | {row['r_argmax']:.3f} | {row['pieces']} |")
+        lines.append(f"| {quantity} | {row['r_expected']:.3f} | {row['r_argmax']:.3f} | {row['r_previous']:.3f} "
+                     f"| {row['pieces']} |")
     return "\n".join(lines)
