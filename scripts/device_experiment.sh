@@ -53,7 +53,7 @@ render_split() {  # RENDER entries -> a job list (longest scores first) -> rende
     done
   done
   python3 scripts/render_queue.py /tmp/jobs.tsv --workers cuda:${CUDA_WORKERS:-4},cpu:${CPU_WORKERS:-10} \
-    --seconds ${RENDER_SECONDS:-240} > $LOG/render_$split.log 2>&1
+    --seconds ${RENDER_SECONDS:-240} --grace ${RENDER_GRACE:-45} > $LOG/render_$split.log 2>&1
   tail -1 $LOG/render_$split.log; grep -c "rc=0" $LOG/render_$split.log
   local workers=$(( 16 / ${#entries[@]} )); [ $workers -lt 2 ] && workers=2; local evals=()
   for entry in "${entries[@]}"; do  # the evaluations side by side

@@ -2,11 +2,11 @@
 
     python scripts/render_queue.py JOBS.tsv --workers cuda:4,cpu:10 [--seconds S]
 
-JOBS.tsv: one job per line, ``output.mid<TAB>score<TAB>imf render flags...``, longest first. Every worker
-walks the list and claims a job by creating ``output.mid.claim`` exclusively, so each job runs once, on
-whichever device frees up first; a job already rendered is skipped. Each job is ``imf render`` in the
+JOBS.tsv: one job per line, ``output.mid<TAB>score<TAB>imf render flags...``, longest first. GPU workers walk
+the list from the top, CPU workers from the bottom, and claim a job by creating ``output.mid.claim``
+exclusively, so each job runs once; a job already rendered is skipped. Each job is ``imf render`` in the
 worker's process (the default model and the libraries load once per worker). With --seconds, workers stop
-claiming jobs after that long and the run ends when the jobs in hand finish. Prints one line per job.
+claiming jobs after that long, and jobs still running --grace seconds later are stopped. Prints one line per job.
 """
 
 from __future__ import annotations
@@ -36,8 +36,9 @@ def _worker(device: str, jobs: list[tuple[Path, str, list[str]]], deadline: floa
 
     from instruct_museformer.cli.render import main as render
 
-    if device == "cpu":
+    if device == "cpu":  # the CPU is the slower device: it takes the short jobs from the end of the list
         torch.set_num_threads(1)
+        jobs = jobs[::-1]
     for output, score, flags in jobs:
         if time.time() > deadline or not _claim(output):
             continue
@@ -60,7 +61,8 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("jobs", type=Path)
     p.add_argument("--workers", default="cpu:2", help="DEVICE:COUNT,... e.g. cuda:4,cpu:10")
-    p.add_argument("--seconds", type=float, default=1e9)
+    p.add_argument("--seconds", type=float, default=1e9, help="stop claiming jobs after this long")
+    p.add_argument("--grace", type=float, default=60.0, help="then stop the jobs still running after this long")
     args = p.parse_args()
     jobs = []
     for line in args.jobs.read_text().splitlines():
@@ -76,8 +78,12 @@ def main() -> None:
             procs.append(ctx.Process(target=_worker, args=(device, jobs, deadline)))
     for proc in procs:
         proc.start()
+    for proc in procs:  # a job still running a minute after the deadline is stopped (its output is not written)
+        proc.join(max(0.0, deadline + args.grace - time.time()))
     for proc in procs:
-        proc.join()
+        if proc.is_alive():
+            proc.terminate()
+            proc.join()
     done = sum(1 for output, _, _ in jobs if output.exists())
     print(f"render queue: {done} of {len(jobs)} jobs rendered")
 
