@@ -1,0 +1,155 @@
+"""Reading MusicXML, MEI and kern through partitura 1.9.0 into one unfolded part, robust to files from the wild.
+
+partitura reads all three formats into the same score model, but some of its steps fail on real files
+(documented with minimal files in ``docs/scores.md``); each workaround here is small and checked by a test:
+
+- kern: the parser leaves ``KernElement`` objects (``*met(c)``, spine splits ``*^``/``*v``, section labels
+  ``*>A``) on the timeline, and ``merge_parts`` / ``unfold_part_maximal`` fail on them (no ``end``). They are
+  removed after loading; Humdrum expansion lists (``*>[A,A,B]``, the kern way of writing repeats) are
+  played through partitura's own ``ScoreVariant`` (the machinery ``unfold_part_maximal`` uses).
+- MEI: a staff whose first timed element is a breve gets a float ``ppq``, and ``merge_parts`` then fails in
+  ``np.lcm``; integral float divisions are made integers before merging. The MEI reader prints repeat
+  diagnostics to stdout; they are kept off ours.
+- Repeats partitura cannot unfold (nested or unusual endings: ``IndexError`` / ``RecursionError`` in its
+  path search) are played as written, with a :class:`ScoreReadingWarning`.
+- Mensural notation (MEI ``notationtype="mensural"``) has no measures to render bar by bar: refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+from .errors import TokenizationError
+
+MENSURAL = re.compile(rb"""notationtype\s*=\s*["']mensural""")
+KERN_SUFFIXES = {".krn", ".kern"}
+
+
+class ScoreReadingWarning(UserWarning):
+    """A score was read with a simplification the user should know about (e.g. repeats played as written)."""
+
+
+def read_unfolded_part(path: Path) -> Any:
+    """The score at ``path`` as one partitura Part, repeats unfolded where partitura can (else as written).
+
+    TokenizationError("parse error") for files partitura cannot read, scores without parts, and notations
+    that have no bars (mensural MEI); the message names the file.
+    """
+    import partitura as pt
+
+    _refuse_unsupported(path)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        score = pt.load_score(str(path))
+        parts = list(score.parts)
+        if not parts:
+            raise TokenizationError("parse error", f"{path}: the score has no parts")
+        sections = _remove_kern_elements(parts)
+        _integer_divisions(parts)
+        scale = _divisions(parts[0])
+        merged = pt.score.merge_parts(parts)
+        scale = _divisions(merged) / scale
+        if sections is not None:
+            unfolded, problem = _expand_kern_sections(merged, [(t if t < 0 else round(t * scale), label)
+                                                               for t, label in sections])
+        else:
+            unfolded, problem = _unfold(merged)
+    if problem is not None:
+        warnings.warn(f"{path}: {problem}", ScoreReadingWarning, stacklevel=2)
+    return unfolded
+
+
+def _divisions(part: Any) -> float:
+    durations = getattr(part, "_quarter_durations", None) or [1]
+    return float(durations[0])
+
+
+def _refuse_unsupported(path: Path) -> None:
+    if path.suffix.lower() != ".mei":
+        return
+    with open(path, "rb") as handle:
+        head = handle.read(1 << 20)
+    if MENSURAL.search(head):
+        raise TokenizationError(
+            "parse error",
+            f"{path}: mensural notation (MEI notationtype=\"mensural\") has no bars to render; "
+            "use a transcription into common Western notation",
+        )
+
+
+def _unfold(part: Any) -> tuple[Any, str | None]:
+    """(unfolded part, None), or (the part as written, why) where partitura's unfolding fails."""
+    import partitura as pt
+
+    try:
+        return pt.score.unfold_part_maximal(part), None
+    except (IndexError, KeyError, ValueError, RecursionError, AttributeError) as error:
+        return part, (f"repeats not unfolded, played as written (partitura cannot unfold this repeat "
+                      f"structure: {type(error).__name__}: {error})")
+
+
+def _remove_kern_elements(parts: list[Any]) -> list[tuple[int, str]] | None:
+    """Take partitura's kern-only ``KernElement`` objects off the timelines (they break merging and
+    unfolding); returns the first part's section labels as (time, label) with the expansion list first
+    as (-1, "[A,A,B]"), or None when the score has no expansion list (or only ``*>norep``)."""
+    try:
+        from partitura.io.importkern import KernElement
+    except ImportError:  # a partitura without the kern parser's helper class has nothing to remove
+        return None
+    sections: list[tuple[int, str]] | None = None
+    for k, part in enumerate(parts):
+        labels = []
+        for element in list(part.iter_all(KernElement)):
+            text = str(getattr(element, "element", ""))
+            if text.startswith(">"):
+                labels.append((int(element.start.t), text[1:]))
+            part.remove(element, which="start")
+        if k == 0:
+            sections = labels
+    if not sections:
+        return None
+    expansions = [label for _, label in sections if label.startswith("[")]
+    if not expansions:
+        return None
+    return [(-1, expansions[0]), *[(t, label) for t, label in sections if not label.startswith(("[", "norep"))]]
+
+
+def _integer_divisions(parts: list[Any]) -> None:
+    """Integral float divisions per quarter (partitura's MEI reader makes them for breves) as ints, which
+    ``merge_parts``' ``np.lcm`` needs."""
+    for part in parts:
+        durations = getattr(part, "_quarter_durations", None)
+        if durations and any(isinstance(d, float) or getattr(d, "dtype", None) is not None for d in durations):
+            if all(float(d).is_integer() for d in durations):
+                part._quarter_durations = [int(d) for d in durations]
+
+
+def _expand_kern_sections(part: Any, sections: list[tuple[int, str]]) -> tuple[Any, str | None]:
+    """Play a kern score's sections in the order of its expansion list (``*>[A,A,B]``) through partitura's
+    ScoreVariant, note ids suffixed ``-<pass>`` as ``unfold_part_maximal`` does; (the score as written, why)
+    when the list names a section that is not there."""
+    import partitura as pt
+    from partitura.utils.music import update_note_ids_after_unfolding
+
+    order = [s.strip() for s in sections[0][1].strip("[]").split(",") if s.strip()]
+    starts = {label: t for t, label in sections[1:]}
+    points = sorted(set(starts.values()))
+    end = part.last_point.t
+    missing = [label for label in order if label not in starts]
+    if missing or not points:
+        return part, (f"kern expansion list [{','.join(order)}] names sections not in the score "
+                      f"({', '.join(missing)}): played as written")
+    variant = pt.score.ScoreVariant(part)
+    for label in order:
+        start = starts[label]
+        k = points.index(start)
+        stop = points[k + 1] if k + 1 < len(points) else end
+        variant.add_segment(part.get_or_add_point(start), part.get_or_add_point(stop))
+    unfolded = variant.create_variant_part()
+    update_note_ids_after_unfolding(unfolded)
+    return unfolded, None
