@@ -12,6 +12,8 @@ partitura reads all three formats into the same score model, but some of its ste
   diagnostics to stdout; they are kept off ours.
 - Repeats partitura cannot unfold (nested or unusual endings: ``IndexError`` / ``RecursionError`` in its
   path search) are played as written, with a :class:`ScoreReadingWarning`.
+- MusicXML: ``parse_fingering`` raises on a ``<fingering>`` without a number (empty, or ``p``): such
+  fingerings are dropped from a temporary copy that is read instead.
 - Mensural notation (MEI ``notationtype="mensural"``) has no measures to render bar by bar: refused.
 """
 
@@ -20,14 +22,16 @@ from __future__ import annotations
 import contextlib
 import io
 import re
+import tempfile
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
 from .errors import TokenizationError
 
 MENSURAL = re.compile(rb"""notationtype\s*=\s*["']mensural""")
-KERN_SUFFIXES = {".krn", ".kern"}
+MUSICXML_SUFFIXES = {".musicxml", ".xml", ".mxl"}
 
 
 class ScoreReadingWarning(UserWarning):
@@ -45,7 +49,7 @@ def read_unfolded_part(path: Path) -> Any:
     _refuse_unsupported(path)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        score = pt.load_score(str(path))
+        score = _load(path)
         parts = list(score.parts)
         if not parts:
             raise TokenizationError("parse error", f"{path}: the score has no parts")
@@ -80,6 +84,47 @@ def _refuse_unsupported(path: Path) -> None:
             f"{path}: mensural notation (MEI notationtype=\"mensural\") has no bars to render; "
             "use a transcription into common Western notation",
         )
+
+
+def _load(path: Path) -> Any:
+    """partitura's ``load_score``; a MusicXML file it fails on is retried without the fingerings it cannot
+    parse (empty or without a digit: ``parse_fingering`` raises IndexError / AttributeError on them)."""
+    import partitura as pt
+
+    try:
+        return pt.load_score(str(path))
+    except Exception:
+        if path.suffix.lower() not in MUSICXML_SUFFIXES:
+            raise
+        cleaned = _without_unreadable_fingerings(path)
+        if cleaned is None:
+            raise
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / f"{path.stem}.musicxml"
+        copy.write_bytes(cleaned)
+        return pt.load_score(str(copy))
+
+
+def _without_unreadable_fingerings(path: Path) -> bytes | None:
+    """The MusicXML document (the root file of an .mxl) without ``<fingering>`` elements that hold no
+    digit; None when there are none (or the file is not XML)."""
+    from lxml import etree
+
+    try:
+        if path.suffix.lower() == ".mxl":
+            with zipfile.ZipFile(path) as archive:
+                names = [n for n in archive.namelist() if n.endswith((".xml", ".musicxml"))
+                         and not n.startswith("META-INF")]
+                data = archive.read(names[0])
+        else:
+            data = path.read_bytes()
+        root = etree.fromstring(data, etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=True))
+    except (OSError, IndexError, zipfile.BadZipFile, etree.XMLSyntaxError):
+        return None
+    unreadable = [e for e in root.iter("fingering") if not re.search(r"\d", e.text or "")]
+    for element in unreadable:
+        element.getparent().remove(element)
+    return etree.tostring(root, xml_declaration=True, encoding="UTF-8") if unreadable else None
 
 
 def _unfold(part: Any) -> tuple[Any, str | None]:
