@@ -1,0 +1,72 @@
+"""Progress of a long rendering as plain lines (not a terminal bar), so a log file or a pipe shows it too.
+
+A line every ``every`` seconds -- bars rendered of the total, tokens decoded, tokens/s, elapsed time -- is
+enough for a user or a script to tell a slow rendering from a stuck one. The decoder calls :meth:`step` at
+each host check with its device counters; they are read only when a line is due (on CUDA that read is a
+synchronisation, so it happens every few seconds, not every step).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import TextIO
+
+import torch
+
+
+class RenderProgress:
+    """Bars done of ``total_bars`` and decoding speed, one line on ``stream`` every ``every`` seconds."""
+
+    def __init__(self, total_bars: int, every: float = 5.0, stream: TextIO | None = None,
+                 clock: Callable[[], float] = time.monotonic, prefix: str = "imf render") -> None:
+        self.total_bars = total_bars
+        self.every = every
+        self.stream = stream if stream is not None else sys.stderr
+        self.clock = clock
+        self.prefix = prefix
+        self.start = clock()
+        self.last = self.start
+        self.bars_done = 0  # bars of finished windows
+        self.tokens_done = 0  # tokens of finished windows
+        self.window_context: list[int] = []
+        self.window_forced = 0
+        self.lines = 0
+
+    def note(self, text: str) -> None:
+        """A line now (e.g. which score is being read), which also restarts the interval."""
+        self._write(text)
+
+    def window(self, context_bars: Sequence[int], context_tokens: Sequence[int]) -> None:
+        """A decoding round starts; sequence j is fed ``context_bars[j]`` already rendered bars
+        (``context_tokens[j]`` tokens), which its step and bar counts include."""
+        self.window_context = list(context_bars)
+        self.window_forced = sum(context_tokens)
+
+    def step(self, steps: int, bars_in_window: torch.Tensor) -> None:
+        """Called by the decoder at each host check: ``steps`` taken in this round, (B,) bars closed so far
+        (context bars included). Writes a line when one is due."""
+        now = self.clock()
+        if now - self.last < self.every:
+            return
+        closed = bars_in_window.tolist()
+        new_bars = sum(max(0, int(b) - c) for b, c in zip(closed, self.window_context, strict=False))
+        tokens = self.tokens_done + max(0, steps * len(self.window_context) - self.window_forced)
+        self._report(self.bars_done + new_bars, tokens, now)
+
+    def window_done(self, new_bars: int, tokens: int) -> None:
+        """A round finished with ``new_bars`` bars kept and ``tokens`` tokens decoded (all sequences)."""
+        self.bars_done += new_bars
+        self.tokens_done += tokens
+
+    def _report(self, bars: int, tokens: int, now: float) -> None:
+        elapsed = now - self.start
+        share = 100.0 * bars / self.total_bars if self.total_bars else 100.0
+        self._write(f"bar {min(bars, self.total_bars)}/{self.total_bars} ({share:.0f}%), {tokens} tokens, "
+                    f"{tokens / max(elapsed, 1e-9):.0f} tokens/s, {elapsed:.0f} s")
+
+    def _write(self, text: str) -> None:
+        print(f"{self.prefix}: {text}", file=self.stream, flush=True)
+        self.last = self.clock()
+        self.lines += 1
