@@ -13,6 +13,7 @@ from typing import TextIO
 
 from ..errors import UserError
 from ..files import write_text_atomic
+from ..tokens.score_reader import ScoreReadingWarning
 
 
 def _comma_list(text: str) -> tuple[str, ...]:
@@ -73,15 +74,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
-                  file: TextIO | None = None, line: str | None = None) -> None:
-    """Warnings (e.g. repeats played as written) as one line each, not Python's two-line format."""
-    print(f"imf render: warning: {message}", file=sys.stderr if file is None else file, flush=True)
-
-
 def main(argv: list[str]) -> int:
     with warnings.catch_warnings():  # restores the usual format when main returns (tests call it in-process)
-        warnings.showwarning = _show_warning
+        usual = warnings.showwarning
+
+        def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                 file: TextIO | None = None, line: str | None = None) -> None:
+            """Score-reading warnings (e.g. repeats played as written) as one line, not Python's two."""
+            if issubclass(category, ScoreReadingWarning):
+                print(f"imf render: warning: {message}", file=sys.stderr if file is None else file, flush=True)
+            else:
+                usual(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
         return _main(argv)
 
 
