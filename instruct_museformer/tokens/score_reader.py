@@ -41,8 +41,8 @@ class ScoreReadingWarning(UserWarning):
 def read_unfolded_part(path: Path) -> Any:
     """The score at ``path`` as one partitura Part, repeats unfolded where partitura can (else as written).
 
-    TokenizationError("parse error") for files partitura cannot read, scores without parts, and notations
-    that have no bars (mensural MEI); the message names the file.
+    TokenizationError("parse error") for scores without parts and notations without bars (mensural MEI),
+    naming the file; partitura's own errors propagate (``score.py`` turns them into one-line errors).
     """
     import partitura as pt
 
@@ -108,7 +108,7 @@ def _load(path: Path) -> Any:
 def _without_unreadable_fingerings(path: Path) -> bytes | None:
     """The MusicXML document (the root file of an .mxl) without ``<fingering>`` elements that hold no
     digit; None when there are none (or the file is not XML)."""
-    from lxml import etree
+    from lxml import etree  # partitura's own XML parser (a dependency of partitura 1.9.0)
 
     try:
         if path.suffix.lower() == ".mxl":
@@ -169,9 +169,8 @@ def _integer_divisions(parts: list[Any]) -> None:
     ``merge_parts``' ``np.lcm`` needs."""
     for part in parts:
         durations = getattr(part, "_quarter_durations", None)
-        if durations and any(isinstance(d, float) or getattr(d, "dtype", None) is not None for d in durations):
-            if all(float(d).is_integer() for d in durations):
-                part._quarter_durations = [int(d) for d in durations]
+        if durations and all(float(d).is_integer() for d in durations):
+            part._quarter_durations = [int(d) for d in durations]
 
 
 def _expand_kern_sections(part: Any, sections: list[tuple[int, str]]) -> tuple[Any, str | None]:
