@@ -32,17 +32,22 @@ class RenderProgress:
         self.tokens_done = 0  # tokens of finished windows
         self.window_context: list[int] = []
         self.window_forced = 0
+        self.windows = 0
         self.lines = 0
 
     def note(self, text: str) -> None:
         """A line now (e.g. which score is being read), which also restarts the interval."""
         self._write(text)
 
-    def window(self, context_bars: Sequence[int], context_tokens: Sequence[int]) -> None:
+    def window(self, context_bars: Sequence[int], context_tokens: Sequence[int], source_tokens: int = 0) -> None:
         """A decoding round starts; sequence j is fed ``context_bars[j]`` already rendered bars
-        (``context_tokens[j]`` tokens), which its step and bar counts include."""
+        (``context_tokens[j]`` tokens), which its step and bar counts include. Says so in a line: the
+        encoder's pass over ``source_tokens`` score tokens comes first and can take a while on a CPU."""
         self.window_context = list(context_bars)
         self.window_forced = sum(context_tokens)
+        self.windows += 1
+        self._write(f"window {self.windows}: {len(self.window_context)} sequence(s), encoding {source_tokens} "
+                    f"score tokens, {self.bars_done}/{self.total_bars} bars done")
 
     def step(self, steps: int, bars_in_window: torch.Tensor) -> None:
         """Called by the decoder at each host check: ``steps`` taken in this round, (B,) bars closed so far

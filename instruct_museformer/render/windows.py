@@ -133,7 +133,8 @@ def render_token_bars(
             plans.append((i, start, first))
             stats.max_encoder_tokens = max(stats.max_encoder_tokens, len(source))
         if progress is not None:
-            progress.window([first - start for _, start, first in plans], [len(q.prefix) for q in requests])
+            progress.window([first - start for _, start, first in plans], [len(q.prefix) for q in requests],
+                            sum(len(q.source or []) for q in requests))
         results = decode(model, requests, beat_table, grammar, opts, generator, with_logprobs=logprobs is not None,
                          note_tolerance=note_tolerance, compile_step=compile_step,
                          progress=progress.step if progress is not None else None)
