@@ -8,6 +8,7 @@ every output goes to a temporary file in its folder and is renamed at the end.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -141,10 +142,9 @@ def tokenize_scores(paths: Sequence[Path], tokenizer: Any, progress: RenderProgr
 
     out = []
     for path in paths:
-        if progress is not None:
-            progress.note(f"reading {path}")
         try:
-            ids = tokenize_score(path, tokenizer)
+            with progress.reading(path) if progress is not None else contextlib.nullcontext():
+                ids = tokenize_score(path, tokenizer)
         except UserError:
             raise
         except Exception as error:  # a parser failing in a way the tokenizer did not foresee

@@ -8,9 +8,11 @@ synchronisation, so it happens every few seconds, not every step).
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TextIO
 
 import torch
@@ -36,8 +38,20 @@ class RenderProgress:
         self.lines = 0
 
     def note(self, text: str) -> None:
-        """A line now (e.g. which score is being read), which also restarts the interval."""
+        """A line now (e.g. how many bars there are to render), which also restarts the interval."""
         self._write(text)
+
+    @contextlib.contextmanager
+    def reading(self, path: object) -> Iterator[None]:
+        """Around reading a score: a line if it is still being read after ``every`` seconds (a large
+        MusicXML takes tens of seconds), none for a quick read, so a bad file's error stays one line."""
+        timer = threading.Timer(self.every, self._write, args=(f"reading {path} ...",))
+        timer.daemon = True
+        timer.start()
+        try:
+            yield
+        finally:
+            timer.cancel()
 
     def window(self, context_bars: Sequence[int], context_tokens: Sequence[int], source_tokens: int = 0) -> None:
         """A decoding round starts; sequence j is fed ``context_bars[j]`` already rendered bars

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import time
 
 import torch
 
@@ -45,3 +46,18 @@ def test_note_writes_at_once():
     stream = io.StringIO()
     RenderProgress(0, stream=stream, clock=FakeClock()).note("reading a.krn")
     assert stream.getvalue() == "imf render: reading a.krn\n"
+
+
+def test_reading_line_only_when_reading_is_slow():
+    stream = io.StringIO()
+    progress = RenderProgress(0, every=60.0, stream=stream)
+    with progress.reading("quick.krn"):
+        pass
+    assert stream.getvalue() == ""
+    progress.every = 0.0
+    with progress.reading("slow.mxl"):
+        for _ in range(200):
+            if stream.getvalue():
+                break
+            time.sleep(0.01)
+    assert stream.getvalue() == "imf render: reading slow.mxl ...\n"
