@@ -11,7 +11,10 @@ partitura reads all three formats into the same score model, but some of its ste
   ``np.lcm``; integral float divisions are made integers before merging. The MEI reader prints repeat
   diagnostics to stdout; they are kept off ours.
 - Repeats partitura cannot unfold (nested or unusual endings: ``IndexError`` / ``RecursionError`` in its
-  path search) are played as written, with a :class:`ScoreReadingWarning`.
+  path search), or unfolds into more than 4 times the written bars, are played as written, with a
+  :class:`ScoreReadingWarning`.
+- Several parts: ``merge_parts`` keeps the repeat signs of every part, so their maximal unfolding repeats
+  sections again and again (or fails); only the first part's repeats and jumps are kept.
 - MusicXML: ``parse_fingering`` raises on a ``<fingering>`` without a number (empty, or ``p``): such
   fingerings are dropped from a temporary copy that is read instead.
 - Mensural notation (MEI ``notationtype="mensural"``) has no measures to render bar by bar: refused.
@@ -32,6 +35,7 @@ from .errors import TokenizationError
 
 MENSURAL = re.compile(rb"""notationtype\s*=\s*["']mensural""")
 MUSICXML_SUFFIXES = {".musicxml", ".xml", ".mxl"}
+MAX_UNFOLD_FACTOR = 4
 
 
 class ScoreReadingWarning(UserWarning):
@@ -55,6 +59,7 @@ def read_unfolded_part(path: Path) -> Any:
             raise TokenizationError("parse error", f"{path}: the score has no parts")
         sections = _remove_kern_elements(parts)
         _integer_divisions(parts)
+        _keep_one_copy_of_the_form(parts)
         scale = _divisions(parts[0])
         merged = pt.score.merge_parts(parts)
         scale = _divisions(merged) / scale
@@ -128,14 +133,21 @@ def _without_unreadable_fingerings(path: Path) -> bytes | None:
 
 
 def _unfold(part: Any) -> tuple[Any, str | None]:
-    """(unfolded part, None), or (the part as written, why) where partitura's unfolding fails."""
+    """(unfolded part, None), or (the part as written, why) where partitura's unfolding fails or runs away
+    (more than MAX_UNFOLD_FACTOR times the written bars: repeats and a da capo play a bar at most ~4 times)."""
     import partitura as pt
 
     try:
-        return pt.score.unfold_part_maximal(part), None
+        unfolded = pt.score.unfold_part_maximal(part)
     except (IndexError, KeyError, ValueError, RecursionError, AttributeError) as error:
         return part, (f"repeats not unfolded, played as written (partitura cannot unfold this repeat "
                       f"structure: {type(error).__name__}: {error})")
+    written = sum(1 for _ in part.iter_all(pt.score.Measure))
+    bars = sum(1 for _ in unfolded.iter_all(pt.score.Measure))
+    if bars > MAX_UNFOLD_FACTOR * max(written, 1):
+        return part, (f"repeats not unfolded, played as written (partitura's unfolding gave {bars} bars "
+                      f"from {written} written)")
+    return unfolded, None
 
 
 def _remove_kern_elements(parts: list[Any]) -> list[tuple[int, str]] | None:
@@ -162,6 +174,21 @@ def _remove_kern_elements(parts: list[Any]) -> list[tuple[int, str]] | None:
     if not expansions:
         return None
     return [(-1, expansions[0]), *[(t, label) for t, label in sections if not label.startswith(("[", "norep"))]]
+
+
+def _keep_one_copy_of_the_form(parts: list[Any]) -> None:
+    """Repeat signs and jumps (segno, coda) of the first part only: ``merge_parts`` keeps every part's
+    ``Repeat`` (it drops only endings, da capo and fine of the later parts), and the maximal unfolding of
+    four copies of a quartet's repeats plays them over and over (Haydn op. 74/1 ii: 5,530 bars from 174)
+    or fails (``IndexError``)."""
+    import partitura as pt
+
+    form = (pt.score.Repeat, pt.score.Segno, pt.score.DalSegno, pt.score.ToCoda, pt.score.Coda)
+    first = {cls for cls in form if next(iter(parts[0].iter_all(cls)), None) is not None}
+    for part in parts[1:]:
+        for cls in first:
+            for element in list(part.iter_all(cls)):
+                part.remove(element)
 
 
 def _integer_divisions(parts: list[Any]) -> None:

@@ -16,7 +16,8 @@ WILD = Path(__file__).resolve().parents[1] / "fixtures" / "scores_from_the_wild"
 # failed alike; scripts/sweep_scores.py renders them all): decoding, not reading, is what takes the time here
 RENDERABLE = [WILD / "partitura" / name for name in ("voice_duplication.krn", "test_unfold_complex.mei")]
 RENDERABLE += [WILD / "minimal" / name
-               for name in ("kern_expansion.krn", "breve_ppq.mei", "technical_fingering.musicxml")]
+               for name in ("kern_expansion.krn", "breve_ppq.mei", "technical_fingering.musicxml",
+                            "two_parts_repeat.musicxml")]
 
 
 @pytest.fixture(scope="module")

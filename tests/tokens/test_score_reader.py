@@ -68,3 +68,10 @@ def test_mensural_mei_is_refused_in_one_line():
     message = str(error.value)
     assert error.value.reason == "parse error" and "\n" not in message
     assert str(path) in message and "mensural notation" in message
+
+
+def test_parts_whose_repeats_disagree_unfold_by_the_first_part():
+    """merge_parts keeps every part's repeats; partitura alone unfolds this 4-bar file into 12 bars."""
+    data = load_score(WILD / "minimal" / "two_parts_repeat.musicxml")  # first part: |: 1 2 :|: 3 4 :|
+    assert data.pitch.tolist() == [60, 72, 62, 74] * 2 + [64, 76, 65, 77] * 2
+    assert len(data.measures) == 8
