@@ -35,6 +35,7 @@ class RenderProgress:
         self.window_context: list[int] = []
         self.window_forced = 0
         self.windows = 0
+        self.decode_start = self.start
         self.lines = 0
 
     def note(self, text: str) -> None:
@@ -59,6 +60,8 @@ class RenderProgress:
         encoder's pass over ``source_tokens`` score tokens comes first and can take a while on a CPU."""
         self.window_context = list(context_bars)
         self.window_forced = sum(context_tokens)
+        if self.windows == 0:
+            self.decode_start = self.clock()
         self.windows += 1
         self._write(f"window {self.windows}: {len(self.window_context)} sequence(s), encoding {source_tokens} "
                     f"score tokens, {self.bars_done}/{self.total_bars} bars done")
@@ -80,10 +83,11 @@ class RenderProgress:
         self.tokens_done += tokens
 
     def _report(self, bars: int, tokens: int, now: float) -> None:
-        elapsed = now - self.start
+        """Tokens/s since decoding began (reading the scores is not counted); elapsed time since the start."""
         share = 100.0 * bars / self.total_bars if self.total_bars else 100.0
+        speed = tokens / max(now - self.decode_start, 1e-9)
         self._write(f"bar {min(bars, self.total_bars)}/{self.total_bars} ({share:.0f}%), {tokens} tokens, "
-                    f"{tokens / max(elapsed, 1e-9):.0f} tokens/s, {elapsed:.0f} s")
+                    f"{speed:.0f} tokens/s, {now - self.start:.0f} s")
 
     def _write(self, text: str) -> None:
         print(f"{self.prefix}: {text}", file=self.stream, flush=True)
