@@ -7,10 +7,13 @@ import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
+from typing import TextIO
 
 from ..errors import UserError
 from ..files import write_text_atomic
+from ..tokens.score_reader import ScoreReadingWarning
 
 
 def _comma_list(text: str) -> tuple[str, ...]:
@@ -65,7 +68,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="piano roll of score vs performance with tempo and velocity (a folder for several)")
     p.add_argument("--report", type=Path, default=None, metavar="FILE.json",
                    help="write the per-output score-match figures as JSON")
+    p.add_argument("--progress-every", type=float, default=5.0, metavar="SECONDS",
+                   help="a progress line on stderr this often (bars done of total, tokens/s), also when stderr "
+                   "is a file or a pipe (default: 5; 0: none)")
     return p
+
+
+def main(argv: list[str]) -> int:
+    with warnings.catch_warnings():  # restores the usual format when main returns (tests call it in-process)
+        usual = warnings.showwarning
+
+        def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                 file: TextIO | None = None, line: str | None = None) -> None:
+            """Score-reading warnings (e.g. repeats played as written) as one line, not Python's two."""
+            if issubclass(category, ScoreReadingWarning):
+                print(f"imf render: warning: {message}", file=sys.stderr if file is None else file, flush=True)
+            else:
+                usual(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        return _main(argv)
 
 
 def _score_names(scores: list[Path]) -> dict[Path, str]:
@@ -104,7 +126,7 @@ def _side_path(option: Path | None, single: bool, midi: Path, suffix: str) -> Pa
     return option if single else option / (midi.stem + suffix)
 
 
-def main(argv: list[str]) -> int:
+def _main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     from ..render.decode import SamplingOptions
     from ..render.incremental import set_step_threads
@@ -134,6 +156,8 @@ def main(argv: list[str]) -> int:
         raise UserError(f"--context-bars {args.context_bars}: must be >= 0")
     if args.note_tolerance < 0:
         raise UserError(f"--note-tolerance {args.note_tolerance}: must be >= 0")
+    if args.progress_every < 0:
+        raise UserError(f"--progress-every {args.progress_every}: must be >= 0 (0: no progress lines)")
     if args.wav is not None and (missing := fluidsynth_available()):
         raise UserError(f"--wav {args.wav}: {missing}")
     scores = collect_scores(args.scores)
@@ -147,7 +171,7 @@ def main(argv: list[str]) -> int:
     start = time.perf_counter()
     renderings = render_files(renderer, scores, opts, args.num_samples, args.seed, args.context_bars, stats,
                               free_notes=args.free_notes, note_tolerance=args.note_tolerance,
-                              compile_step=args.compile)
+                              compile_step=args.compile, progress_every=args.progress_every or None)
     elapsed = time.perf_counter() - start
     names = _names(renderings, single, args.output)
     if not single:

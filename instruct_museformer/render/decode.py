@@ -20,7 +20,7 @@ tokens with and without the graphs. On CPU the same functions run eagerly and th
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -257,8 +257,9 @@ class _Loop:
         running.copy_(running & ~stop)
         self.tokens.copy_(nxt)
 
-    def run(self) -> int:
+    def run(self, progress: Callable[[int, torch.Tensor], None] | None = None) -> int:
         """Step until every sequence stopped; returns the steps taken (a few no-op steps past the end on CUDA).
+        ``progress`` is called at each host check with the steps and the (B,) bars closed so far.
 
         Static caches: after every step the host looks at whether a fed token closed a bar (one small
         device-to-host read) and if so runs the summary pass -- a second graph on CUDA -- before the next
@@ -290,8 +291,11 @@ class _Loop:
                 if self.static and bool(self.cache.closes.any()):
                     self._eager(self.cache.static_summaries, side_stream=use_graph)
             steps += 1
-            if steps % sync_every == 0 and not bool(self.running.any()):
-                return steps
+            if steps % sync_every == 0:
+                if progress is not None:
+                    progress(steps, self.state.bars_done)
+                if not bool(self.running.any()):
+                    return steps
 
     def _prefill(self) -> int:
         """The prefix every sequence has (a window's context) through one forward instead of step by step:
@@ -375,8 +379,12 @@ def decode(
     with_logprobs: bool = True,
     note_tolerance: int = DEFAULT_NOTE_TOLERANCE,
     compile_step: bool = False,
+    progress: Callable[[int, torch.Tensor], None] | None = None,
 ) -> list[DecodeResult]:
     """Decode every request in one batch with the cached decoder; see :class:`DecodeRequest`.
+
+    ``progress``: called at each host check with the steps taken and the (B,) bars closed (see
+    :class:`.progress.RenderProgress`).
 
     ``compile_step`` (static caches only): the step through ``torch.compile`` before the CUDA graph capture;
     the first call per shape compiles (tens of seconds). Capacities, source lengths and the per-bar tables
@@ -433,7 +441,7 @@ def decode(
                                min_size=(min_bars, min_notes))
     loop = _Loop(cache, state, requests, opts, generator, capacity, with_logprobs, compile_step)
     with step_threads(dev):  # CPU: one thread by default (small kernels; a busy machine's pool spins)
-        steps = loop.run()
+        steps = loop.run(progress)
     out = loop.out[:, :steps].tolist()
     lp = loop.lp[:, :steps].tolist() if with_logprobs else []
     results = []

@@ -8,6 +8,7 @@ every output goes to a temporary file in its folder and is renamed at the end.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -23,8 +24,10 @@ from torch import nn
 
 from ..errors import UserError
 from ..model.config import MuseformerConfig
+from ..tokens.specials import BAR
 from .decode import SamplingOptions
 from .grammar import DEFAULT_NOTE_TOLERANCE, TokenGrammar
+from .progress import RenderProgress
 from .windows import ScoreMatch, WindowStats, render_token_bars, score_match
 
 SCORE_SUFFIXES = (".musicxml", ".mxl", ".xml", ".mei", ".krn", ".kern", ".mid", ".midi")
@@ -140,15 +143,15 @@ def collect_scores(paths: Sequence[Path | str]) -> list[Path]:
     return out
 
 
-def tokenize_scores(paths: Sequence[Path], tokenizer: Any) -> list[list[int]]:
+def tokenize_scores(paths: Sequence[Path], tokenizer: Any, progress: RenderProgress | None = None) -> list[list[int]]:
     """Deadpan score tokens of each file; UserError names the file (unreadable, empty, no measures)."""
     from ..tokens.score import tokenize_score
-    from ..tokens.specials import BAR
 
     out = []
     for path in paths:
         try:
-            ids = tokenize_score(path, tokenizer)
+            with progress.reading(path) if progress is not None else contextlib.nullcontext():
+                ids = tokenize_score(path, tokenizer)
         except UserError:
             raise
         except Exception as error:  # a parser failing in a way the tokenizer did not foresee
@@ -179,8 +182,12 @@ def render_files(
     free_notes: bool = False,
     note_tolerance: int = DEFAULT_NOTE_TOLERANCE,
     compile_step: bool = False,
+    progress_every: float | None = None,
 ) -> list[Rendering]:
     """Render every score ``num_samples`` times in one batch (windows as needed).
+
+    ``progress_every`` (seconds): write progress lines to stderr (reading each score; then bars done of
+    the total and tokens/s that often), whether or not it is a terminal.
 
     Performance bar k plays exactly score bar k's notes, each within ``note_tolerance`` positions (48 per
     beat) of its score onset, unless ``free_notes`` lets the model choose the notes.
@@ -188,13 +195,18 @@ def render_files(
     if num_samples < 1:
         raise UserError(f"--num-samples {num_samples}: must be at least 1")
     opts.check()
-    token_lists = tokenize_scores(scores, renderer.tokenizer)
+    progress = RenderProgress(0, every=progress_every) if progress_every is not None else None
+    token_lists = tokenize_scores(scores, renderer.tokenizer, progress)
     jobs = [(i, k) for i in range(len(scores)) for k in range(num_samples)]
+    if progress is not None:
+        progress.total_bars = sum(token_lists[i].count(BAR) for i, _ in jobs)
+        progress.note(f"rendering {progress.total_bars} bars")
     generator = torch.Generator(device=renderer.device).manual_seed(seed)
     outputs = render_token_bars(
         renderer.model, [token_lists[i] for i, _ in jobs], renderer.beat_table, renderer.grammar, opts,
         generator, window_tokens=renderer.window_tokens, context_bars=context_bars, stats=stats,
         constrain_notes=not free_notes, note_tolerance=note_tolerance, compile_step=compile_step,
+        progress=progress,
     )
     return [
         Rendering(scores[i], k, token_lists[i], out, score_match(token_lists[i], out, renderer.grammar))

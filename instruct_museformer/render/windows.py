@@ -22,6 +22,7 @@ from torch import nn
 from ..tokens.specials import BAR, EOS
 from .decode import DecodeRequest, SamplingOptions, decode
 from .grammar import DEFAULT_NOTE_TOLERANCE, T_PITCH, T_TIMESIG, TokenGrammar, score_bar_notes
+from .progress import RenderProgress
 
 
 def split_bars(tokens: Sequence[int]) -> list[list[int]]:
@@ -74,6 +75,7 @@ def render_token_bars(
     constrain_notes: bool = True,
     note_tolerance: int = DEFAULT_NOTE_TOLERANCE,
     compile_step: bool = False,
+    progress: RenderProgress | None = None,
 ) -> list[list[int]]:
     """Score token sequences -> performance token sequences (each ending with EOS), bar k for bar k.
 
@@ -82,6 +84,7 @@ def render_token_bars(
     ``constrain_notes``: performance bar k plays exactly score bar k's notes (pitches, onsets within
     ``note_tolerance`` positions of the score's); off, the model chooses the notes.
     ``logprobs``, when given a list, receives each output's per-token model log-probabilities (nats).
+    ``progress`` is told what each round renders and writes a line every few seconds.
     """
     stats = stats if stats is not None else WindowStats()
     score_bars = [split_bars(s) for s in scores]
@@ -129,9 +132,14 @@ def render_token_bars(
             ))
             plans.append((i, start, first))
             stats.max_encoder_tokens = max(stats.max_encoder_tokens, len(source))
+        if progress is not None:
+            progress.window([first - start for _, start, first in plans], [len(q.prefix) for q in requests],
+                            sum(len(q.source or []) for q in requests))
         results = decode(model, requests, beat_table, grammar, opts, generator, with_logprobs=logprobs is not None,
-                         note_tolerance=note_tolerance, compile_step=compile_step)
+                         note_tolerance=note_tolerance, compile_step=compile_step,
+                         progress=progress.step if progress is not None else None)
         stats.rounds += 1
+        kept_bars = sum(len(bars) for bars in perf_bars)
         for (i, start, first), result in zip(plans, results, strict=True):
             stats.windows += 1
             stats.per_score_windows[i] += 1
@@ -146,6 +154,9 @@ def render_token_bars(
             if result.tokens[offset + n_new : offset + n_new + 1] == [EOS]:
                 eos_lp[i] = result.logprobs[offset + n_new]
             perf_bars[i].extend(kept)
+        if progress is not None:
+            progress.window_done(sum(len(bars) for bars in perf_bars) - kept_bars,
+                                 sum(len(r.tokens) - len(q.prefix) for r, q in zip(results, requests, strict=True)))
     if logprobs is not None:
         logprobs[:] = [lp + [e] for lp, e in zip(perf_lp, eos_lp, strict=True)]
     return [[t for b in bars for t in b] + [EOS] for bars in perf_bars]

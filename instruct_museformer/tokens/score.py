@@ -1,10 +1,11 @@
 """Scores: loading (MusicXML/MEI/kern through partitura, score MIDI through symusic) and deadpan tokens.
 
 A score is unfolded with ``unfold_part_maximal(merge_parts(parts))``, the unfolding (n)ASAP's note
-ids (``n6-1``) refer to, and reduced to what tokenization needs: notes in quarters of the unfolded
-score, its measures, a tempo and dynamics. The deadpan rendering is the score in the same token
-language as performances, on the same :class:`~.grid.BarGrid`: one tempo (the score's marking, else
-100 bpm), velocities from the score's dynamics (else mf), notated durations, no pedal.
+ids (``n6-1``) refer to (read by :mod:`.score_reader`, which works around partitura's failures on files
+from the wild), and reduced to what tokenization needs: notes in quarters of the unfolded score, its
+measures, a tempo and dynamics. The deadpan rendering is the score in the same token language as
+performances, on the same :class:`~.grid.BarGrid`: one tempo (the score's marking, else 100 bpm),
+velocities from the score's dynamics (else mf), notated durations, no pedal.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from .errors import TokenizationError
 from .grid import BarGrid, Measure
 from .markings import ScoreMarkings, count_note_tokens, note_attributes, place_directions, read_markings_safely
 from .remi import BarWriter
+from .score_reader import read_unfolded_part
 from .tokenizer import Vocab
 
 PARTITURA_SUFFIXES = {".musicxml", ".mxl", ".xml", ".mei", ".krn", ".kern"}
@@ -103,14 +105,9 @@ def _load_partitura_score(path: Path) -> ScoreData:
     import partitura as pt
 
     try:
+        merged, part = read_unfolded_part(path)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            score = pt.load_score(str(path))
-            parts = list(score.parts)
-            if not parts:
-                raise TokenizationError("parse error", f"{path}: the score has no parts")
-            merged = pt.score.merge_parts(parts)
-            part = pt.score.unfold_part_maximal(merged)
             notes = part.note_array(include_grace_notes=True)
             measures = list(part.measures)
             signatures = sorted(
