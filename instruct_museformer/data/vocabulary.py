@@ -65,6 +65,10 @@ def load_miditok(path: Path) -> Any:
         tokenizer = cls(params=path)
     except Exception as error:  # MidiTok raises assorted errors on malformed configs
         raise UserError(f"{path}: cannot build a tokenizer from this file ({type(error).__name__}: {error})") from None
+    if isinstance(tokenizer, miditok.REMI):  # this project's score-marking tokens, when its config asks for them
+        from ..tokens.tokenizer import add_marking_tokens
+
+        add_marking_tokens(tokenizer, str(path))
     if not isinstance(tokenizer.vocab, dict):
         raise UserError(f"{path}: a {name} tokenizer has one vocabulary per token field; a dictionary of one "
                         "token per line cannot hold it")

@@ -79,7 +79,7 @@ def build_tokenizer(score_markings: bool = True) -> miditok.REMI:
     vocabulary (docs/tokens.md); without it the vocabulary and ids are those of the first models.
     """
     tokenizer = miditok.REMI(_config(score_markings))
-    _add_marking_tokens(tokenizer, "built tokenizer")
+    add_marking_tokens(tokenizer, "built tokenizer")
     _check_layout(tokenizer, "built tokenizer")
     return tokenizer
 
@@ -90,7 +90,7 @@ def markings_version(tokenizer: miditok.REMI) -> int:
     return int(value) if isinstance(value, (int, float, bool)) else -1
 
 
-def _add_marking_tokens(tokenizer: miditok.REMI, where: str) -> None:
+def add_marking_tokens(tokenizer: miditok.REMI, where: str) -> None:
     """Append the marking tokens after MidiTok's vocabulary (saved configs record only the option)."""
     version = markings_version(tokenizer)
     if version == 0:
@@ -128,7 +128,7 @@ def load_tokenizer(path: Path) -> miditok.REMI:
         tokenizer = miditok.REMI(params=path)
     except Exception as error:  # MidiTok raises assorted errors on malformed configs
         raise UserError(f"{path}: cannot build a tokenizer from this file ({type(error).__name__}: {error})") from None
-    _add_marking_tokens(tokenizer, str(path))
+    add_marking_tokens(tokenizer, str(path))
     _check_layout(tokenizer, str(path))
     return tokenizer
 
