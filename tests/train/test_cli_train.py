@@ -67,7 +67,7 @@ def test_seed_command_trains_saves_logs_and_validates(data_bin: Path, tmp_path: 
     merge_perplexity(report, results)
     valid_result = report["perplexity"]["subsets"]["valid"]
     assert valid_result["loss"] == pytest.approx(float(line.group(1)), abs=1e-3)
-    assert valid_result["ppl"] == pytest.approx(2 ** valid_result["loss"], rel=1e-6)
+    assert valid_result["ppl"] == pytest.approx(2 ** valid_result["loss"], abs=0.006)  # ppl is rounded to 0.01
     assert valid_result["truncate"] == 48 and report["perplexity"]["num_updates"] > 0
 
 
