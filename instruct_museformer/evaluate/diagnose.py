@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from ..data.batch import Batch
+from ..render.grammar import token_value
 from ..tokens import specials
 from ..tokens.tokenizer import Vocab
 
@@ -42,18 +43,6 @@ def _class_of(token: str) -> str:
     return "Other"
 
 
-def _ordinal_value(token: str) -> float:
-    kind, _, value = token.partition("_")
-    if kind == "Tempo":
-        return math.log(float(value))
-    if kind in ("Velocity", "Position"):
-        return float(value)
-    if kind == "Duration":
-        beats, pos, res = (int(x) for x in value.split("."))
-        return beats + pos / res
-    return float("nan")
-
-
 @dataclass(frozen=True)
 class ClassTable:
     """Per vocabulary id: its class index (into TOKEN_CLASSES) and its ordinal value (NaN if none)."""
@@ -67,7 +56,7 @@ class ClassTable:
         index = np.array([TOKEN_CLASSES.index(_class_of(t)) for t in tokens], dtype=np.int64)
         index[: specials.NUM_SPECIALS] = TOKEN_CLASSES.index("Other")
         index[specials.EOS] = TOKEN_CLASSES.index("Bar/TimeSig")
-        value = np.array([_ordinal_value(t) for t in tokens], dtype=np.float64)
+        value = np.array([token_value(t) for t in tokens], dtype=np.float64)
         return cls(index, value)
 
     def members(self, name: str) -> np.ndarray:
