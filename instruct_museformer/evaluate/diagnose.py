@@ -24,9 +24,8 @@ import numpy as np
 import torch
 
 from ..data.batch import Batch
-from ..render.grammar import token_value
 from ..tokens import specials
-from ..tokens.tokenizer import Vocab
+from ..tokens.tokenizer import Vocab, token_value
 
 TOKEN_CLASSES = ("Tempo", "Position", "Velocity", "Duration", "Pedal", "Pitch", "Bar/TimeSig", "Other")
 ORDINAL_CLASSES = ("Tempo", "Position", "Velocity", "Duration")

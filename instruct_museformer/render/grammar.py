@@ -36,6 +36,7 @@ import torch
 
 from ..model.masks import round_up
 from ..tokens.specials import EOS, PAD
+from ..tokens.tokenizer import token_value
 
 (T_SPECIAL, T_EOS, T_BAR, T_TIMESIG, T_POSITION, T_TEMPO, T_PEDAL, T_PITCH, T_VELOCITY, T_DURATION,
  T_OTHER) = range(11)
@@ -59,19 +60,6 @@ DEFAULT_NOTE_TOLERANCE = 8
 _FAR = 1 << 30  # beyond any position
 # the ordinal token types, whose bins are ordered values (decoding may take a median or mean bin of them)
 ORDINAL_TYPES = {"tempo": T_TEMPO, "velocity": T_VELOCITY, "duration": T_DURATION, "position": T_POSITION}
-
-
-def token_value(token: str) -> float:
-    """The ordered value of an ordinal token (log qpm, velocity, beats, position); NaN for other tokens."""
-    kind, _, value = token.partition("_")
-    if kind == "Tempo":
-        return math.log(float(value))
-    if kind in ("Velocity", "Position"):
-        return float(value)
-    if kind == "Duration":
-        beats, pos, res = (int(x) for x in value.split("."))
-        return beats + pos / res
-    return float("nan")
 
 
 class TokenGrammar:

@@ -26,6 +26,7 @@ id of a configuration without the option keeps its meaning (docs/tokens.md).
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass
@@ -176,6 +177,20 @@ def beat_table(tokenizer: miditok.REMI, beat_mask_ts: bool = True) -> torch.Long
         elif kind in ("Bar", change) or token_id < specials.NUM_SPECIALS:
             table[token_id] = 0
     return table
+
+
+def token_value(token: str) -> float:
+    """The ordered value of an ordinal token (log qpm, velocity, beats, position); NaN for other tokens."""
+    kind, _, value = token.partition("_")
+    if kind == "Tempo":
+        return math.log(float(value))
+    if kind in ("Velocity", "Position"):
+        return float(value)
+    if kind == "Duration":
+        beats, pos, res = (int(x) for x in value.split("."))
+        return beats + pos / res
+    return float("nan")
+
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from ..errors import UserError
 from ..tokens.specials import PAD
+from ..tokens.tokenizer import token_value
 
 # the classes a weight may name: a token's class is the part of its name before "_" (Pedal and PedalOff are Pedal)
 WEIGHT_CLASSES = ("Tempo", "Velocity", "Position", "Duration", "Pedal", "Pitch", "Bar", "TimeSig")
@@ -34,17 +35,6 @@ ORDINAL_KINDS = ("Tempo", "Velocity", "Position", "Duration")
 def token_class(token: str) -> str:
     kind = token.partition("_")[0]
     return "Pedal" if kind == "PedalOff" else kind
-
-
-def ordinal_key(token: str) -> float | None:
-    """A sortable value for an ordinal token (None for others): bins of one class are ordered by it."""
-    kind, _, value = token.partition("_")
-    if kind not in ORDINAL_KINDS:
-        return None
-    if kind == "Duration":
-        beats, pos, res = (int(x) for x in value.split("."))
-        return beats + pos / res
-    return float(value)
 
 
 def parse_class_weights(spec: str | None) -> dict[str, float]:
@@ -89,8 +79,8 @@ class Objective:
         for i, token in enumerate(tokens):
             name = token_class(token)
             weight[i] = class_weights.get(name, 1.0)
-            key = ordinal_key(token)
-            if key is not None:
+            key = token_value(token)  # ordered within a class; NaN for non-ordinal tokens
+            if name in ORDINAL_KINDS and not math.isnan(key):
                 by_class.setdefault(name, []).append((key, i))
         if reach:
             for members in by_class.values():
