@@ -6,7 +6,7 @@
 # Carried (git-ignored): .whl (scripts/device_env.sh), .cache/databin.tar.xz (a data-bin, unpacked to
 # /tmp/data-bin), .cache/eval_<split>.tar.xz (scripts/pack_eval_split.py).
 #   VARIANTS="a b"  FLAGS_a="..."  FLAGS_b="..."    extra imf train flags per variant (on top of RECIPE)
-#   TRAIN_SECONDS=300                               training time of this call (0: none)
+#   TRAIN_SECONDS=300                               training time of this call (0: none; SIGTERM then saves)
 #   EXPORT=1                                        export each variant's checkpoint_last to exports/<variant>
 #   DIAGNOSE="a b shipped"  DIAGNOSE_FLAGS=...      imf diagnose on the validation data (GPU; default one
 #                                                   performance per piece)
@@ -33,7 +33,7 @@ if [ "${TRAIN_SECONDS:-0}" -gt 0 ]; then
   for v in ${VARIANTS:-}; do
     flags_var="FLAGS_$v"; extra=${!flags_var:-}
     echo "train $v: ${extra}"
-    (timeout -k 15 ${TRAIN_SECONDS} python3 -m instruct_museformer train $DATA "${RECIPE[@]}" $extra \
+    (timeout --foreground -k 30 ${TRAIN_SECONDS} python3 -m instruct_museformer train $DATA "${RECIPE[@]}" $extra \
       --save-dir checkpoints/$v --tensorboard-logdir checkpoints/$v/tb >> $LOG/train_$v.log 2>&1) &
     pids+=($!)
   done
@@ -83,11 +83,12 @@ export_inference_checkpoint(Path('checkpoints/$v/checkpoint_last'), Path('export
       tar -C exports -cf - $v | split -b 15M - $OUT/model_$v.tar.part-
   done
 fi
-for d in ${DIAGNOSE:-}; do
+for d in ${DIAGNOSE:-}; do  # side by side
   [ "$d" = shipped ] && ck="" || ck="--path exports/$d"
-  timeout -k 5 120 python3 -m instruct_museformer diagnose $DATA $ck --device cuda ${DIAGNOSE_FLAGS:---pairs-per-piece 1} \
-    --out renders/diagnose_$d.json \
-    > $LOG/diagnose_$d.log 2>&1; echo "== diagnose $d"; grep "^|" $LOG/diagnose_$d.log
+  timeout -k 5 ${DIAGNOSE_SECONDS:-120} python3 -m instruct_museformer diagnose $DATA $ck --device cuda \
+    ${DIAGNOSE_FLAGS:---pairs-per-piece 1} --out renders/diagnose_$d.json > $LOG/diagnose_$d.log 2>&1 &
 done
+wait
+for d in ${DIAGNOSE:-}; do echo "== diagnose $d"; grep "^|" $LOG/diagnose_$d.log; done
 if [ -n "${RENDER:-}" ] && [ "${RENDER_FIRST:-0}" != 1 ]; then render_split; fi
 echo "call took $(( $(date +%s) - START )) s"

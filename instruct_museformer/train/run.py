@@ -18,7 +18,9 @@ import json
 import logging
 import math
 import os
+import signal
 import socket
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -290,7 +292,12 @@ def _train_loop(args: argparse.Namespace, hooks: Hooks, info: DistInfo) -> int:
     run = _TrainingRun(args, hooks, info)
     run.restore()
     run.load_splits()
-    run.train()
+    previous = run.stop_on_signals()
+    try:
+        run.train()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     logger.info(f"done training in {time.perf_counter() - run.wall_start:.1f} seconds")
     return 0
 
@@ -335,6 +342,33 @@ class _TrainingRun:
         )
         self.epoch, self.position, self.best_loss = 1, 0, None
         self.train_wall_offset, self.wall_offset, self.train_time = 0.0, 0.0, 0.0
+        self.stop_signal: int | None = None
+
+    def stop_on_signals(self) -> dict[int, Any]:
+        """SIGTERM or SIGINT (a job's time limit, `timeout`, Ctrl-C) ends training after the current update with
+        a checkpoint, so that a time-boxed run resumes where it stopped instead of at its last interval save."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def request_stop(signum: int, _frame: Any) -> None:
+            if self.stop_signal is not None:  # a second signal: stop now
+                raise KeyboardInterrupt
+            self.stop_signal = signum
+            logger.info(f"{signal.Signals(signum).name}: stopping after this update with a checkpoint")
+
+        previous = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+        for signum in previous:
+            signal.signal(signum, request_stop)
+        return previous
+
+    def stop_requested(self) -> bool:
+        """Whether any rank was signalled (all ranks must stop at the same update)."""
+        flag = self.stop_signal is not None
+        if self.info.world_size == 1:
+            return flag
+        t = torch.tensor([float(flag)], device=self.info.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
 
     def restore(self) -> None:
         """Continue from ``--restore-file`` (default checkpoint_last) when it exists: weights, optimizer,
@@ -495,7 +529,7 @@ class _TrainingRun:
             interval.add(result)
             epoch_meter.add(result)
             self.progress.advance()
-            stop = trainer.num_updates >= max_update
+            stop = trainer.num_updates >= max_update or self.stop_requested()
             self._after_update(result, interval, total, stop=stop)
             if stop:
                 break

@@ -100,3 +100,24 @@ def test_resume_with_the_expressive_levers_continues_the_same_loss_curve(data_bi
     assert first[:2] + second == full
     plain = _run(_argv(data_bin, tmp_path / "plain", "--max-update", "5"))
     assert plain != full  # the levers change the run
+
+
+def test_sigterm_stops_with_a_checkpoint_and_resumes_exactly(data_bin: Path, tmp_path: Path) -> None:
+    import os
+    import signal
+
+    full = _run(_argv(data_bin, tmp_path / "full"))
+    argv = _argv(data_bin, tmp_path / "term", "--save-interval-updates", "0")
+    curve: list[tuple[int, float]] = []
+
+    def record(num_updates: int, result: StepResult) -> None:
+        curve.append((num_updates, result.loss))
+        if num_updates == 4:
+            os.kill(os.getpid(), signal.SIGTERM)  # a time limit: the run ends after the next update, saved
+
+    previous = signal.getsignal(signal.SIGTERM)
+    assert train(parse_train_args(argv), Hooks(on_update=[record])) == 0
+    assert signal.getsignal(signal.SIGTERM) is previous  # the handlers are put back
+    assert [n for n, _ in curve] == [1, 2, 3, 4, 5]
+    rest = _run(argv)  # no interval checkpoints: only the signal's checkpoint lets it resume at update 6
+    assert curve + rest == full
