@@ -61,7 +61,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("jobs", type=Path)
     p.add_argument("--workers", default="cpu:2", help="DEVICE:COUNT,... e.g. cuda:4,cpu:10")
-    p.add_argument("--seconds", type=float, default=1e9, help="stop claiming jobs after this long")
+    p.add_argument("--seconds", type=float, default=None, help="stop claiming jobs after this long (default: never)")
     p.add_argument("--grace", type=float, default=60.0, help="then stop the jobs still running after this long")
     args = p.parse_args()
     jobs = []
@@ -69,7 +69,7 @@ def main() -> None:
         if line.strip():
             output, score, *flags = line.split("\t")
             jobs.append((Path(output), score, [f for f in flags if f]))
-    deadline = time.time() + args.seconds
+    deadline = time.time() + (args.seconds if args.seconds is not None else float("inf"))
     ctx = mp.get_context("spawn")
     procs = []
     for spec in args.workers.split(","):
@@ -79,7 +79,7 @@ def main() -> None:
     for proc in procs:
         proc.start()
     for proc in procs:  # a job still running a minute after the deadline is stopped (its output is not written)
-        proc.join(max(0.0, deadline + args.grace - time.time()))
+        proc.join(None if args.seconds is None else max(0.0, deadline + args.grace - time.time()))
     for proc in procs:
         if proc.is_alive():
             proc.terminate()

@@ -45,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ordinal-types", default="tempo,velocity,duration", type=_comma_list,
                    help="comma-separated ordinal token types for --ordinal: tempo, velocity, duration, position")
     p.add_argument("--num-samples", type=int, default=1, help="renderings per score")
+    p.add_argument("--draws", type=int, default=1, metavar="K",
+                   help="play the note-wise mean of K sampled draws (timing, duration and velocity of each note; "
+                   "the dynamic range of one draw): the model's expected performance, without the sampling noise "
+                   "of a single draw; the K draws are decoded in one batch")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
     p.add_argument("--beam", type=int, default=1, help="only 1 (sampling) is supported")
     p.add_argument("--threads", type=int, default=None,
@@ -135,8 +139,8 @@ def _main(argv: list[str]) -> int:
         fluidsynth_available,
         load_renderer,
         render_files,
-        write_midi,
         write_plot,
+        write_rendering,
         write_wav,
     )
     from ..render.windows import WindowStats
@@ -171,26 +175,27 @@ def _main(argv: list[str]) -> int:
     start = time.perf_counter()
     renderings = render_files(renderer, scores, opts, args.num_samples, args.seed, args.context_bars, stats,
                               free_notes=args.free_notes, note_tolerance=args.note_tolerance,
-                              compile_step=args.compile, progress_every=args.progress_every or None)
+                              compile_step=args.compile, progress_every=args.progress_every or None,
+                              draws=args.draws)
     elapsed = time.perf_counter() - start
     names = _names(renderings, single, args.output)
     if not single:
         args.output.mkdir(parents=True, exist_ok=True)
     report = []
     for r, midi in zip(renderings, names, strict=True):
-        notes = write_midi(r.tokens, renderer.tokenizer, midi)
+        notes = write_rendering(r, renderer.tokenizer, midi)
         wav = _side_path(args.wav, single, midi, ".wav")
         if wav is not None:
             write_wav(midi, wav)
         png = _side_path(args.plot, single, midi, ".png")
         if png is not None:
-            write_plot(r.score_tokens, r.tokens, renderer.tokenizer, png, f"{r.score.name} -> {midi.name}")
+            write_plot(r.score_tokens, r.tokens, renderer.tokenizer, png, f"{r.score.name} -> {midi.name}", r.merged)
         m = r.match
         print(f"{midi}: {m.bars_performance} bars (score {m.bars_score}), {notes} notes, "
               f"score notes present {100 * m.fraction_present:.1f}%, extra notes {m.extra_notes}")
         report.append({"score": str(r.score), "output": str(midi), "sample": r.sample, "tokens": len(r.tokens),
                        **m.as_dict()})
-    tokens = sum(len(r.tokens) for r in renderings)
+    tokens = sum(len(r.tokens) for r in renderings) * args.draws  # about: the draws differ a little in length
     print(f"rendered {len(renderings)} performance(s), {tokens} tokens in {elapsed:.1f} s "
           f"({tokens / max(elapsed, 1e-9):.0f} tokens/s, {stats.windows} window(s)) on {renderer.device}",
           file=sys.stderr)

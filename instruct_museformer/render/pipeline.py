@@ -164,11 +164,16 @@ def tokenize_scores(paths: Sequence[Path], tokenizer: Any, progress: RenderProgr
 
 @dataclass
 class Rendering:
+    """One output: its tokens (with ``draws`` > 1, those of the draw nearest the mean) and, when several draws
+    were merged, their note-wise mean (``render.consensus``)."""
+
     score: Path
     sample: int
     score_tokens: list[int]
     tokens: list[int]
     match: ScoreMatch
+    merged: Any = None  # render.consensus.Merged, or None: the tokens are the performance
+    draws: int = 1
 
 
 def render_files(
@@ -183,8 +188,12 @@ def render_files(
     note_tolerance: int = DEFAULT_NOTE_TOLERANCE,
     compile_step: bool = False,
     progress_every: float | None = None,
+    draws: int = 1,
 ) -> list[Rendering]:
     """Render every score ``num_samples`` times in one batch (windows as needed).
+
+    ``draws`` > 1: each output is the note-wise mean of that many sampled draws (``render.consensus``), all
+    decoded in the same batch.
 
     ``progress_every`` (seconds): write progress lines to stderr (reading each score; then bars done of
     the total and tokens/s that often), whether or not it is a terminal.
@@ -194,10 +203,12 @@ def render_files(
     """
     if num_samples < 1:
         raise UserError(f"--num-samples {num_samples}: must be at least 1")
+    if draws < 1:
+        raise UserError(f"--draws {draws}: must be at least 1")
     opts.check()
     progress = RenderProgress(0, every=progress_every) if progress_every is not None else None
     token_lists = tokenize_scores(scores, renderer.tokenizer, progress)
-    jobs = [(i, k) for i in range(len(scores)) for k in range(num_samples)]
+    jobs = [(i, k) for i in range(len(scores)) for k in range(num_samples) for _ in range(draws)]
     if progress is not None:
         progress.total_bars = sum(token_lists[i].count(BAR) for i, _ in jobs)
         progress.note(f"rendering {progress.total_bars} bars")
@@ -208,10 +219,23 @@ def render_files(
         constrain_notes=not free_notes, note_tolerance=note_tolerance, compile_step=compile_step,
         progress=progress,
     )
-    return [
-        Rendering(scores[i], k, token_lists[i], out, score_match(token_lists[i], out, renderer.grammar))
-        for (i, k), out in zip(jobs, outputs, strict=True)
-    ]
+    if draws == 1:
+        return [
+            Rendering(scores[i], k, token_lists[i], out, score_match(token_lists[i], out, renderer.grammar))
+            for (i, k), out in zip(jobs, outputs, strict=True)
+        ]
+    from ..tokens.tokenizer import Vocab
+    from .consensus import merge_renderings
+
+    vocab = Vocab(renderer.tokenizer)
+    renderings = []
+    for start in range(0, len(jobs), draws):
+        (i, k), group = jobs[start], outputs[start : start + draws]
+        merged = merge_renderings(group, vocab)
+        nearest = group[merged.nearest]
+        renderings.append(Rendering(scores[i], k, token_lists[i], nearest,
+                                    score_match(token_lists[i], nearest, renderer.grammar), merged, draws))
+    return renderings
 
 
 # -- outputs ------------------------------------------------------------------------------------------
@@ -232,7 +256,18 @@ def write_midi(tokens: Sequence[int], tokenizer: Any, path: Path) -> int:
     """Performance MIDI (notes, sustain pedal, tempo map) written atomically; returns the note count."""
     from ..tokens.performance import decode_performance
 
-    score = decode_performance(tokens, tokenizer)
+    return write_performance(decode_performance(tokens, tokenizer), path)
+
+
+def write_rendering(rendering: Rendering, tokenizer: Any, path: Path) -> int:
+    """A rendering's MIDI: the merged draws when there are several, else its tokens."""
+    if rendering.merged is not None:
+        return write_performance(rendering.merged.score, path)
+    return write_midi(rendering.tokens, tokenizer, path)
+
+
+def write_performance(score: Any, path: Path) -> int:
+    """A symusic Score (ticks or seconds) as MIDI, written atomically; returns the note count."""
     tmp = _atomic_target(path)
     try:
         score.dump_midi(str(tmp))
@@ -267,8 +302,10 @@ def write_wav(midi: Path, path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def write_plot(score_tokens: Sequence[int], tokens: Sequence[int], tokenizer: Any, path: Path, title: str) -> None:
-    """Piano roll of the score (deadpan) against the performance, with tempo and velocity curves (PNG)."""
+def write_plot(score_tokens: Sequence[int], tokens: Sequence[int], tokenizer: Any, path: Path, title: str,
+               merged: Any = None) -> None:
+    """Piano roll of the score (deadpan) against the performance, with tempo and velocity curves (PNG);
+    ``merged`` (``render.consensus.Merged``) is plotted instead of the tokens when given."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -281,7 +318,15 @@ def write_plot(score_tokens: Sequence[int], tokens: Sequence[int], tokenizer: An
         return [n for t in score.tracks for n in t.notes], score
 
     s_notes, _ = notes(score_tokens)
-    p_notes, p_score = notes(tokens)
+    if merged is None:
+        p_notes, p_score = notes(tokens)
+        tempo_t, tempo_q = [t.time for t in p_score.tempos], [t.qpm for t in p_score.tempos]
+    else:
+        from ..tokens.tokenizer import Vocab
+        from .consensus import onset_tempo
+
+        p_notes = list(merged.score.tracks[0].notes)
+        tempo_t, tempo_q = onset_tempo(score_tokens, Vocab(tokenizer), merged.keys, merged.onset)
     fig, axes = plt.subplots(3, 1, figsize=(12, 8), sharex=True, gridspec_kw={"height_ratios": [3, 1, 1]})
     roll, tempo_ax, vel_ax = axes
     roll.barh([n.pitch for n in s_notes], [n.duration for n in s_notes], left=[n.time for n in s_notes],
@@ -291,8 +336,7 @@ def write_plot(score_tokens: Sequence[int], tokens: Sequence[int], tokenizer: An
     roll.set_ylabel("pitch")
     roll.legend(loc="upper right")
     roll.set_title(title)
-    times = p_score.tempos
-    tempo_ax.step([t.time for t in times], [t.qpm for t in times], where="post")
+    tempo_ax.step(tempo_t, tempo_q, where="post")
     tempo_ax.set_ylabel("tempo (qpm)")
     vel_ax.plot([n.time for n in p_notes], [n.velocity for n in p_notes], ".", markersize=3)
     vel_ax.set_ylabel("velocity")

@@ -119,7 +119,7 @@ def to_remi_order(ids: Sequence[int]) -> list[int]:
     return out
 
 
-def _one_key_one_note(notes: list[Note]) -> list[Note]:
+def one_key_one_note(notes: list[Note]) -> list[Note]:
     """Sorted notes in which a key is never struck while it still sounds.
 
     A piano key cannot be re-struck before it is released, and MIDI readers (partitura, players) drop or
@@ -145,6 +145,20 @@ def decode_ids(ids: Sequence[int], vocab: Vocab) -> Score:
     Tolerant by design: unknown ids, tokens out of place and incomplete notes never raise. Decoding
     stops at the first EOS; PAD/BOS/MASK are skipped. A Position past the end of its bar is clamped.
     """
+    score, _ = decode_ids_in_order(ids, vocab)
+    track = score.tracks[0]
+    track.notes = one_key_one_note(list(track.notes))
+    # symusic writes controls, not Pedal objects, to a MIDI file: add the sustain pedal as CC64 too.
+    for pedal in track.pedals:
+        track.controls.append(ControlChange(pedal.time, SUSTAIN_CC, 127))
+        track.controls.append(ControlChange(pedal.time + pedal.duration, SUSTAIN_CC, 0))
+    track.controls.sort(key=lambda c: (c.time, c.value))
+    return score
+
+
+def decode_ids_in_order(ids: Sequence[int], vocab: Vocab) -> tuple[Score, list[int]]:
+    """:func:`decode_ids` before the one-key-one-note cleanup and the pedal controls: the notes in token order
+    (one per Pitch token), and the bar of each, so that renderings of one score can be lined up note by note."""
     tokens = vocab.tokens
     tpq = vocab.ticks_per_quarter
     score = Score(tpq)
@@ -159,6 +173,7 @@ def decode_ids(ids: Sequence[int], vocab: Vocab) -> Score:
     pending: list[int | None] | None = None  # [pitch, velocity, duration_ticks, tick]
     duration_table = vocab.duration_ticks_by_id
     end_tick = 0
+    bar, note_bars = 0, []
 
     def bar_length() -> int:
         return numerator * vocab.ticks_per_beat(denominator)
@@ -171,6 +186,7 @@ def decode_ids(ids: Sequence[int], vocab: Vocab) -> Score:
         velocity = last_velocity if velocity is None else velocity
         duration = vocab.ticks_per_beat(denominator) if duration is None else duration
         track.notes.append(Note(onset, max(int(duration), 1), pitch, int(velocity)))
+        note_bars.append(bar)
         last_velocity = velocity
         end_tick = max(end_tick, onset + int(duration))
         pending = None
@@ -196,6 +212,7 @@ def decode_ids(ids: Sequence[int], vocab: Vocab) -> Score:
             continue
         flush()
         if kind == "Bar":
+            bar += 1
             bar_start += bar_length()
             tick = bar_start
             bar_has_position = False
@@ -232,11 +249,5 @@ def decode_ids(ids: Sequence[int], vocab: Vocab) -> Score:
         tempos[0] = DEFAULT_TEMPO if not tempos else tempos[min(tempos)]
     score.tempos = [Tempo(t, qpm) for t, qpm in sorted(tempos.items())]
     score.time_signatures = [TimeSignature(t, n, d) for t, n, d in signatures]
-    track.notes = _one_key_one_note(list(track.notes))
-    # symusic writes controls, not Pedal objects, to a MIDI file: add the sustain pedal as CC64 too.
-    for pedal in track.pedals:
-        track.controls.append(ControlChange(pedal.time, SUSTAIN_CC, 127))
-        track.controls.append(ControlChange(pedal.time + pedal.duration, SUSTAIN_CC, 0))
-    track.controls.sort(key=lambda c: (c.time, c.value))
     score.tracks.append(track)
-    return score
+    return score, note_bars
