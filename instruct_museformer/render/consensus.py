@@ -77,8 +77,8 @@ class Merged:
 
 def onset_tempo(score_ids: Sequence[int], vocab: Vocab, keys: Sequence[NoteKey], onset: np.ndarray
                 ) -> tuple[np.ndarray, np.ndarray]:
-    """(seconds, qpm) of a performance given per note: the tempo between successive score onsets, from when the
-    performance plays them (a merged performance has no tempo map of its own)."""
+    """(seconds, qpm) of a performance given per note: the tempo between successive score onsets on a quarter,
+    from when the performance plays them (a merged performance has no tempo map of its own)."""
     score, bars = decode_ids_in_order(score_ids, vocab)
     notes = score.tracks[0].notes
     quarter = {k: n.time / score.ticks_per_quarter for k, n in zip(note_keys(bars, [n.pitch for n in notes]), notes,
@@ -88,6 +88,9 @@ def onset_tempo(score_ids: Sequence[int], vocab: Vocab, keys: Sequence[NoteKey],
         if k in quarter:
             by_onset[quarter[k]].append(float(t))
     qs = np.array(sorted(by_onset))
+    on_beat = np.abs(qs - np.round(qs)) < 1e-6  # onsets on a quarter: a beat-level curve, not note-to-note jitter
+    if on_beat.sum() >= 2:
+        qs = qs[on_beat]
     ts = np.array([np.mean(by_onset[q]) for q in qs])
     if len(qs) < 2:
         return np.zeros(0), np.zeros(0)

@@ -318,3 +318,59 @@ def export_inference_checkpoint(source: Path, destination: Path, dtype: torch.dt
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return destination
+
+
+def _token_ids(path: Path) -> dict[str, int] | None:
+    """token -> id of the tokenizer.json in a folder (a checkpoint or a data-bin), or None without one."""
+    file = path / "tokenizer.json"
+    if not file.is_file():
+        return None
+    from ..data.vocabulary import load_miditok
+
+    return dict(load_miditok(file).vocab)
+
+
+def load_finetune_weights(model: torch.nn.Module, path: Path, data_bin: Path | None) -> str:
+    """Start from another checkpoint's weights (``--finetune-from-model``), growing the vocabulary if needed.
+
+    A model trained before tokens were added to the vocabulary (score markings: ids appended after the old
+    ones) keeps everything it learnt: the embeddings and output rows of the old ids are copied, the new ids
+    keep their fresh initialisation. That is only sound when every old token keeps its id, which is checked
+    against both tokenizers; any other difference of shape is an error naming the tensor.
+    """
+    directory = resolve_checkpoint(path)
+    try:
+        weights = load_file(str(directory / "model.safetensors"))
+    except (SafetensorError, OSError) as error:
+        raise UserError(f"{directory / 'model.safetensors'}: unreadable weights ({error})") from error
+    own = model.state_dict()
+    missing = sorted(set(own) - set(weights))
+    unexpected = sorted(set(weights) - set(own))
+    if missing or unexpected:
+        raise UserError(f"{directory}: --finetune-from-model weights do not fit the model (missing "
+                        f"{', '.join(missing[:3]) or 'none'}; unexpected {', '.join(unexpected[:3]) or 'none'})")
+    grown = []
+    for name, tensor in own.items():
+        old = weights[name]
+        if old.shape == tensor.shape:
+            continue
+        if old.dim() != tensor.dim() or old.shape[1:] != tensor.shape[1:] or old.shape[0] > tensor.shape[0]:
+            raise UserError(f"{directory}: --finetune-from-model: {name} is {tuple(old.shape)} there, "
+                            f"{tuple(tensor.shape)} here (a different model size)")
+        grown.append(name)
+    if grown:
+        old_ids = _token_ids(directory)
+        new_ids = _token_ids(data_bin) if data_bin is not None else None
+        if old_ids is None or new_ids is None:
+            raise UserError(f"{directory}: --finetune-from-model with a larger vocabulary needs the tokenizer.json "
+                            "of both the checkpoint and the data-bin (to check that every old token keeps its id)")
+        moved = [t for t, i in old_ids.items() if new_ids.get(t) != i]
+        if moved:
+            raise UserError(f"{directory}: --finetune-from-model: {len(moved)} tokens of the checkpoint have another "
+                            f"id (or none) in {data_bin}'s tokenizer, e.g. {moved[0]}")
+    with torch.no_grad():
+        for name, tensor in own.items():
+            old = weights[name]
+            tensor[: old.shape[0]].copy_(old.to(tensor.dtype))
+    rows = {name: (weights[name].shape[0], own[name].shape[0]) for name in grown}
+    return f"{directory} ({', '.join(f'{n}: rows {a} -> {b}' for n, (a, b) in rows.items()) or 'same shapes'})"

@@ -219,6 +219,10 @@ def build_train_parser() -> argparse.ArgumentParser:
     # checkpoints
     parser.add_argument("--save-dir", default="checkpoints")
     parser.add_argument("--restore-file", default="checkpoint_last")
+    parser.add_argument("--finetune-from-model", default=None, metavar="CKPT",
+                        help="start from this checkpoint's weights (a fresh optimizer, schedule and data order) "
+                        "unless --save-dir already holds a checkpoint_last to resume; a vocabulary that only "
+                        "grew (new token ids after the old ones) keeps the old rows")
     parser.add_argument("--reset-optimizer", action="store_true")
     parser.add_argument("--reset-lr-scheduler", action="store_true")
     parser.add_argument("--reset-dataloader", action="store_true")

@@ -39,6 +39,7 @@ from .checkpoint import (
     CheckpointContents,
     capture_rng,
     load_checkpoint_model,
+    load_finetune_weights,
     load_model_weights,
     load_training_state,
     prune_checkpoints,
@@ -383,7 +384,12 @@ class _TrainingRun:
                 raise
         if restore_dir is None:
             logger.info(f"no existing checkpoint found {restore}")
+            if args.finetune_from_model:
+                loaded = load_finetune_weights(trainer.model, Path(args.finetune_from_model), self.source.data_bin)
+                logger.info(f"--finetune-from-model: starting from the weights of {loaded}")
             return
+        if args.finetune_from_model:
+            logger.info(f"--finetune-from-model ignored: resuming from {restore_dir}")
         state, opt_tensors, rng_tensors = load_training_state(restore_dir)
         saved_cfg = read_config(restore_dir)["model"]
         changed = sorted(k for k, v in self.cfg.to_dict().items() if saved_cfg.get(k) != v)
