@@ -10,6 +10,9 @@ partitura reads all three formats into the same score model, but some of its ste
 - MEI: a staff whose first timed element is a breve gets a float ``ppq``, and ``merge_parts`` then fails in
   ``np.lcm``; integral float divisions are made integers before merging. The MEI reader prints repeat
   diagnostics to stdout; they are kept off ours.
+- MEI: a measure ends where its own staff's content ends, and ``merge_parts`` keeps the first part's
+  measures only: an empty first staff (``<staff n="1"/>``) gives a zero-length measure whose other staves'
+  notes fall outside every bar. The first part's measures are lengthened to the longest part's.
 - Repeats partitura cannot unfold (nested or unusual endings: ``IndexError`` / ``RecursionError`` in its
   path search), or unfolds into more than 4 times the written bars, are played as written, with a
   :class:`ScoreReadingWarning`.
@@ -60,6 +63,7 @@ def read_unfolded_part(path: Path) -> tuple[Any, Any]:
             raise TokenizationError("parse error", f"{path}: the score has no parts")
         sections = _remove_kern_elements(parts)
         _integer_divisions(parts)
+        _first_part_measures_cover_all_parts(parts)
         _keep_one_copy_of_the_form(parts)
         scale = _divisions(parts[0])
         merged = pt.score.merge_parts(parts)
@@ -190,6 +194,41 @@ def _keep_one_copy_of_the_form(parts: list[Any]) -> None:
         for cls in first:
             for element in list(part.iter_all(cls)):
                 part.remove(element)
+
+
+def _first_part_measures_cover_all_parts(parts: list[Any]) -> None:
+    """Lengthen each first-part measure that ends before a measure starting at the same time in another part
+    ends (up to the first part's next measure): ``merge_parts`` keeps the first part's measures only, and
+    partitura's MEI reader ends a measure where that staff's content ends, so an empty first staff (the last
+    measure of CRIM_Mass_0030_4.mei: ``<staff n="1"/>`` over three longs) gives a zero-length measure and
+    the other staves' notes in it no bar."""
+    import numpy as np
+    import partitura as pt
+
+    first = [m for m in parts[0].iter_all(pt.score.Measure) if m.end is not None]
+    if len(parts) < 2 or not first:
+        return
+    longest: dict[float, float] = {}  # measure start -> latest end among the other parts, in quarters
+    for part in parts[1:]:
+        measures = [m for m in part.iter_all(pt.score.Measure) if m.end is not None]
+        if not measures:
+            continue
+        starts = part.quarter_map(np.array([m.start.t for m in measures], dtype=float))
+        ends = part.quarter_map(np.array([m.end.t for m in measures], dtype=float))
+        for start, end in zip(np.round(starts, 6).tolist(), ends.tolist(), strict=True):
+            longest[start] = max(longest.get(start, end), end)
+    quarter_map = parts[0].quarter_map
+    starts = np.round(quarter_map(np.array([m.start.t for m in first], dtype=float)), 6).tolist()
+    ends = quarter_map(np.array([m.end.t for m in first], dtype=float)).tolist()
+    for k, measure in enumerate(first):
+        end = longest.get(starts[k], ends[k])
+        if k + 1 < len(first):
+            end = min(end, starts[k + 1])
+        if end > ends[k] + 1e-6:  # (inv_quarter_map gives NaN past the part's last time point)
+            divisions = float(parts[0].quarter_duration_map(measure.start.t))
+            new_end = measure.end.t + int(round((end - ends[k]) * divisions))
+            parts[0].remove(measure, which="end")
+            parts[0].add(measure, end=new_end)
 
 
 def _integer_divisions(parts: list[Any]) -> None:

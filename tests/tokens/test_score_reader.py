@@ -55,6 +55,15 @@ def test_mei_breve_with_ppq_merges():
     assert data.onset[data.pitch.tolist().index(72)] == 12.0
 
 
+def test_mei_empty_first_staff_keeps_the_other_staves_bar():
+    """merge_parts keeps the first part's measures, and partitura ends a measure where its staff's content ends:
+    an empty first staff (CRIM_Mass_0030_4.mei's last measure) gave a zero-length bar, its long note none."""
+    data = load_score(WILD / "minimal" / "empty_first_staff.mei")
+    assert data.pitch.tolist() == [48, 67, 72, 55]
+    assert [(m.start, m.end) for m in data.measures] == [(0.0, 8.0), (8.0, 24.0)]
+    assert (data.onset[-1], data.duration[-1]) == (8.0, 16.0)
+
+
 def test_musicxml_unreadable_fingerings_are_skipped():
     data = load_score(WILD / "minimal" / "technical_fingering.musicxml")
     assert data.pitch.tolist() == [72, 74, 76, 77, 79, 81]
