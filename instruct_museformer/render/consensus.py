@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 from symusic import Note, Pedal, Score, Tempo, Track
 
-from ..tokens.remi import decode_ids_in_order, one_key_one_note
+from ..tokens.remi import add_sustain_controls, decode_ids_in_order, one_key_one_note
 from ..tokens.tokenizer import Vocab
 
 NoteKey = tuple[int, int, int]  # (bar, pitch, occurrence of that pitch in the bar)
@@ -126,6 +126,7 @@ def merge_renderings(renderings: Sequence[Sequence[int]], vocab: Vocab, spread: 
         if end > begin:
             track.pedals.append(Pedal(float(begin), float(end - begin), ttype="second"))
     track.notes = one_key_one_note(list(track.notes))
+    add_sustain_controls(track)  # what a MIDI file keeps of the pedal
     out = Score(vocab.ticks_per_quarter, ttype="second")
     out.tempos.append(Tempo(0.0, 120.0, ttype="second"))
     out.tracks.append(track)

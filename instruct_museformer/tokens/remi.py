@@ -148,12 +148,16 @@ def decode_ids(ids: Sequence[int], vocab: Vocab) -> Score:
     score, _ = decode_ids_in_order(ids, vocab)
     track = score.tracks[0]
     track.notes = one_key_one_note(list(track.notes))
-    # symusic writes controls, not Pedal objects, to a MIDI file: add the sustain pedal as CC64 too.
-    for pedal in track.pedals:
-        track.controls.append(ControlChange(pedal.time, SUSTAIN_CC, 127))
-        track.controls.append(ControlChange(pedal.time + pedal.duration, SUSTAIN_CC, 0))
-    track.controls.sort(key=lambda c: (c.time, c.value))
+    add_sustain_controls(track)
     return score
+
+
+def add_sustain_controls(track: Track) -> None:
+    """symusic writes controls, not Pedal objects, to a MIDI file: the sustain pedal as CC64 too."""
+    for pedal in track.pedals:
+        track.controls.append(ControlChange(pedal.time, SUSTAIN_CC, 127, ttype=track.ttype))
+        track.controls.append(ControlChange(pedal.time + pedal.duration, SUSTAIN_CC, 0, ttype=track.ttype))
+    track.controls.sort(key=lambda c: (c.time, c.value))
 
 
 def decode_ids_in_order(ids: Sequence[int], vocab: Vocab) -> tuple[Score, list[int]]:

@@ -75,3 +75,16 @@ def test_onset_tempo_of_a_deadpan_is_its_tempo(draws):
     deadpan = played_notes(score, vocab)
     times, qpm = onset_tempo(score, vocab, deadpan.keys, deadpan.onset)
     assert len(qpm) > 4 and np.allclose(qpm, qpm[0], rtol=1e-3)
+
+
+def test_the_merged_pedal_reaches_the_midi_file(draws, tmp_path):
+    from symusic import Score
+
+    vocab, _, outputs = draws
+    merged = merge_renderings(outputs, vocab)
+    pedals = merged.score.tracks[0].pedals
+    assert len(pedals) > 0  # the random tiny model presses the pedal
+    merged.score.dump_midi(str(tmp_path / "m.mid"))
+    back = Score(str(tmp_path / "m.mid"))
+    sustain = [c for c in back.tracks[0].controls if c.number == 64]
+    assert len(sustain) == 2 * len(pedals)  # written as CC64 on/off, as decode_ids writes it
