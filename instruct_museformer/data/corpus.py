@@ -330,7 +330,9 @@ def _tokenize_auto_aligned(pair: Pair, alignment: Path, matched: float,
         if matched < MIN_MATCHED:
             raise TokenizationError("alignment below threshold", f"{pair.performance}: parangonar matched "
                                     f"{matched:.1%} of the score's notes (< {MIN_MATCHED:.0%}); not tokenized")
-        return tokenize_pair(pair.score, pair.performance, _worker_tokenizer, unverified_alignment=alignment)
+        # The pair's own sources again (they refuse it as before): its annotations check parangonar's alignment.
+        return tokenize_pair(pair.score, pair.performance, _worker_tokenizer, annotations=_existing(pair.annotations),
+                             score_annotations=_existing(pair.score_annotations), unverified_alignment=alignment)
     except TokenizationError as error:
         raise _keep_reason(refused, error) from None
 

@@ -19,7 +19,7 @@ from . import specials
 from .alignment import anchors_from_annotations, anchors_from_match, anchors_from_note_alignment
 from .errors import TokenizationError
 from .performance import PerformanceData, decode_performance, encode_performance, fit_tempo, load_performance
-from .score import MIDI_SUFFIXES, ScoreData, encode_score, load_score, score_grid
+from .score import MIDI_SUFFIXES, ScoreData, encode_score, load_score, read_beat_annotations, score_grid
 from .tokenizer import Vocab
 from .trust import check_alignment
 from .unfolding import unfolding_for
@@ -80,7 +80,7 @@ def tokenize_pair(
     perf = load_performance(performance)
     vocab = Vocab(tokenizer)
     if alignment is None and match is None and annotations is None:
-        pair = _tokenize_unverified(score, data, perf, vocab, Path(unverified_alignment))
+        pair = _tokenize_unverified(score, data, perf, vocab, Path(unverified_alignment), None)
     else:
         try:
             anchors = _anchors(score, data, alignment, match, annotations, score_annotations)
@@ -88,7 +88,7 @@ def tokenize_pair(
         except TokenizationError as error:
             if unverified_alignment is None or error.reason not in FALLBACK_REASONS:
                 raise
-            pair = _fallback(score, data, perf, vocab, Path(unverified_alignment), error)
+            pair = _fallback(score, data, perf, vocab, Path(unverified_alignment), annotations, error)
     pair.seconds = time.perf_counter() - started
     return pair
 
@@ -135,20 +135,25 @@ def _note_alignment_anchors(score: Path, data: ScoreData, alignment: Path) -> _A
     return _Anchors(data, q, s, "note_alignment", alignment)
 
 
-def _tokenize_unverified(score: Path, data: ScoreData, perf: PerformanceData, vocab: Vocab,
-                         alignment: Path) -> PairTokens:
-    """A pair through an alignment nobody vouched for: checked (:mod:`.trust`) before it is used."""
+def _tokenize_unverified(score: Path, data: ScoreData, perf: PerformanceData, vocab: Vocab, alignment: Path,
+                         annotations: Path | None) -> PairTokens:
+    """A pair through an alignment nobody vouched for: checked (:mod:`.trust`, against the beat annotations
+    too where they are given) before it is used."""
     anchors = _note_alignment_anchors(score, data, alignment)
-    check_alignment(score_grid(anchors.data, vocab), anchors.data, anchors.q, anchors.s, perf.onset, str(alignment))
+    downbeats = None
+    if annotations is not None:
+        downbeats = np.array([t for t, label in read_beat_annotations(Path(annotations)) if label.startswith("db")])
+    check_alignment(score_grid(anchors.data, vocab), anchors.data, anchors.q, anchors.s, perf.onset, str(alignment),
+                    downbeats)
     return _tokenize_on_anchors(perf, vocab, anchors)
 
 
 def _fallback(score: Path, data: ScoreData, perf: PerformanceData, vocab: Vocab, alignment: Path,
-              refused: TokenizationError) -> PairTokens:
+              annotations: Path | None, refused: TokenizationError) -> PairTokens:
     """The unverified alignment where the first source refused the pair; if it fails too, the first
     refusal stands, with why the alignment could not replace it."""
     try:
-        return _tokenize_unverified(score, data, perf, vocab, alignment)
+        return _tokenize_unverified(score, data, perf, vocab, alignment, annotations)
     except TokenizationError as error:
         raise TokenizationError(refused.reason, f"{refused}; unverified note alignment: {error}") from None
 

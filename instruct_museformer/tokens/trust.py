@@ -12,9 +12,13 @@ alignment itself is checked first:
   notes but no anchor (a skipped repeat or passage);
 - **performance without anchors**: no gap between consecutive anchors that lasts more than
   :data:`MAX_EXCESS_S` seconds longer than the score's quarters in it take at the local tempo (music the
-  score does not have at that point, e.g. a repeat the score does not write).
+  score does not have at that point, e.g. a repeat the score does not write);
+- **beat annotations**, where the pair has some that count about as many bars as the score (within
+  :data:`SAME_BAR_COUNT`; they failed on a bar or two): at least :data:`MIN_DOWNBEATS_ON_BAR_LINES` of
+  their downbeats fall on a bar line where the alignment's anchors put them (within
+  :data:`DOWNBEAT_TOLERANCE_Q`).
 
-Robust (n)ASAP alignments pass all three with a wide margin (docs/tokens.md gives the figures).
+Robust (n)ASAP alignments pass these checks with a margin (docs/tokens.md gives the figures).
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ MAX_UNANCHORED_BARS = 2
 MAX_EXCESS_S = 10.0
 TEMPO_WINDOW = 16  # anchor intervals on each side that give the local tempo
 MIN_GAP_NOTES = 16  # performance notes in a gap between anchors that make it music rather than a pause
+SAME_BAR_COUNT = 0.05  # annotations within 5% of the score's bar count are compared with the alignment
+MIN_DOWNBEATS_ON_BAR_LINES = 0.85  # robust (n)ASAP alignments: 0.87-1.0, median 0.99 (116 pairs)
+DOWNBEAT_TOLERANCE_Q = 0.25  # quarters between an annotated downbeat and the bar line it marks
 
 
 def matched_share(data: ScoreData, anchor_count: int) -> float:
@@ -74,9 +81,21 @@ def largest_excess(grid: BarGrid, anchor_q: np.ndarray, anchor_s: np.ndarray,
     return worst, worst_at
 
 
+def downbeats_on_bar_lines(grid: BarGrid, anchor_q: np.ndarray, anchor_s: np.ndarray,
+                           downbeats: np.ndarray) -> float:
+    """Share of annotated downbeats (seconds) that the anchors' time map puts on a bar line."""
+    ticks, seconds = _monotone_anchors(grid.quarter_to_tick(anchor_q), anchor_s)
+    at = np.interp(downbeats, seconds, ticks)
+    bar = grid.bar_of_tick(at)
+    offset = (at - grid.start_tick[bar]) / grid.vocab.ticks_per_quarter
+    length = grid.length_ticks[bar] / grid.vocab.ticks_per_quarter
+    return float(np.mean(np.minimum(offset, length - offset) <= DOWNBEAT_TOLERANCE_Q)) if len(downbeats) else 1.0
+
+
 def check_alignment(grid: BarGrid, data: ScoreData, anchor_q: np.ndarray, anchor_s: np.ndarray,
-                    onsets: np.ndarray, name: str) -> None:
-    """Raise TokenizationError("alignment below threshold") naming ``name`` where a check fails."""
+                    onsets: np.ndarray, name: str, downbeats: np.ndarray | None = None) -> None:
+    """Raise TokenizationError("alignment below threshold") naming ``name`` where a check fails; ``onsets``:
+    the performance's note onsets, ``downbeats``: its annotated downbeats (seconds), if any."""
     share = matched_share(data, len(anchor_q))
     if share < MIN_MATCHED:
         raise TokenizationError("alignment below threshold", f"{name}: {share:.1%} of the score's notes matched "
@@ -90,3 +109,8 @@ def check_alignment(grid: BarGrid, data: ScoreData, anchor_q: np.ndarray, anchor
         raise TokenizationError("alignment below threshold", f"{name}: {excess:.1f} s of the performance at "
                                 f"{at:.1f} s without a matched note beyond the score's time (> {MAX_EXCESS_S:.0f} s; "
                                 "music the score does not have there?)")
+    if downbeats is not None and abs(len(downbeats) - grid.num_bars) <= SAME_BAR_COUNT * grid.num_bars:
+        share = downbeats_on_bar_lines(grid, anchor_q, anchor_s, downbeats)
+        if share < MIN_DOWNBEATS_ON_BAR_LINES:
+            raise TokenizationError("alignment below threshold", f"{name}: {share:.1%} of the {len(downbeats)} "
+                                    f"annotated downbeats on a bar line (< {MIN_DOWNBEATS_ON_BAR_LINES:.0%})")

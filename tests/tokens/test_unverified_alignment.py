@@ -76,3 +76,17 @@ def test_too_few_matched_notes_stay_refused(tokenizer, tmp_path):
     """Half of the notes aligned: below the 80% that parangonar's alignments need too."""
     error = _refusal(tokenizer, piece(tmp_path, 8, [*range(1, 9), 8], aligned=[k % 2 == 0 for k in range(9)]))
     assert "of the score's notes matched" in str(error)
+
+
+def test_alignment_the_annotations_contradict_stays_refused(tokenizer, tmp_path):
+    """40 bars played as written; the annotations miss one downbeat (39 bars: refused on them), and the
+    alignment puts every note half a bar late: no downbeat falls on a bar line."""
+    made = piece(tmp_path, 40, list(range(1, 41)))
+    labels = made["annotations"].read_text().splitlines()
+    labels[4 * 5] = labels[4 * 5].replace("db", "b")
+    made["annotations"].write_text("\n".join(labels) + "\n")
+    rows = [line.split("\t") for line in made["alignment"].read_text().splitlines()]
+    made["alignment"].write_text("\n".join("\t".join(r[:5] + [r[5] if k == 0 else f"{float(r[5]) + 1.0:.3f}"])
+                                          for k, r in enumerate(rows)) + "\n")
+    error = _refusal(tokenizer, made)
+    assert "annotated downbeats on a bar line" in str(error)
