@@ -334,6 +334,8 @@ def _tokenize_auto_aligned(pair: Pair, alignment: Path, matched: float,
         return tokenize_pair(pair.score, pair.performance, _worker_tokenizer, annotations=_existing(pair.annotations),
                              score_annotations=_existing(pair.score_annotations), unverified_alignment=alignment)
     except TokenizationError as error:
+        if refused is not None and str(error).startswith(f"{refused}; "):  # the sources' refusal, said once
+            error = TokenizationError(error.reason, str(error)[len(f"{refused}; "):])
         raise _keep_reason(refused, error) from None
 
 
