@@ -22,11 +22,16 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import UserError
 from ..files import write_text_atomic
 from ..tokens.autoalign import MIN_MATCHED
+from ..tokens.errors import TokenizationError
 from ..tokens.specials import BAR
+
+if TYPE_CHECKING:
+    from ..tokens.pair import PairTokens
 
 SPLITS = ("train", "val", "test")
 # (n)ASAP's acpas_split says "validation"; the seed's file names say "val".
@@ -45,7 +50,10 @@ class Pair:
     annotations: Path | None = None  # ASAP beat annotations of the performance
     score_annotations: Path | None = None  # ASAP beat annotations of the score MIDI
     match: Path | None = None  # a match file (score + performance + alignment)
-    auto_align: bool = False  # none of the above: align with parangonar (tokens.autoalign)
+    auto_align: bool = False  # where the above cannot place the pair (or there are none): parangonar (tokens.autoalign)
+    # a note alignment (n)ASAP does not vouch for (robust_note_alignment 0): used, checked, where the
+    # beat annotations cannot place the performance (tokens.pair.tokenize_pair, tokens.trust)
+    unverified_alignment: Path | None = None
 
     @property
     def name(self) -> str:
@@ -147,7 +155,9 @@ def nasap_pairs(root: Path, metadata: Path | None = None, cache_root: Path | Non
     """Pairs of an (n)ASAP directory or ``.tar.xz``, split by the piece-disjoint ``acpas_split`` column.
 
     Note alignments are used only where ``robust_note_alignment == 1`` (data.md); the other performances
-    are linked to their score through the beat annotations.
+    are linked to their score through the beat annotations; where these do not fit the score, through
+    their note alignment, and then through parangonar's, each only if it passes the checks of
+    :mod:`..tokens.trust`.
     """
     archive = None
     if not root.exists():
@@ -169,18 +179,34 @@ def nasap_pairs(root: Path, metadata: Path | None = None, cache_root: Path | Non
                 return root / value if value else None
 
             robust = (row.get("robust_note_alignment") or "").strip() in ("1", "1.0", "True")
-            alignment = path("note_alignments_fixed") or path("note_alignments")
+            score = _score_of(path("xml_score") or root / row["folder"] / "xml_score.musicxml", path("midi_score"),
+                              split)
+            # Note alignments name MusicXML notes: a MIDI score is paired through the beat annotations.
+            alignment = None if score.suffix.lower() in (".mid", ".midi") else (
+                path("note_alignments_fixed") or path("note_alignments"))
             pairs.append(
                 Pair(
                     split=split,
-                    score=path("xml_score") or root / row["folder"] / "xml_score.musicxml",
+                    score=score,
                     performance=path("midi_performance") or root / "missing",
                     alignment=alignment if robust else None,
                     annotations=path("performance_annotations"),
                     score_annotations=path("midi_score_annotations"),
+                    unverified_alignment=None if robust else alignment,
+                    auto_align=not robust and score.suffix.lower() not in (".mid", ".midi"),
                 )
             )
     return pairs
+
+
+def _score_of(xml: Path, midi: Path | None, split: str) -> Path:
+    """The MusicXML score; in the training split, where (n)ASAP could not ship it (three files over 4 MiB:
+    Liszt's sonata and Mephisto waltz, Schubert's Wanderer fantasy), the MIDI score, paired with the
+    performance beat by beat through the annotations of both. It has no markings. Validation and test keep
+    to MusicXML scores: they measure what the model renders from, and keep the pieces they had."""
+    if split == "train" and not xml.is_file() and midi is not None and midi.is_file():
+        return midi
+    return xml
 
 
 def manifest_pairs(manifest: Path) -> list[Pair]:
@@ -241,8 +267,9 @@ def _init_worker(tokenizer_path: str) -> None:
 
 
 def _tokenize_one(pair: Pair, auto_alignment: Path | None = None) -> PairResult:
-    """Tokenize one pair; a pair without any alignment is first aligned into ``auto_alignment`` (a cache file)."""
-    from ..tokens.pair import TokenizationError, tokenize_pair
+    """Tokenize one pair from its own alignment sources; a pair they cannot place (or that has none) and that
+    may be auto-aligned is then aligned by parangonar into ``auto_alignment`` (a cache file)."""
+    from ..tokens.pair import FALLBACK_REASONS
 
     start = time.perf_counter()
     missing = [p for p in (pair.score, pair.performance) if not p.is_file()]
@@ -250,24 +277,17 @@ def _tokenize_one(pair: Pair, auto_alignment: Path | None = None) -> PairResult:
         return PairResult(pair, reason="missing file", message=f"{missing[0]}: not found")
     matched = None
     try:
-        alignment = pair.alignment if pair.alignment and pair.alignment.is_file() else None
-        if pair.auto_align and auto_alignment is not None:
-            alignment, matched = _auto_align(pair, auto_alignment)
-            if matched < MIN_MATCHED:
-                return PairResult(pair, reason="alignment below threshold", matched=matched,
-                                  message=f"{pair.performance}: parangonar matched {matched:.1%} of the score's "
-                                  f"notes (< {MIN_MATCHED:.0%}); not tokenized", seconds=time.perf_counter() - start)
-        tokens = tokenize_pair(
-            pair.score,
-            pair.performance,
-            _worker_tokenizer,
-            alignment=alignment,
-            annotations=pair.annotations if pair.annotations and pair.annotations.is_file() else None,
-            score_annotations=(
-                pair.score_annotations if pair.score_annotations and pair.score_annotations.is_file() else None
-            ),
-            match=pair.match if pair.match and pair.match.is_file() else None,
-        )
+        try:
+            tokens = _tokenize_own_sources(pair)
+        except TokenizationError as error:
+            if not (pair.auto_align and auto_alignment is not None and error.reason in FALLBACK_REASONS):
+                raise
+            refused = error if _has_own_source(pair) else None
+            try:
+                alignment, matched = _auto_align(pair, auto_alignment)
+            except TokenizationError as failed:
+                raise _keep_reason(refused, failed) from None
+            tokens = _tokenize_auto_aligned(pair, alignment, matched, refused)
     except TokenizationError as error:
         return PairResult(pair, reason=error.reason, message=str(error), seconds=time.perf_counter() - start,
                           matched=matched)
@@ -283,10 +303,52 @@ def _tokenize_one(pair: Pair, auto_alignment: Path | None = None) -> PairResult:
     )
 
 
+def _existing(path: Path | None) -> Path | None:
+    return path if path is not None and path.is_file() else None
+
+
+def _has_own_source(pair: Pair) -> bool:
+    return any(_existing(p) for p in (pair.alignment, pair.annotations, pair.match, pair.unverified_alignment))
+
+
+def _tokenize_own_sources(pair: Pair) -> PairTokens:
+    """``tokenize_pair`` with the alignment sources the pair comes with (those whose files exist)."""
+    from ..tokens.pair import tokenize_pair
+
+    return tokenize_pair(pair.score, pair.performance, _worker_tokenizer, alignment=_existing(pair.alignment),
+                         annotations=_existing(pair.annotations), score_annotations=_existing(pair.score_annotations),
+                         match=_existing(pair.match), unverified_alignment=_existing(pair.unverified_alignment))
+
+
+def _tokenize_auto_aligned(pair: Pair, alignment: Path, matched: float,
+                           refused: TokenizationError | None) -> PairTokens:
+    """Tokens through parangonar's alignment, checked as any unverified alignment (``tokens.trust``). A pair
+    its own sources refused (``refused``) keeps their reason, with what parangonar found added."""
+    from ..tokens.pair import tokenize_pair
+
+    try:
+        if matched < MIN_MATCHED:
+            raise TokenizationError("alignment below threshold", f"{pair.performance}: parangonar matched "
+                                    f"{matched:.1%} of the score's notes (< {MIN_MATCHED:.0%}); not tokenized")
+        # The pair's own sources again (they refuse it as before): its annotations check parangonar's alignment.
+        return tokenize_pair(pair.score, pair.performance, _worker_tokenizer, annotations=_existing(pair.annotations),
+                             score_annotations=_existing(pair.score_annotations), unverified_alignment=alignment)
+    except TokenizationError as error:
+        if refused is not None and str(error).startswith(f"{refused}; "):  # the sources' refusal, said once
+            error = TokenizationError(error.reason, str(error)[len(f"{refused}; "):])
+        raise _keep_reason(refused, error) from None
+
+
+def _keep_reason(refused: TokenizationError | None, error: TokenizationError) -> TokenizationError:
+    """``error``, or where the pair's own sources refused it first, their refusal with ``error`` appended."""
+    if refused is None:
+        return error
+    return TokenizationError(refused.reason, f"{refused}; parangonar: {error}")
+
+
 def _auto_align(pair: Pair, path: Path) -> tuple[Path, float]:
     """(alignment file, share of score notes matched) from parangonar (cached in ``path``)."""
     from ..tokens.autoalign import align_pair
-    from ..tokens.errors import TokenizationError
     from ..tokens.score import MIDI_SUFFIXES
 
     if pair.score.suffix.lower() in MIDI_SUFFIXES:
@@ -318,7 +380,8 @@ def _tokenization_fingerprint(tokenizer_path: Path) -> str:
 
 def _cache_key(pair: Pair, tokenizer_fingerprint: str) -> str:
     parts = [tokenizer_fingerprint]
-    for path in (pair.score, pair.performance, pair.alignment, pair.annotations, pair.score_annotations, pair.match):
+    for path in (pair.score, pair.performance, pair.alignment, pair.annotations, pair.score_annotations, pair.match,
+                 pair.unverified_alignment):
         if path is None:
             parts.append("-")
         elif path.is_file():

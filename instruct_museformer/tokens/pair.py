@@ -19,8 +19,10 @@ from . import specials
 from .alignment import anchors_from_annotations, anchors_from_match, anchors_from_note_alignment
 from .errors import TokenizationError
 from .performance import PerformanceData, decode_performance, encode_performance, fit_tempo, load_performance
-from .score import MIDI_SUFFIXES, ScoreData, encode_score, load_score, score_grid
+from .score import MIDI_SUFFIXES, ScoreData, encode_score, load_score, read_beat_annotations, score_grid
 from .tokenizer import Vocab
+from .trust import check_alignment
+from .unfolding import unfolding_for
 
 __all__ = ["PairTokens", "TokenizationError", "roundtrip_errors", "tokenize_pair"]
 
@@ -58,43 +60,119 @@ def tokenize_pair(
     annotations: Path | None = None,
     score_annotations: Path | None = None,
     match: Path | None = None,
+    unverified_alignment: Path | None = None,
 ) -> PairTokens:
     """Tokenize one pair; the first alignment source given wins (note alignment, match, annotations).
 
-    Raises TokenizationError with reason "missing file", "parse error", "no alignment" or
-    "bar mismatch", naming the file.
+    ``unverified_alignment``: a note alignment nobody vouched for ((n)ASAP's non-robust ones, parangonar's),
+    used where the sources before it are not given or fail with "bar mismatch" / "no alignment", and kept
+    only if it passes the checks of :mod:`.trust`.
+
+    Raises TokenizationError with reason "missing file", "parse error", "no alignment", "bar mismatch" or
+    "alignment below threshold", naming the file.
     """
     started = time.perf_counter()
     score, performance = Path(score), Path(performance)
-    if alignment is None and match is None and annotations is None:
+    if alignment is None and match is None and annotations is None and unverified_alignment is None:
         raise TokenizationError("no alignment", f"{performance}: no alignment, match file or beat annotations given")
     midi_score = score.suffix.lower() in MIDI_SUFFIXES
     data = load_score(score, score_annotations if midi_score else None)
     perf = load_performance(performance)
-    if alignment is not None:
-        anchor_q, anchor_s = anchors_from_note_alignment(Path(alignment), data)
-        source = "note_alignment"
-    elif match is not None:
-        anchor_q, anchor_s = anchors_from_match(Path(match), data)
-        source = "match"
-    else:
-        anchor_q, anchor_s = anchors_from_annotations(
-            Path(annotations), data, score_annotations if midi_score else None, score if midi_score else None
-        )
-        source = "annotations"
     vocab = Vocab(tokenizer)
+    if alignment is None and match is None and annotations is None:
+        pair = _tokenize_unverified(score, data, perf, vocab, Path(unverified_alignment), None)
+    else:
+        try:
+            anchors = _anchors(score, data, alignment, match, annotations, score_annotations)
+            pair = _tokenize_on_anchors(perf, vocab, anchors)
+        except TokenizationError as error:
+            if unverified_alignment is None or error.reason not in FALLBACK_REASONS:
+                raise
+            pair = _fallback(score, data, perf, vocab, Path(unverified_alignment), annotations, error)
+    pair.seconds = time.perf_counter() - started
+    return pair
+
+
+FALLBACK_REASONS = ("bar mismatch", "no alignment")  # where an unverified note alignment may step in
+
+
+@dataclass
+class _Anchors:
+    """The score (unfolded as the alignment needs) and the (quarter, second) anchors linking it to the
+    performance; ``name`` is the alignment file, named in errors."""
+
+    data: ScoreData
+    q: np.ndarray
+    s: np.ndarray
+    source: str
+    name: Path
+
+
+def _anchors(score: Path, data: ScoreData, alignment: Path | None, match: Path | None,
+             annotations: Path | None, score_annotations: Path | None) -> _Anchors:
+    """Anchors from the first source given: note alignment, match file, beat annotations (``data``: the
+    score, maximally unfolded)."""
+    midi_score = score.suffix.lower() in MIDI_SUFFIXES
+    if alignment is not None:
+        return _note_alignment_anchors(score, data, Path(alignment))
+    if match is not None:
+        q, s = anchors_from_match(Path(match), data)
+        return _Anchors(data, q, s, "match", Path(match))
+    assert annotations is not None
+    q, s = anchors_from_annotations(
+        Path(annotations), data, score_annotations if midi_score else None, score if midi_score else None
+    )
+    return _Anchors(data, q, s, "annotations", Path(annotations))
+
+
+def _note_alignment_anchors(score: Path, data: ScoreData, alignment: Path) -> _Anchors:
+    """Anchors of a note alignment, against the unfolding of the score its note ids refer to."""
+    if score.suffix.lower() not in MIDI_SUFFIXES:
+        labels = unfolding_for(score, data.ids, alignment)
+        if labels is not None:
+            data = load_score(score, unfolding=labels)
+    q, s = anchors_from_note_alignment(alignment, data)
+    return _Anchors(data, q, s, "note_alignment", alignment)
+
+
+def _tokenize_unverified(score: Path, data: ScoreData, perf: PerformanceData, vocab: Vocab, alignment: Path,
+                         annotations: Path | None) -> PairTokens:
+    """A pair through an alignment nobody vouched for: checked (:mod:`.trust`, against the beat annotations
+    too where they are given) before it is used."""
+    anchors = _note_alignment_anchors(score, data, alignment)
+    downbeats = None
+    if annotations is not None:
+        downbeats = np.array([t for t, label in read_beat_annotations(Path(annotations)) if label.startswith("db")])
+    check_alignment(score_grid(anchors.data, vocab), anchors.data, anchors.q, anchors.s, perf.onset, str(alignment),
+                    downbeats)
+    return _tokenize_on_anchors(perf, vocab, anchors)
+
+
+def _fallback(score: Path, data: ScoreData, perf: PerformanceData, vocab: Vocab, alignment: Path,
+              annotations: Path | None, refused: TokenizationError) -> PairTokens:
+    """The unverified alignment where the first source refused the pair; if it fails too, the first
+    refusal stands, with why the alignment could not replace it."""
+    try:
+        return _tokenize_unverified(score, data, perf, vocab, alignment, annotations)
+    except TokenizationError as error:
+        raise TokenizationError(refused.reason, f"{refused}; unverified note alignment: {error}") from None
+
+
+def _tokenize_on_anchors(perf: PerformanceData, vocab: Vocab, anchors: _Anchors) -> PairTokens:
+    """Both sides on the score's bar grid, the performance through the tempo map fitted to the anchors."""
+    data, anchor_q, anchor_s, source = anchors.data, anchors.q, anchors.s, anchors.source
     grid = score_grid(data, vocab)
     events = np.concatenate([perf.onset, perf.pedal_on, perf.pedal_off])
     try:
         fit = fit_tempo(grid, anchor_q, anchor_s, float(events.min()), float(events.max()))
     except ValueError as error:
-        raise TokenizationError("no alignment", f"{alignment or match or annotations}: {error}") from None
+        raise TokenizationError("no alignment", f"{anchors.name}: {error}") from None
     tokenized: Counter = Counter()
     score_ids = encode_score(data, grid, tokenized)
     perf_ids = encode_performance(perf, grid, fit)
     n_score, n_perf = score_ids.count(specials.BAR), perf_ids.count(specials.BAR)
     if n_score != n_perf or n_score != grid.num_bars:  # cannot happen by construction; guard the invariant
-        raise TokenizationError("bar mismatch", f"{performance}: {n_perf} performance bars vs {n_score} score bars")
+        raise TokenizationError("bar mismatch", f"{perf.path}: {n_perf} performance bars vs {n_score} score bars")
     # How often an aligned note lands in the same bar on both sides (1.0 = perfect bar alignment; notes
     # played across a bar line, e.g. an early bass under a downbeat, count as disagreements).
     score_bar, _ = grid.snap(grid.quarter_to_tick(anchor_q))
@@ -105,15 +183,14 @@ def tokenize_pair(
         # range: the time round trip would still be exact, but bar k would not be score bar k.
         raise TokenizationError(
             "bar mismatch",
-            f"{alignment or match or annotations}: only {100 * bar_agreement:.1f}% of the aligned notes/beats "
+            f"{anchors.name}: only {100 * bar_agreement:.1f}% of the aligned notes/beats "
             f"fall in their score bar (corrupt alignment?)",
         )
     anchor_times = np.sort(anchor_s)
     nearest = np.clip(np.searchsorted(anchor_times, perf.onset), 1, len(anchor_times) - 1)
     gap = np.minimum(np.abs(perf.onset - anchor_times[nearest - 1]), np.abs(perf.onset - anchor_times[nearest]))
     aligned = gap < 1e-4 if source != "annotations" else np.ones(len(perf.onset), dtype=bool)
-    return PairTokens(score_ids, perf_ids, grid.num_bars, perf, fit.origin, aligned,
-                      time.perf_counter() - started, source,
+    return PairTokens(score_ids, perf_ids, grid.num_bars, perf, fit.origin, aligned, 0.0, source,
                       {"tempo_beats": len(fit.tempo_index), "anchors": len(anchor_q),
                        "bar_agreement": bar_agreement, "markings": _marking_counts(data, tokenized, vocab)})
 

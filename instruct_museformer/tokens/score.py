@@ -61,8 +61,10 @@ def _check_file(path: Path) -> None:
         raise TokenizationError("missing file", f"{path}: file not found")
 
 
-def load_score(path: Path, score_annotations: Path | None = None) -> ScoreData:
+def load_score(path: Path, score_annotations: Path | None = None, unfolding: str | None = None) -> ScoreData:
     """Load and unfold a score; TokenizationError ("missing file"/"parse error") names the file.
+
+    ``unfolding``: a path through the score's repeats (:mod:`.unfolding`) instead of the maximal unfolding.
 
     The last few scores are cached (keyed by path, size and modification time): a corpus has several
     performances per score, and parsing a large MusicXML with partitura takes seconds. Callers must not
@@ -74,7 +76,9 @@ def load_score(path: Path, score_annotations: Path | None = None) -> ScoreData:
     if score_annotations is not None:
         _check_file(Path(score_annotations))
         key.append(_file_key(Path(score_annotations)))
-    return _load_score_cached(tuple(key), path, None if score_annotations is None else Path(score_annotations))
+    key.append(unfolding)
+    return _load_score_cached(tuple(key), path, None if score_annotations is None else Path(score_annotations),
+                              unfolding)
 
 
 def _file_key(path: Path) -> tuple[str, int, int]:
@@ -83,12 +87,12 @@ def _file_key(path: Path) -> tuple[str, int, int]:
 
 
 @functools.lru_cache(maxsize=4)
-def _load_score_cached(key: tuple, path: Path, score_annotations: Path | None) -> ScoreData:
+def _load_score_cached(key: tuple, path: Path, score_annotations: Path | None, unfolding: str | None) -> ScoreData:
     suffix = path.suffix.lower()
     if suffix in MIDI_SUFFIXES:
         data = _load_midi_score(path, score_annotations)
     elif suffix in PARTITURA_SUFFIXES:
-        data = _load_partitura_score(path)
+        data = _load_partitura_score(path, unfolding)
     else:
         raise TokenizationError(
             "parse error",
@@ -101,11 +105,11 @@ def _load_score_cached(key: tuple, path: Path, score_annotations: Path | None) -
     return data
 
 
-def _load_partitura_score(path: Path) -> ScoreData:
+def _load_partitura_score(path: Path, unfolding: str | None = None) -> ScoreData:
     import partitura as pt
 
     try:
-        merged, part = read_unfolded_part(path)
+        merged, part = read_unfolded_part(path, unfolding)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             notes = part.note_array(include_grace_notes=True)

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import TokenizationError
+from .unfolding import unfold_along
 
 MENSURAL = re.compile(rb"""notationtype\s*=\s*["']mensural""")
 MUSICXML_SUFFIXES = {".musicxml", ".xml", ".mxl"}
@@ -45,9 +46,11 @@ class ScoreReadingWarning(UserWarning):
     """A score was read with a simplification the user should know about (e.g. repeats played as written)."""
 
 
-def read_unfolded_part(path: Path) -> tuple[Any, Any]:
+def read_unfolded_part(path: Path, unfolding: str | None = None) -> tuple[Any, Any]:
     """The score at ``path`` as one partitura Part, repeats unfolded where partitura can (else as written):
     (the merged, folded part; the unfolded part). The folded part keeps what unfolding drops (slurs).
+    ``unfolding``: the path to unfold along (labels from :func:`.unfolding.best_path`) instead of the
+    maximal unfolding.
 
     TokenizationError("parse error") for scores without parts and notations without bars (mensural MEI),
     naming the file; partitura's own errors propagate (``score.py`` turns them into one-line errors).
@@ -68,7 +71,9 @@ def read_unfolded_part(path: Path) -> tuple[Any, Any]:
         scale = _divisions(parts[0])
         merged = pt.score.merge_parts(parts)
         scale = _divisions(merged) / scale
-        if sections is not None:
+        if unfolding is not None:
+            unfolded, problem = unfold_along(merged, unfolding), None
+        elif sections is not None:
             unfolded, problem = _expand_kern_sections(merged, [(t if t < 0 else round(t * scale), label)
                                                                for t, label in sections])
         else:

@@ -31,6 +31,36 @@ def test_nasap_pairs_use_the_split_and_robust_alignments():
         assert pair.annotations is not None and pair.annotations.is_file()
 
 
+def test_nasap_pairs_without_a_vouched_alignment_or_a_musicxml_score(tmp_path: Path):
+    """A non-robust row keeps its note alignment as an unverified one (tried where the annotations fail, and
+    parangonar after it); a training row whose MusicXML (n)ASAP could not ship is paired through its MIDI
+    score, a test row is not."""
+    rows = (NASAP / "nasap_metadata_shipped.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    robust, xml, split = header.index("robust_note_alignment"), header.index("xml_score"), header.index("acpas_split")
+    edited = [rows[0]]
+    for k, line in enumerate(rows[1:]):
+        cells = line.split(",")
+        if k == 0:
+            cells[robust] = "0.0"
+        if k == 1 or cells[split] == "test":
+            cells[xml] = cells[xml].replace("xml_score.musicxml", "absent.musicxml")
+        edited.append(",".join(cells))
+    metadata = tmp_path / "metadata.csv"
+    metadata.write_text("\n".join(edited) + "\n")
+    pairs = nasap_pairs(NASAP, metadata)
+    assert pairs[0].alignment is None and pairs[0].unverified_alignment is not None
+    assert pairs[0].unverified_alignment.name == "note_alignment.tsv" and pairs[0].unverified_alignment.is_file()
+    assert pairs[0].auto_align and not any(p.auto_align for p in pairs[1:])  # parangonar after both
+    assert pairs[0].annotations is not None
+    assert pairs[1].score.name == "midi_score.mid" and pairs[1].split == "train"
+    assert pairs[1].alignment is None and pairs[1].unverified_alignment is None
+    assert pairs[1].score_annotations is not None and pairs[1].score_annotations.is_file()
+    tests = [p for p in pairs if p.split == "test"]
+    assert tests and all(p.score.name == "absent.musicxml" for p in tests)
+    assert all(p.unverified_alignment is None for k, p in enumerate(pairs) if k > 0)
+
+
 def test_nasap_needs_a_split_column(tmp_path: Path):
     (tmp_path / "metadata.csv").write_text("composer,folder\nBach,Bach/x\n")
     with pytest.raises(UserError, match="acpas_split"):
