@@ -88,7 +88,8 @@ for d in ${DIAGNOSE:-}; do  # side by side
   timeout -k 5 ${DIAGNOSE_SECONDS:-120} python3 -m instruct_museformer diagnose $DATA $ck --device cuda \
     ${DIAGNOSE_FLAGS:---pairs-per-piece 1} --out renders/diagnose_$d.json > $LOG/diagnose_$d.log 2>&1 &
 done
+# the renders start beside the diagnoses (both use the GPU; the diagnoses are short)
+if [ -n "${RENDER:-}" ] && [ "${RENDER_FIRST:-0}" != 1 ]; then render_split; fi
 wait
 for d in ${DIAGNOSE:-}; do echo "== diagnose $d"; grep "^|" $LOG/diagnose_$d.log; done
-if [ -n "${RENDER:-}" ] && [ "${RENDER_FIRST:-0}" != 1 ]; then render_split; fi
 echo "call took $(( $(date +%s) - START )) s"

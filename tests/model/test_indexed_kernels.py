@@ -52,8 +52,8 @@ def test_indexed_kernels_match_reference(check: str):
         assert calls["kept"] > 0, calls
     if check == "dropout layouts":
         assert calls["dropout"] == calls["forward"], calls
-    if check == "graph replay":  # the replayed batch is another problem than the recorded one
-        assert all(v > 1e-2 for v in result["stats"].values()), result["stats"]
+    if check == "graph replay":  # the replayed batch is another problem than the recorded one (by far more
+        assert all(v > 1e-3 for v in result["stats"].values()), result["stats"]  # than the 2e-5 tolerance)
     if check.startswith("dropout"):
         assert calls["dropout"] > 0, calls
         stats = result["stats"]
@@ -197,7 +197,14 @@ def _check_dropout_models() -> dict[str, float]:
     errors = {}
     for task in ("translation",):
         torch.manual_seed(0)
-        sizes = {"attention_embed_dim": 64, "num_attention_heads": 4, "attention_dropout": 0.25}
+        # one layer each side: the fused step, the cross-attention and the summaries all run in it
+        sizes = {
+            "attention_embed_dim": 64,
+            "num_attention_heads": 4,
+            "attention_dropout": 0.25,
+            "num_layers": 1,
+            "encoder_layers": 1,
+        }
         model = build_model(small_config(task, attention_impl="gather", **sizes)).train()
         batch = random_layout_batch(1, translation=task == "translation")
         weights = torch.randn(*batch.target.shape, model.cfg.vocab_size, generator=torch.Generator().manual_seed(1))
@@ -219,7 +226,7 @@ def _check_dropout_models() -> dict[str, float]:
                 module.dropout, module.kv_sink = 0.0, None
         torch.manual_seed(3)
         logits = model(batch)
-        (logits * weights).sum().backward()
+        (logits * weights).sum().backward()  # the kernels' calls stay paired (forward == backward)
         STATS[f"{task} logits moved by dropout"] = _rel(logits.detach(), results[0][0])
     return errors
 
@@ -244,7 +251,15 @@ def _check_graph_replay() -> dict[str, float]:
     errors = {}
     for task in ("language_modeling", "translation"):
         torch.manual_seed(0)
-        cfg = small_config(task, attention_impl="gather", attention_embed_dim=64, num_attention_heads=4, block_size=16)
+        cfg = small_config(
+            task,
+            attention_impl="gather",
+            attention_embed_dim=64,
+            num_attention_heads=4,
+            block_size=16,
+            num_layers=1,
+            encoder_layers=1,
+        )  # what a replay reads does not depend on depth
         model = build_model(cfg)
         batches = []
         for order in ([5, 1, 9, 3, 12, 1, 4, 7], [12, 4, 1, 7, 5, 9, 1, 3]):
