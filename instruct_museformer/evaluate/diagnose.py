@@ -96,7 +96,7 @@ def diagnose_chunk(
     into: PairDiagnosis,
 ) -> None:
     """Add one teacher-forced chunk: ``logits`` (T, V) for the ``target`` tokens (T,)."""
-    logp = torch.log_softmax(logits.float(), dim=-1).numpy().astype(np.float64)
+    logp = torch.log_softmax(logits.float(), dim=-1).cpu().numpy().astype(np.float64)
     target = np.asarray(target, dtype=np.int64)
     nll = -logp[np.arange(len(target)), target]
     classes = table.class_index[target]
