@@ -15,6 +15,7 @@ from instruct_museformer.tokens.tokenizer import build_tokenizer
 ROOT = Path(__file__).resolve().parents[2]
 MARKED = ROOT / "tests" / "fixtures" / "markings" / "all_markings.musicxml"
 SHIPPED = ROOT / "instruct_museformer" / "assets" / "default_model"
+NOTES_ONLY_V1 = ROOT / "tests" / "fixtures" / "tokenizers" / "notes_only_v1.json"  # the first shipped model's
 
 
 def test_marked_score_renders_its_notes_and_no_markings():
@@ -29,8 +30,17 @@ def test_marked_score_renders_its_notes_and_no_markings():
     assert_follows_score(score, out[0], grammar, 8)
 
 
-def test_the_shipped_checkpoint_tokenizes_scores_as_before():
-    """The shipped model's tokenizer has no score_markings option: its score tokens are the notes-only ones."""
+def test_a_notes_only_checkpoint_tokenizes_scores_as_before(tmp_path):
+    """A checkpoint trained before the markings (its tokenizer has no score_markings option) gets the notes-only
+    score tokens it was trained on."""
+    (tmp_path / "tokenizer.json").write_bytes(NOTES_ONLY_V1.read_bytes())
+    notes_only = _checkpoint_tokenizer(tmp_path, {})
+    assert len(notes_only) == len(build_tokenizer(score_markings=False))
+    assert tokenize_scores([MARKED], notes_only) == tokenize_scores([MARKED], build_tokenizer(score_markings=False))
+    assert not set(tokenize_scores([MARKED], notes_only)[0]) & set(range(len(notes_only), 2 * len(notes_only)))
+
+
+def test_the_shipped_checkpoint_reads_the_markings():
     shipped = _checkpoint_tokenizer(SHIPPED, {})
-    assert len(shipped) == len(build_tokenizer(score_markings=False))
-    assert tokenize_scores([MARKED], shipped) == tokenize_scores([MARKED], build_tokenizer(score_markings=False))
+    (score,) = tokenize_scores([MARKED], shipped)
+    assert {shipped[token] for token in MARKING_TOKENS} & set(score)

@@ -15,7 +15,7 @@ from instruct_museformer.tokens.tokenizer import Vocab, build_tokenizer, load_to
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 MARKED = FIXTURES / "markings" / "all_markings.musicxml"
-SHIPPED_TOKENIZER = Path(__file__).resolve().parents[2] / "instruct_museformer" / "assets" / "default_model"
+NOTES_ONLY_V1 = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "tokenizers" / "notes_only_v1.json"
 MARKED_BARS = {1, 2, 3, 5, 6}  # bars 4, 7 and 8 of the fixture hold notes only
 
 # (bar, position, token) for every marking the fixture holds; 48 positions per quarter
@@ -104,8 +104,8 @@ def test_bad_markings_are_counted_not_lost(tokenizer):
 
 def test_marking_ids_come_after_the_remi_vocabulary(tokenizer, tmp_path):
     old = build_tokenizer(score_markings=False)
-    shipped = load_tokenizer(SHIPPED_TOKENIZER)
-    assert shipped.vocab == old.vocab and not Vocab(shipped).score_markings
+    first_shipped = load_tokenizer(NOTES_ONLY_V1)  # checkpoints trained before the markings keep their ids
+    assert first_shipped.vocab == old.vocab and not Vocab(first_shipped).score_markings
     assert all(tokenizer.vocab[token] == token_id for token, token_id in old.vocab.items())
     assert sorted(tokenizer.vocab[token] for token in MARKING_TOKENS) == list(range(len(old), len(tokenizer)))
     from instruct_museformer.tokens.tokenizer import save_tokenizer
