@@ -334,16 +334,16 @@ def _tokenize_auto_aligned(pair: Pair, alignment: Path, matched: float,
         return tokenize_pair(pair.score, pair.performance, _worker_tokenizer, annotations=_existing(pair.annotations),
                              score_annotations=_existing(pair.score_annotations), unverified_alignment=alignment)
     except TokenizationError as error:
-        if refused is not None and str(error).startswith(f"{refused}; "):  # the sources' refusal, said once
-            error = TokenizationError(error.reason, str(error)[len(f"{refused}; "):])
         raise _keep_reason(refused, error) from None
 
 
 def _keep_reason(refused: TokenizationError | None, error: TokenizationError) -> TokenizationError:
-    """``error``, or where the pair's own sources refused it first, their refusal with ``error`` appended."""
+    """``error``, or where the pair's own sources refused it first, their refusal with ``error`` appended
+    (said once: an ``error`` that already starts with the sources' refusal loses that part)."""
     if refused is None:
         return error
-    return TokenizationError(refused.reason, f"{refused}; parangonar: {error}")
+    said = str(error).removeprefix(f"{refused}; ")
+    return TokenizationError(refused.reason, f"{refused}; parangonar: {said}")
 
 
 def _auto_align(pair: Pair, path: Path) -> tuple[Path, float]:

@@ -232,3 +232,17 @@ def test_manifest_pair_without_alignment_is_aligned_by_parangonar(tmp_path: Path
     assert imf(argv) == 0
     assert [p.stat().st_mtime_ns for p in cached] == stamps  # ... but not the alignments
     assert capsys.readouterr().out.count("aligned with parangonar") == 2
+
+
+def test_a_refusal_kept_beside_parangonars_is_said_once():
+    from instruct_museformer.data.corpus import _keep_reason
+    from instruct_museformer.tokens.errors import TokenizationError
+
+    refused = TokenizationError("bar mismatch", "p.mid: 12 bars annotated, 14 in the score")
+    again = TokenizationError("alignment below threshold", f"{refused}; the alignment skips 3 bars")
+    kept = _keep_reason(refused, again)
+    assert kept.reason == "bar mismatch"
+    assert str(kept) == f"{refused}; parangonar: the alignment skips 3 bars"
+    other = TokenizationError("no alignment", "parangonar failed")
+    assert str(_keep_reason(refused, other)) == f"{refused}; parangonar: parangonar failed"
+    assert _keep_reason(None, other) is other
