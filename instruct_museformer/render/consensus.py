@@ -53,11 +53,16 @@ def note_keys(bars: Sequence[int], pitches: Sequence[int]) -> list[NoteKey]:
     return keys
 
 
+def keyed_notes(ids: Sequence[int], vocab: Vocab) -> tuple[Score, list[NoteKey]]:
+    """The decoded tokens (ticks, notes in token order) and the key of each note."""
+    score, bars = decode_ids_in_order(ids, vocab)
+    return score, note_keys(bars, [n.pitch for n in score.tracks[0].notes])
+
+
 def played_notes(ids: Sequence[int], vocab: Vocab) -> PlayedNotes:
-    ticks, bars = decode_ids_in_order(ids, vocab)
+    ticks, keys = keyed_notes(ids, vocab)
     score = ticks.to("second")  # element by element: the notes stay in token order
     notes, pedals = score.tracks[0].notes, [(p.time, p.duration) for p in score.tracks[0].pedals]
-    keys = note_keys(bars, [n.pitch for n in notes])
     return PlayedNotes(
         keys,
         np.array([n.time for n in notes], dtype=np.float64),
@@ -79,10 +84,8 @@ def onset_tempo(score_ids: Sequence[int], vocab: Vocab, keys: Sequence[NoteKey],
                 ) -> tuple[np.ndarray, np.ndarray]:
     """(seconds, qpm) of a performance given per note: the tempo between successive score onsets on a quarter,
     from when the performance plays them (a merged performance has no tempo map of its own)."""
-    score, bars = decode_ids_in_order(score_ids, vocab)
-    notes = score.tracks[0].notes
-    quarter = {k: n.time / score.ticks_per_quarter for k, n in zip(note_keys(bars, [n.pitch for n in notes]), notes,
-                                                                      strict=True)}
+    score, score_keys = keyed_notes(score_ids, vocab)
+    quarter = {k: n.time / score.ticks_per_quarter for k, n in zip(score_keys, score.tracks[0].notes, strict=True)}
     by_onset: dict[float, list[float]] = defaultdict(list)
     for k, t in zip(keys, onset, strict=True):
         if k in quarter:
