@@ -242,8 +242,9 @@ class GatherPlan:
             run_first=np.r_[self.run_first, none],
             run_queries=np.r_[self.run_queries, none],
             run_keys=np.r_[self.run_keys, none],
-            range_first=np.r_[self.range_first, [0] * bool(extra_keys)],
-            range_count=np.r_[self.range_count, [extra_keys] * bool(extra_keys)],
+            # np.int64 lists: np.r_ with an empty Python list would make the ranges float64
+            range_first=np.r_[self.range_first, np.array([0] * bool(extra_keys), np.int64)],
+            range_count=np.r_[self.range_count, np.array([extra_keys] * bool(extra_keys), np.int64)],
             grid_q=grid_q,
         )
         return plan if self.k_rows is None else plan.to(self.k_rows.device)

@@ -184,3 +184,13 @@ def test_padded_plan_computes_the_same_attention(name: str):
         out.square().sum().backward()
         results.append(torch.cat([out.detach().flatten(), *(t.grad.flatten() for t in (q, k, v))]))
     torch.testing.assert_close(results[1], results[0], rtol=0, atol=0)
+
+
+def test_padding_a_plan_whose_key_index_is_already_a_power_of_two_keeps_integer_ranges():
+    """Only the runs grow (no extra key entries): the ranges stay int64 and expand on the device (a training
+    batch crashed in a loader worker when numpy turned them into float64)."""
+    plan = build_plan(_layouts(2, pad=16)["decoder original"]).padded(max_runs=100)
+    more_runs = plan.padded(max_runs=300)
+    assert int(more_runs.range_count.sum()) == int(plan.range_count.sum()) and len(more_runs.run_first) > 300
+    assert more_runs.range_first.dtype == more_runs.range_count.dtype == np.int64
+    assert torch.equal(more_runs.k_rows, plan.k_rows)
