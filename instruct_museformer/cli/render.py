@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "fairseq), or the median / mean bin of the model's distribution (no sampling noise)")
     p.add_argument("--ordinal-types", default="tempo,velocity,duration", type=_comma_list,
                    help="comma-separated ordinal token types for --ordinal: tempo, velocity, duration, position")
+    p.add_argument("--ordinal-temperature", type=float, default=1.0, metavar="T",
+                   help="with --ordinal sample: draw the bins of --ordinal-types at this temperature, the token "
+                   "type's probability unchanged (e.g. 0.5 --ordinal-types tempo: a steadier tempo)")
     p.add_argument("--num-samples", type=int, default=1, help="renderings per score")
     p.add_argument("--draws", type=int, default=1, metavar="K",
                    help="play the note-wise mean of K sampled draws (timing, duration and velocity of each note; "
@@ -169,7 +172,8 @@ def _main(argv: list[str]) -> int:
     renderer = load_renderer(args.checkpoint, args.device, args.window_tokens)
     if args.compile and renderer.device.type != "cuda":
         print(f"--compile: only on CUDA; decoding on {renderer.device.type} as usual", file=sys.stderr)
-    opts = SamplingOptions(args.sampling_topk, args.sampling_topp, args.temperature, args.ordinal, args.ordinal_types)
+    opts = SamplingOptions(args.sampling_topk, args.sampling_topp, args.temperature, args.ordinal, args.ordinal_types,
+                           args.ordinal_temperature)
     opts.check()
     stats = WindowStats()
     start = time.perf_counter()

@@ -43,6 +43,8 @@ class SamplingOptions:
     probability is the mass of its allowed bins), then, for the types in ``ordinal_types``, take the median
     bin -- or the bin nearest the mean value -- of that type's filtered distribution instead of a random bin:
     the model's expected tempo, velocity or duration without the sampling noise around it.
+    ``ordinal_temperature`` (with "sample"): the bins of ``ordinal_types`` are drawn at this temperature within
+    their type, the type's own probability unchanged -- between a sample (1) and the most likely bin (-> 0).
     """
 
     topk: int = 8
@@ -50,6 +52,7 @@ class SamplingOptions:
     temperature: float = 1.0
     ordinal: str = "sample"
     ordinal_types: tuple[str, ...] = ("tempo", "velocity", "duration")
+    ordinal_temperature: float = 1.0
 
     def check(self) -> None:
         from ..errors import UserError
@@ -66,6 +69,10 @@ class SamplingOptions:
             raise UserError(f"--sampling-topp {self.topp}: must be in (0, 1]")
         if not self.temperature > 0.0:
             raise UserError(f"--temperature {self.temperature}: must be > 0")
+        if not self.ordinal_temperature > 0.0:
+            raise UserError(f"--ordinal-temperature {self.ordinal_temperature}: must be > 0")
+        if self.ordinal_temperature != 1.0 and self.ordinal != "sample":
+            raise UserError(f"--ordinal-temperature needs --ordinal sample (a {self.ordinal} bin is not drawn)")
 
 
 @dataclass
@@ -146,6 +153,26 @@ def ordinal_types_mask(opts: SamplingOptions, device: torch.device) -> torch.Ten
     return mask.to(device)
 
 
+def tempered_groups(opts: SamplingOptions, grammar: TokenGrammar, device: torch.device) -> torch.Tensor | None:
+    """(G, V) bool: the ids of each ordinal type whose bins ``temper_within_types`` sharpens; None if none."""
+    if opts.ordinal != "sample" or opts.ordinal_temperature == 1.0 or not opts.ordinal_types:
+        return None
+    types = grammar.types.to(device)
+    return torch.stack([types == ORDINAL_TYPES[name] for name in opts.ordinal_types])
+
+
+def temper_within_types(x: torch.Tensor, groups: torch.Tensor, temperature: float) -> torch.Tensor:
+    """(B, V) filtered logits with each group's part at ``temperature`` and the group's total mass kept:
+    one Gumbel-max pick then draws the token type as before and its bin from the sharpened distribution."""
+    for group in groups:  # a few ordinal types
+        part = x.masked_fill(~group, float("-inf"))
+        mass = torch.logsumexp(part, dim=-1, keepdim=True)  # log of the type's probability (unnormalised)
+        sharp = part / temperature
+        sharp = sharp - torch.logsumexp(sharp, dim=-1, keepdim=True) + mass
+        x = torch.where(group & torch.isfinite(mass), sharp, x)
+    return x
+
+
 def ordinal_pick(
     x: torch.Tensor, sampled: torch.Tensor, grammar: TokenGrammar, types_mask: torch.Tensor, mode: str
 ) -> torch.Tensor:
@@ -222,6 +249,7 @@ class _Loop:
         self.noise = torch.zeros(NOISE_CHUNK, b, state.grammar.vocab_size, device=dev)
         self.noise_at = torch.zeros((), dtype=torch.long, device=dev)
         self.ordinal_mask = ordinal_types_mask(opts, dev)
+        self.tempered = tempered_groups(opts, state.grammar, dev)
         self.step_fn = self.step
         if compile_step:
             compiled = _compiled_step()
@@ -233,6 +261,8 @@ class _Loop:
         logits = self.cache.static_step(self.tokens, running) if self.static else self.cache.step(self.tokens, running)
         forced = t < self.prefix_len
         x = filtered_logits(logits, st.allowed(), self.opts)
+        if self.tempered is not None:
+            x = temper_within_types(x, self.tempered, self.opts.ordinal_temperature)
         sampled = pick(x, self.noise.index_select(0, self.noise_at.view(1))[0])
         if self.ordinal_mask is not None:
             sampled = ordinal_pick(x, sampled, st.grammar, self.ordinal_mask, self.opts.ordinal)

@@ -196,16 +196,49 @@ def test_ordinal_pick_takes_the_median_or_mean_bin_of_the_drawn_type():
     assert ordinal_pick(x[:1], sampled[:1], grammar, torch.zeros(11, dtype=torch.bool), "median").tolist() == [6]
 
 
+def test_ordinal_temperature_sharpens_the_bins_and_keeps_the_type_probability():
+    from instruct_museformer.render.decode import SamplingOptions, temper_within_types, tempered_groups
+
+    grammar = _ordinal_grammar()
+    probs = torch.tensor([0, 0, 0, 0, 0.1, 0.25, 0.2, 0.15, 0.1, 0.12, 0.08])  # Bar, 3 velocities, pitch, 2 tempos
+    x = torch.log(probs).unsqueeze(0)
+    opts = SamplingOptions(ordinal_types=("velocity",), ordinal_temperature=0.5)
+    groups = tempered_groups(opts, grammar, x.device)
+    assert groups.shape == (1, 11) and groups[0].nonzero().flatten().tolist() == [5, 6, 7]
+    out = torch.softmax(temper_within_types(x, groups, 0.5), dim=-1)[0]
+    torch.testing.assert_close(out[5:8].sum(), torch.tensor(0.6))  # the velocity type keeps its mass
+    squared = probs[5:8] ** 2
+    torch.testing.assert_close(out[5:8], 0.6 * squared / squared.sum())  # its bins at temperature 0.5
+    torch.testing.assert_close(out[[4, 8, 9, 10]], probs[[4, 8, 9, 10]])  # other types untouched
+    # a row where the type is filtered out entirely stays as it was (no NaN)
+    none = x.clone()
+    none[0, 5:8] = float("-inf")
+    torch.testing.assert_close(temper_within_types(none, groups, 0.5), none)
+    assert tempered_groups(SamplingOptions(), grammar, x.device) is None  # off by default
+
+
+def test_ordinal_temperature_needs_sampling():
+    from instruct_museformer.errors import UserError
+    from instruct_museformer.render.decode import SamplingOptions
+
+    with pytest.raises(UserError, match="--ordinal-temperature"):
+        SamplingOptions(ordinal="median", ordinal_temperature=0.5).check()
+    with pytest.raises(UserError, match="must be > 0"):
+        SamplingOptions(ordinal_temperature=0.0).check()
+
+
 def test_ordinal_decoding_renders_grammatically_and_steadier(setup):
     """Median velocities vary less than sampled ones on the same model, and the rendering stays grammatical."""
     tokenizer, model, grammar, table = setup
     score = _score(tokenizer, 4, 5)
     vocab = Vocab(tokenizer)
     spreads = {}
-    for mode in ("sample", "median"):
-        opts = SamplingOptions(topk=0, temperature=1.5, ordinal=mode, ordinal_types=("velocity",))
+    for mode in ("sample", "median", "tempered"):
+        ordinal, cold = ("sample", 0.02) if mode == "tempered" else (mode, 1.0)  # tiny model: near-flat logits
+        opts = SamplingOptions(topk=0, temperature=1.5, ordinal=ordinal, ordinal_types=("velocity",),
+                               ordinal_temperature=cold)
         (out,) = render_token_bars(model, [score], table, grammar, opts, torch.Generator().manual_seed(0))
         _assert_grammatical(out, score, grammar)
         velocities = [int(vocab.tokens[t].split("_")[1]) for t in out if vocab.tokens[t].startswith("Velocity_")]
         spreads[mode] = torch.tensor(velocities, dtype=torch.float).std().item()
-    assert spreads["median"] < spreads["sample"]
+    assert spreads["median"] < spreads["sample"] and spreads["tempered"] < spreads["sample"]
