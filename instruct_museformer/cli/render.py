@@ -39,11 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampling-topk", type=int, default=8, help="sample among the k most likely tokens (0: all)")
     p.add_argument("--sampling-topp", type=float, default=None, help="nucleus sampling mass (default: off)")
     p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--ordinal", choices=("sample", "median", "mean"), default="sample",
+    p.add_argument("--ordinal", choices=("sample", "median", "mean"), default="mean",
                    help="how the bins of --ordinal-types are chosen once their token type is drawn: sampled (as "
-                   "fairseq), or the median / mean bin of the model's distribution (no sampling noise)")
-    p.add_argument("--ordinal-types", default="tempo,velocity,duration", type=_comma_list,
-                   help="comma-separated ordinal token types for --ordinal: tempo, velocity, duration, position")
+                   "fairseq), or the median / mean bin of the model's distribution (no sampling noise); default: "
+                   "the mean tempo (the model's expected tempo curve), every other token sampled")
+    p.add_argument("--ordinal-types", default="tempo", type=_comma_list,
+                   help="comma-separated ordinal token types for --ordinal: tempo, velocity, duration, position "
+                   "(default: tempo)")
     p.add_argument("--ordinal-temperature", type=float, default=1.0, metavar="T",
                    help="with --ordinal sample: draw the bins of --ordinal-types at this temperature, the token "
                    "type's probability unchanged (e.g. 0.5 --ordinal-types tempo: a steadier tempo)")
