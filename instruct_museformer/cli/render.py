@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: tempo)")
     p.add_argument("--ordinal-temperature", type=float, default=1.0, metavar="T",
                    help="with --ordinal sample: draw the bins of --ordinal-types at this temperature, the token "
-                   "type's probability unchanged (e.g. 0.5 --ordinal-types tempo: a steadier tempo)")
+                   "type's probability unchanged (e.g. --ordinal sample --ordinal-temperature 0.5: a steadier "
+                   "tempo than sampled, less steady than the default mean)")
     p.add_argument("--num-samples", type=int, default=1, help="renderings per score")
     p.add_argument("--draws", type=int, default=1, metavar="K",
                    help="play the note-wise mean of K sampled draws (timing, duration and velocity of each note; "
