@@ -25,6 +25,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=16384, help="tokens per batch")
     p.add_argument("--pairs-per-piece", type=int, default=None, metavar="N",
                    help="only the first N performances of each piece (default: all)")
+    p.add_argument("--history-noise", type=float, default=0.0, metavar="P",
+                   help="move this share of the history's Tempo/Velocity/Duration tokens by 1 to "
+                   "--history-noise-bins bins (the targets unchanged): how much the model loses when its history is "
+                   "off, as in a render")
+    p.add_argument("--history-noise-bins", type=int, default=2, metavar="K")
     p.add_argument("--device", default="cpu")
     p.add_argument("--attention-impl", default=None, choices=("auto", "gather", "flex", "reference"))
     p.add_argument("--out", type=Path, default=None, metavar="FILE.json", help="write the figures as JSON")
@@ -38,10 +43,14 @@ def main(argv: list[str]) -> int:
 
     if args.chunk_tokens < 16:
         raise UserError(f"--chunk-tokens {args.chunk_tokens}: must be at least 16")
+    if not 0.0 <= args.history_noise <= 1.0 or args.history_noise_bins < 1:
+        raise UserError(f"--history-noise {args.history_noise} --history-noise-bins {args.history_noise_bins}: "
+                        "expected a probability in [0, 1] and at least 1 bin")
     checkpoint = args.path if args.path is not None else default_model_dir()
     result = run_diagnosis(args.data, checkpoint, args.subset, chunk_tokens=args.chunk_tokens,
                            max_tokens=args.max_tokens, device=args.device, attention_impl=args.attention_impl,
-                           pairs_per_piece=args.pairs_per_piece)
+                           pairs_per_piece=args.pairs_per_piece, history_noise=args.history_noise,
+                           history_noise_bins=args.history_noise_bins)
     print(format_table(result))
     if args.out is not None:
         write_text_atomic(args.out, json.dumps(result, indent=2) + "\n")

@@ -216,18 +216,22 @@ def summarize(pairs: dict[int, PairDiagnosis], piece_of_pair: dict[int, str]) ->
 def run_diagnosis(
     data_bin: Path, checkpoint: Path, subset: str = "valid", *, chunk_tokens: int = 4096, max_tokens: int = 16384,
     device: str = "cpu", attention_impl: str | None = None, progress: bool = True,
-    pairs_per_piece: int | None = None,
+    pairs_per_piece: int | None = None, history_noise: float = 0.0, history_noise_bins: int = 2,
 ) -> dict:
     """Teacher-forced diagnosis of ``checkpoint`` on ``subset`` of ``data_bin`` (see the module docstring).
 
     Pieces are told apart by their score tokens (the performances of one score share them);
     ``pairs_per_piece`` keeps only the first N performances of each piece (a quicker run on a CPU).
+    ``history_noise`` moves that share of the history's Tempo/Velocity/Duration tokens by up to
+    ``history_noise_bins`` bins (``data.history_noise``; seed 1): how much the model loses when its history is
+    off, as in a render, where it reads its own samples.
     """
     import hashlib
     import sys
     import time
 
     from ..data.dataset import batch_indices, collate, load_dataset
+    from ..data.history_noise import HistoryNoise
     from ..data.vocabulary import TOKENIZER_FILE, token_layout
     from ..tokens.tokenizer import load_tokenizer
     from ..train.checkpoint import load_checkpoint_model, read_config
@@ -254,13 +258,15 @@ def run_diagnosis(
     samples = np.flatnonzero(np.isin(dataset.piece_of, list(piece_of_pair)))
     batches = [[int(samples[i]) for i in batch] for batch in batch_indices(
         dataset.sizes[samples], batch_size=None, max_tokens=max_tokens, seed=1, epoch=1, shuffle=False)]
+    noise = HistoryNoise.build(vocab.tokens, cfg.vocab_size, probability=history_noise, bins=history_noise_bins)
     start, done = time.perf_counter(), 0
 
     def stream():
         nonlocal done
         for indices in batches:
             samples = [dataset[i] for i in indices]
-            batch = collate(samples, beat_table).to(device)
+            batch = collate(samples, beat_table)
+            batch = (batch if noise is None else noise(batch, done)).to(device)
             yield batch, [int(dataset.piece_of[i]) for i in indices], [s.source.tolist() for s in samples]
             done += 1
             if progress:
@@ -272,7 +278,8 @@ def run_diagnosis(
         print(file=sys.stderr)
     out = summarize(pairs, piece_of_pair)
     out.update({"checkpoint": str(metadata["path"]), "subset": subset, "pairs": len(pairs),
-                "pieces": len(set(piece_of_pair.values())), "chunk_tokens": chunk_tokens})
+                "pieces": len(set(piece_of_pair.values())), "chunk_tokens": chunk_tokens,
+                "history_noise": history_noise, "history_noise_bins": history_noise_bins})
     return out
 
 

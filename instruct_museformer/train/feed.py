@@ -199,7 +199,8 @@ class _RankBatches(torch.utils.data.Dataset):
 
     def __init__(self, split: SplitData, batches: Sequence[Sequence[int]], rank: int, world_size: int,
                  start: int, prepare: Callable[[Batch], Batch] | None = None,
-                 augment: Callable[[list[Any], int], list[Any]] | None = None) -> None:
+                 augment: Callable[[list[Any], int], list[Any]] | None = None,
+                 history_noise: Callable[[Batch, int], Batch] | None = None) -> None:
         self.split = split
         self.all_batches = batches
         self.mine = list(batches[rank::world_size])
@@ -208,6 +209,7 @@ class _RankBatches(torch.utils.data.Dataset):
         self.start = start
         self.prepare = prepare
         self.augment = augment
+        self.history_noise = history_noise
 
     def __len__(self) -> int:
         return max(0, self.length - self.start)
@@ -220,6 +222,8 @@ class _RankBatches(torch.utils.data.Dataset):
         if self.augment is not None:
             samples = self.augment(samples, index * self.world_size + self.rank)
         batch = self.split.collate(samples)
+        if self.history_noise is not None:
+            batch = self.history_noise(batch, index * self.world_size + self.rank)
         if self.prepare is not None:
             batch = self.prepare(batch)
         return dummy, batch
@@ -239,17 +243,19 @@ def batch_stream(
     num_workers: int,
     prepare: Callable[[Batch], Batch] | None = None,
     augment: Callable[[list[Any], int], list[Any]] | None = None,
+    history_noise: Callable[[Batch, int], Batch] | None = None,
 ) -> torch.utils.data.DataLoader:
     """This rank's batches from position ``start`` on, collated in ``num_workers`` worker processes, which
     also pass each batch through ``prepare`` (picklable): ``LayoutPlanner.prepare`` attaches the model's
     layouts (``Batch.layouts``), ``train.graphs.GraphBatches`` also pads the batch for CUDA graphs. ``augment``
     (picklable, e.g. ``data.augment.TokenAugmentation``) changes the samples of the batch with this index before
-    they are collated.
+    they are collated; ``history_noise`` (``data.history_noise.HistoryNoise``) then moves some of the collated
+    decoder input's ordinal tokens, the targets unchanged.
 
     The DataLoader gets its own generator so that creating it draws nothing from the global RNG (which
     would shift dropout masks after a resume).
     """
-    dataset = _RankBatches(split, batches, rank, world_size, start, prepare, augment)
+    dataset = _RankBatches(split, batches, rank, world_size, start, prepare, augment, history_noise)
     return torch.utils.data.DataLoader(
         dataset,
         batch_size=None,

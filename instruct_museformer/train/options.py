@@ -198,6 +198,12 @@ def build_train_parser() -> argparse.ArgumentParser:
                         help="shift every Tempo token of a training sample by up to N bins (3.7%% each)")
     parser.add_argument("--augment-velocity", type=int, default=0, metavar="N",
                         help="shift every Velocity token of a training sample by up to N bins")
+    parser.add_argument("--history-noise", type=float, default=0.0, metavar="P",
+                        help="move each Tempo/Velocity/Duration token of the decoder input (not the targets) with "
+                        "probability P by 1 to --history-noise-bins bins, as a render's own samples are off "
+                        "(data/history_noise.py)")
+    parser.add_argument("--history-noise-bins", type=int, default=2, metavar="K",
+                        help="largest move of --history-noise, in bins of the token's kind (default 2)")
     # optimisation
     parser.add_argument("--optimizer", default="adam", choices=("adam",))
     parser.add_argument("--adam-betas", type=parse_float_tuple, default=(0.9, 0.999))

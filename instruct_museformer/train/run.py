@@ -266,15 +266,20 @@ def _vocabulary_tokens(data_bin: Path | None) -> list[str] | None:
         return None
 
 
-def _expressive_levers(args: argparse.Namespace, source: DataSource) -> tuple[Objective | None, Any]:
-    """The training objective and the token augmentation the flags ask for (docs/model.md, levers)."""
+def _expressive_levers(args: argparse.Namespace, source: DataSource) -> tuple[Objective | None, Any, Any]:
+    """The training objective, the token augmentation and the history noise the flags ask for (docs/model.md,
+    levers)."""
     from ..data.augment import TokenAugmentation
+    from ..data.history_noise import HistoryNoise
 
     shifts = {name: int(getattr(args, f"augment_{name}", 0) or 0) for name in ("transpose", "tempo", "velocity")}
-    wanted = getattr(args, "ordinal_smoothing", 0) or getattr(args, "class_loss_weights", None) or any(shifts.values())
+    noise = float(getattr(args, "history_noise", 0.0) or 0.0)
+    noise_bins = int(getattr(args, "history_noise_bins", 2))
+    wanted = (getattr(args, "ordinal_smoothing", 0) or getattr(args, "class_loss_weights", None)
+              or any(shifts.values()) or noise)
     tokens = _vocabulary_tokens(getattr(source, "data_bin", None)) if wanted else None
     objective = build_objective(args, tokens, source.vocab_size)
-    augment = None
+    augment = history_noise = None
     if any(shifts.values()):
         if tokens is None:
             raise UserError("--augment-*: needs token names, from a tokenizer.json in the data-bin")
@@ -283,10 +288,20 @@ def _expressive_levers(args: argparse.Namespace, source: DataSource) -> tuple[Ob
         augment = TokenAugmentation.build(tokens, source.vocab_size, seed=args.seed, **shifts)
         logger.info(f"augmentation: transpose +-{shifts['transpose']}, tempo +-{shifts['tempo']} bins, "
                     f"velocity +-{shifts['velocity']} bins")
+    if noise:
+        if tokens is None:
+            raise UserError("--history-noise: needs token names, from a tokenizer.json in the data-bin")
+        if not 0.0 < noise <= 1.0 or noise_bins < 1:
+            raise UserError(f"--history-noise {noise} --history-noise-bins {noise_bins}: expected a probability "
+                            "in (0, 1] and at least 1 bin")
+        history_noise = HistoryNoise.build(tokens, source.vocab_size, probability=noise, bins=noise_bins,
+                                           seed=args.seed)
+        logger.info(f"history noise: {noise:.0%} of the decoder input's Tempo/Velocity/Duration tokens moved by "
+                    f"up to {noise_bins} bins")
     if objective is not None:
         logger.info(f"objective: ordinal smoothing {args.ordinal_smoothing} bins, class weights "
                     f"{args.class_loss_weights or 'none'}")
-    return objective, augment
+    return objective, augment, history_noise
 
 
 def _train_loop(args: argparse.Namespace, hooks: Hooks, info: DistInfo) -> int:
@@ -334,7 +349,7 @@ class _TrainingRun:
         planner = layout_planner(model, info.device, pad_plans=graphs)
         # what the loader's workers do to each batch: its layouts; for graphs also a bucketed length
         self.prepare = GraphBatches(planner) if graphs else planner.prepare if planner is not None else None
-        objective, self.augment = _expressive_levers(args, self.source)
+        objective, self.augment, self.history_noise = _expressive_levers(args, self.source)
         self.trainer = Trainer(args, model, device=info.device, rank=info.rank, world_size=info.world_size,
                                planner=planner, objective=objective)
         logger.info(
@@ -513,9 +528,10 @@ class _TrainingRun:
         args, info, trainer = self.args, self.info, self.trainer
         logger.info(f"begin training epoch {self.epoch}")
         augment = None if self.augment is None else self.augment.for_epoch(self.epoch)
+        noise = None if self.history_noise is None else self.history_noise.for_epoch(self.epoch)
         stream = batch_stream(self.train_split, batches, rank=info.rank, world_size=info.world_size,
                               start=self.position * args.update_freq, num_workers=args.num_workers,
-                              prepare=self.prepare, augment=augment)
+                              prepare=self.prepare, augment=augment, history_noise=noise)
         interval, epoch_meter = _Meter(), _Meter()
         self.progress.start_epoch(self.epoch, total, self.position)
         group: list[tuple[bool, Batch]] = []

@@ -80,5 +80,11 @@ def test_imf_diagnose_end_to_end_on_a_tiny_checkpoint(tmp_path):
     result = json.loads(out.read_text())
     assert result["pairs"] == 4 and result["pieces"] == 4
     assert set(result["loss_bits"]) >= {"Velocity", "Pitch", "Position", "all"}
-    assert result["correlation"]["Velocity"]["pieces"] >= 1
+    assert result["correlation"]["Velocity"]["pieces"] >= 1 and result["history_noise"] == 0.0
+    noisy = tmp_path / "noisy.json"  # the same pairs with a moved history: other losses, the same targets
+    assert imf(["diagnose", str(data_bin), "--path", str(checkpoint), "--chunk-tokens", "64", "--history-noise", "1",
+                "--out", str(noisy)]) == 0
+    moved = json.loads(noisy.read_text())
+    assert moved["token_share"] == result["token_share"] and moved["loss_bits"] != result["loss_bits"]
+    assert imf(["diagnose", str(data_bin), "--path", str(checkpoint), "--history-noise", "2"]) == 2
     assert imf(["diagnose", str(tmp_path / "missing"), "--path", str(checkpoint)]) == 2

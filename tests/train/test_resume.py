@@ -90,9 +90,10 @@ def test_fp16_overflow_skips_the_update_and_halves_the_scale(data_bin: Path) -> 
 
 
 def test_resume_with_the_expressive_levers_continues_the_same_loss_curve(data_bin: Path, tmp_path: Path) -> None:
-    """Soft ordinal targets, class weights and augmentation are part of the reproducible run (seeded per batch)."""
+    """Soft ordinal targets, class weights, augmentation and history noise are part of the reproducible run
+    (seeded per batch)."""
     levers = ("--ordinal-smoothing", "1.0", "--class-loss-weights", "Velocity=2,Tempo=2", "--augment-transpose", "3",
-              "--augment-velocity", "2", "--augment-tempo", "2", "--max-update", "5")
+              "--augment-velocity", "2", "--augment-tempo", "2", "--history-noise", "0.3", "--max-update", "5")
     full = _run(_argv(data_bin, tmp_path / "full", *levers))
     argv = _argv(data_bin, tmp_path / "killed", *levers)
     first = _run(argv, kill_at=3)
@@ -100,6 +101,8 @@ def test_resume_with_the_expressive_levers_continues_the_same_loss_curve(data_bi
     assert first[:2] + second == full
     plain = _run(_argv(data_bin, tmp_path / "plain", "--max-update", "5"))
     assert plain != full  # the levers change the run
+    quiet = _run(_argv(data_bin, tmp_path / "quiet", *levers[:-4], "--max-update", "5"))
+    assert quiet[0] != full[0]  # the history noise changes even the first step's loss
 
 
 def test_sigterm_stops_with_a_checkpoint_and_resumes_exactly(data_bin: Path, tmp_path: Path) -> None:
