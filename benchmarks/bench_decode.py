@@ -1,7 +1,8 @@
 """Cached decoding speed of the default-size model (width 512, 4 layers, random weights): tokens/s.
 
 Measures the whole sampling loop of ``imf render`` / ``imf generate`` (KV-cached step, grammar mask with
-the score-note constraint of ``imf render``, top-k sampling, per-bar summary passes) for batch 1 and
+the score-note constraint of ``imf render``, top-k sampling with ``imf render``'s default ordinal choice -- the
+bin nearest the mean tempo -- unless ``--ordinal sample``, per-bar summary passes) for batch 1 and
 batch 8, generating ``--length`` tokens per sequence from a ~1,000-token score (the grammar runs in its
 unbounded mode with EOS forced at the length, so every run produces exactly that many tokens; bar k must
 play the notes of the score's bar k mod 40), and prints a short table::
@@ -45,7 +46,7 @@ def synthetic_score(vocab: Vocab, bars: int) -> list[int]:
 
 def run(
     model, grammar, table, source, batch: int, length: int, device: torch.device, seed: int, notes: bool = True,
-    compile_step: bool = False,
+    compile_step: bool = False, options: SamplingOptions | None = None,
 ) -> tuple[float, float]:
     """(wall seconds, process CPU seconds) to sample ``length`` tokens for ``batch`` sequences."""
     bar_notes = score_bar_notes(split_bars(source), grammar) if notes else None
@@ -56,8 +57,8 @@ def run(
     if device.type == "cuda":
         torch.cuda.synchronize()
     start, cpu = time.perf_counter(), time.process_time()
-    results = decode(model, requests, table, grammar, SamplingOptions(topk=8), gen, min_len=length, max_len=length,
-                     compile_step=compile_step)
+    results = decode(model, requests, table, grammar, options or SamplingOptions(topk=8), gen, min_len=length,
+                     max_len=length, compile_step=compile_step)
     if device.type == "cuda":
         torch.cuda.synchronize()
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
@@ -67,14 +68,14 @@ def run(
 
 def run_windows(
     model, grammar, table, source: list[int], window_tokens: int, device: torch.device, seed: int, notes: bool = True,
-    compile_step: bool = False,
+    compile_step: bool = False, options: SamplingOptions | None = None,
 ) -> tuple[float, float, int, int]:
     """``imf render``'s path for a whole score (bar-aligned windows, encoder per window, score-note constraint):
     (wall seconds, process CPU seconds, performance tokens, windows)."""
     stats = WindowStats()
     gen = torch.Generator(device=device).manual_seed(seed)
     start, cpu = time.perf_counter(), time.process_time()
-    out = render_token_bars(model, [source], table, grammar, SamplingOptions(topk=8), gen,
+    out = render_token_bars(model, [source], table, grammar, options or SamplingOptions(topk=8), gen,
                             window_tokens=window_tokens, stats=stats, constrain_notes=notes, compile_step=compile_step)
     return time.perf_counter() - start, time.process_time() - cpu, len(out[0]), stats.windows
 
@@ -118,6 +119,9 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true",
                         help="CUDA: torch.compile the step (imf render --compile); each shape is run once untimed "
                         "first, and that first run's time (the compile included) is printed too")
+    parser.add_argument("--ordinal", choices=("sample", "median", "mean"), default="mean",
+                        help="as imf render (default: its default, the bin nearest the mean of --ordinal-types)")
+    parser.add_argument("--ordinal-types", default="tempo", help="as imf render (comma-separated; default tempo)")
     parser.add_argument("--check", action="store_true",
                         help="first compare cached logits with the full forward (exactness on this device)")
     args = parser.parse_args()
@@ -138,6 +142,8 @@ def main() -> None:
         grammar = TokenGrammar.for_tokenizer(tokenizer, cfg.vocab_size).to(device)
         table = beat_table(tokenizer, False).to(device)
     source = synthetic_score(Vocab(tokenizer), args.score_bars)
+    options = SamplingOptions(topk=8, ordinal=args.ordinal, ordinal_types=tuple(args.ordinal_types.split(",")))
+    options.check()
     run(model, grammar, table, synthetic_score(Vocab(tokenizer), 4), 1, 32, device, args.seed)  # warm-up
     if args.check:
         dynamic, static = check_exact(model, table, source, device)
@@ -150,15 +156,16 @@ def main() -> None:
     what = args.checkpoint or "default-size model, random weights"
     print(f"cached decoding, {what} ({params / 1e6:.1f} M parameters, width {cfg.attention_embed_dim}, "
           f"{cfg.encoder_layers or cfg.num_layers}+{cfg.num_layers} layers), score {len(source)} tokens, top-k 8, "
-          f"{'free notes' if args.free_notes else 'score notes'}, on {name}, torch {torch.__version__}")
+          f"ordinal {args.ordinal} ({args.ordinal_types}), {'free notes' if args.free_notes else 'score notes'}, "
+          f"on {name}, torch {torch.__version__}")
     if args.render:
         window = renderer.window_tokens if args.checkpoint else 4096
         if args.compile:
             first, _, _, _ = run_windows(model, grammar, table, source, window, device, args.seed, not args.free_notes,
-                                         True)
+                                         True, options)
             print(f"first render (compiling the step): {first:.1f} s", flush=True)
         elapsed, cpu, tokens, windows = run_windows(model, grammar, table, source, window, device, args.seed,
-                                                    not args.free_notes, args.compile)
+                                                    not args.free_notes, args.compile, options)
         print(f"rendered the {args.score_bars}-bar score in {windows} window(s) of <= {window} tokens: {tokens} tokens "
               f"in {elapsed:.1f} s (cpu {cpu:.1f} s), {tokens / elapsed:.0f} tokens/s", flush=True)
         return
@@ -167,10 +174,11 @@ def main() -> None:
           f"{'ms/step':>8}")
     for batch in (int(b) for b in args.batches.split(",")):
         if args.compile:
-            first, _ = run(model, grammar, table, source, batch, length, device, args.seed, not args.free_notes, True)
+            first, _ = run(model, grammar, table, source, batch, length, device, args.seed, not args.free_notes, True,
+                           options)
             print(f"(batch {batch}: first run, compiling the step: {first:.1f} s)", flush=True)
         elapsed, cpu = run(model, grammar, table, source, batch, length, device, args.seed, not args.free_notes,
-                           args.compile)
+                           args.compile, options)
         per_seq = length / elapsed
         print(f"{batch:>5} {length:>10} {elapsed:>8.1f} {cpu:>7.1f} {per_seq:>10.0f} {per_seq * batch:>11.0f} "
               f"{1000 * elapsed / length:>8.2f}", flush=True)
