@@ -2,7 +2,7 @@
 
 Measures the whole sampling loop of ``imf render`` / ``imf generate`` (KV-cached step, grammar mask with
 the score-note constraint of ``imf render``, top-k sampling with ``imf render``'s default ordinal choice -- the
-bin nearest the mean tempo -- unless ``--ordinal sample``, per-bar summary passes) for batch 1 and
+bins nearest the mean tempo and velocity -- unless ``--ordinal sample``, per-bar summary passes) for batch 1 and
 batch 8, generating ``--length`` tokens per sequence from a ~1,000-token score (the grammar runs in its
 unbounded mode with EOS forced at the length, so every run produces exactly that many tokens; bar k must
 play the notes of the score's bar k mod 40), and prints a short table::
@@ -121,7 +121,8 @@ def main() -> None:
                         "first, and that first run's time (the compile included) is printed too")
     parser.add_argument("--ordinal", choices=("sample", "median", "mean"), default="mean",
                         help="as imf render (default: its default, the bin nearest the mean of --ordinal-types)")
-    parser.add_argument("--ordinal-types", default="tempo", help="as imf render (comma-separated; default tempo)")
+    parser.add_argument("--ordinal-types", default="tempo,velocity",
+                        help="as imf render (comma-separated; default tempo,velocity)")
     parser.add_argument("--check", action="store_true",
                         help="first compare cached logits with the full forward (exactness on this device)")
     args = parser.parse_args()

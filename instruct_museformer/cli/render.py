@@ -42,10 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ordinal", choices=("sample", "median", "mean"), default="mean",
                    help="how the bins of --ordinal-types are chosen once their token type is drawn: sampled (as "
                    "fairseq), or the median / mean bin of the model's distribution (no sampling noise); default: "
-                   "the mean tempo (the model's expected tempo curve), every other token sampled")
-    p.add_argument("--ordinal-types", default="tempo", type=_comma_list,
+                   "the mean tempo and velocity (the model's expected tempo curve and dynamics), every other token "
+                   "sampled")
+    p.add_argument("--ordinal-types", default="tempo,velocity", type=_comma_list,
                    help="comma-separated ordinal token types for --ordinal: tempo, velocity, duration, position "
-                   "(default: tempo)")
+                   "(default: tempo,velocity)")
     p.add_argument("--ordinal-temperature", type=float, default=1.0, metavar="T",
                    help="with --ordinal sample: draw the bins of --ordinal-types at this temperature, the token "
                    "type's probability unchanged (e.g. --ordinal sample --ordinal-temperature 0.5: a steadier "
