@@ -183,6 +183,8 @@ def ordinal_pick(
     """
     kind = grammar.types[sampled]  # (B,)
     use = types_mask[kind]
+    if x.device.type == "cpu" and not bool(use.any()):  # most steps (a pitch, a position): nothing to do
+        return sampled  # (on a GPU this check would wait for the device, and a captured graph cannot take it)
     same = (grammar.types[None, :] == kind[:, None]) & torch.isfinite(x)
     probs = torch.softmax(x.masked_fill(~same, float("-inf")), dim=-1).nan_to_num(0.0)  # (B, V)
     if mode == "median":
