@@ -38,14 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    from ..data.history_noise import HistoryNoise
     from ..evaluate.diagnose import format_table, run_diagnosis
     from ..render.default_model import default_model_dir
 
     if args.chunk_tokens < 16:
         raise UserError(f"--chunk-tokens {args.chunk_tokens}: must be at least 16")
-    if not 0.0 <= args.history_noise <= 1.0 or args.history_noise_bins < 1:
-        raise UserError(f"--history-noise {args.history_noise} --history-noise-bins {args.history_noise_bins}: "
-                        "expected a probability in [0, 1] and at least 1 bin")
+    HistoryNoise.check(args.history_noise, args.history_noise_bins)
     checkpoint = args.path if args.path is not None else default_model_dir()
     result = run_diagnosis(args.data, checkpoint, args.subset, chunk_tokens=args.chunk_tokens,
                            max_tokens=args.max_tokens, device=args.device, attention_impl=args.attention_impl,

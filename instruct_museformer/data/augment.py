@@ -15,25 +15,31 @@ Language-model samples (no source) are shifted the same way on their one side.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
+from ..tokens.tokenizer import token_value
 from .dataset import Sample
 
 
-def _ordered(tokens: Sequence[str], kind: str) -> tuple[np.ndarray, np.ndarray]:
-    """(ids sorted by value, values) of the ``kind_value`` tokens."""
+def ordered_ids(tokens: Sequence[str], kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """(ids sorted by value, values) of the ``kind_value`` tokens; a Duration's value is its length in beats."""
     found = []
     for i, token in enumerate(tokens):
         name, _, value = token.partition("_")
-        if name == kind:
-            try:
-                found.append((float(value), i))
-            except ValueError:
+        if name != kind:
+            continue
+        try:
+            number = float(value)
+        except ValueError:
+            number = token_value(token)  # "beats.pos.res" of a Duration; NaN for what has no value
+            if math.isnan(number):
                 continue
+        found.append((number, i))
     found.sort()
     return np.array([i for _, i in found], dtype=np.int64), np.array([v for v, _ in found], dtype=np.float64)
 
@@ -62,7 +68,7 @@ class TokenAugmentation:
         pitch_values = np.zeros(vocab_size, dtype=np.int64)
         ids_by_kind = []
         for k, name in enumerate(("Pitch", "Tempo", "Velocity"), start=1):
-            ids, values = _ordered(tokens, name)
+            ids, values = ordered_ids(tokens, name)
             rank[ids] = np.arange(len(ids))
             kind[ids] = k
             if name == "Pitch":

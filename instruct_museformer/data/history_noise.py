@@ -22,8 +22,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from ..tokens.tokenizer import token_value
-from .batch import BarTokens, Batch
+from ..errors import UserError
+from .augment import ordered_ids
+from .batch import Batch
 
 NOISY_KINDS = ("Tempo", "Velocity", "Duration")
 
@@ -40,18 +41,25 @@ class HistoryNoise:
     ids_by_kind: tuple[np.ndarray, ...]  # per kind: ids sorted by value
     epoch: int = 0
 
+    @staticmethod
+    def check(probability: float, bins: int) -> None:
+        """Refuses a probability outside [0, 1] or fewer than 1 bin (callable before anything is loaded)."""
+        if not 0.0 <= probability <= 1.0 or bins < 1:
+            raise UserError(f"--history-noise {probability} --history-noise-bins {bins}: expected a probability "
+                            "in [0, 1] and at least 1 bin")
+
     @classmethod
     def build(cls, tokens: Sequence[str], vocab_size: int, *, probability: float, bins: int = 2,
               seed: int = 1) -> HistoryNoise | None:
-        if probability <= 0:
+        """The noise, or None for probability 0 (after ``check``)."""
+        cls.check(probability, bins)
+        if probability == 0:
             return None
         kind = np.zeros(vocab_size, dtype=np.int64)
         rank = np.full(vocab_size, -1, dtype=np.int64)
         ids_by_kind = []
         for k, name in enumerate(NOISY_KINDS, start=1):
-            found = sorted((token_value(t), i) for i, t in enumerate(tokens[:vocab_size])
-                           if t.partition("_")[0] == name)
-            ids = np.array([i for _, i in found], dtype=np.int64)
+            ids, _ = ordered_ids(tokens[:vocab_size], name)
             kind[ids] = k
             rank[ids] = np.arange(len(ids))
             ids_by_kind.append(ids)
@@ -81,7 +89,5 @@ class HistoryNoise:
     def __call__(self, batch: Batch, batch_index: int) -> Batch:
         """``batch`` with its decoder input corrupted; targets, source and layouts unchanged."""
         rng = np.random.default_rng([self.seed, self.epoch, batch_index, 0x4E01])
-        prev = batch.prev_output
-        tokens = torch.from_numpy(self.corrupt(prev.tokens.numpy(), rng))
-        noisy = BarTokens(tokens, prev.bar_ids, prev.beat_ids, prev.padding_mask, prev.num_complete_bars)
-        return Batch(noisy, batch.target, batch.source, batch.ntokens, batch.ids, batch.layouts)
+        tokens = torch.from_numpy(self.corrupt(batch.prev_output.tokens.numpy(), rng))
+        return replace(batch, prev_output=replace(batch.prev_output, tokens=tokens))

@@ -291,9 +291,6 @@ def _expressive_levers(args: argparse.Namespace, source: DataSource) -> tuple[Ob
     if noise:
         if tokens is None:
             raise UserError("--history-noise: needs token names, from a tokenizer.json in the data-bin")
-        if not 0.0 < noise <= 1.0 or noise_bins < 1:
-            raise UserError(f"--history-noise {noise} --history-noise-bins {noise_bins}: expected a probability "
-                            "in (0, 1] and at least 1 bin")
         history_noise = HistoryNoise.build(tokens, source.vocab_size, probability=noise, bins=noise_bins,
                                            seed=args.seed)
         logger.info(f"history noise: {noise:.0%} of the decoder input's Tempo/Velocity/Duration tokens moved by "
