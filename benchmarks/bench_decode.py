@@ -22,6 +22,7 @@ import time
 
 import torch
 
+from instruct_museformer.cli.render import build_parser as build_render_parser
 from instruct_museformer.model import MuseformerConfig, build_model
 from instruct_museformer.render.decode import DecodeRequest, SamplingOptions, decode
 from instruct_museformer.render.grammar import TokenGrammar, score_bar_notes
@@ -119,10 +120,11 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true",
                         help="CUDA: torch.compile the step (imf render --compile); each shape is run once untimed "
                         "first, and that first run's time (the compile included) is printed too")
-    parser.add_argument("--ordinal", choices=("sample", "median", "mean"), default="mean",
-                        help="as imf render (default: its default, the bin nearest the mean of --ordinal-types)")
-    parser.add_argument("--ordinal-types", default="tempo,velocity",
-                        help="as imf render (comma-separated; default tempo,velocity)")
+    render_defaults = build_render_parser()  # the decoding imf render plays unless told otherwise
+    parser.add_argument("--ordinal", choices=("sample", "median", "mean"),
+                        default=render_defaults.get_default("ordinal"), help="as imf render (default: its default)")
+    parser.add_argument("--ordinal-types", default=render_defaults.get_default("ordinal_types"),
+                        help="as imf render (comma-separated; default: its default)")
     parser.add_argument("--check", action="store_true",
                         help="first compare cached logits with the full forward (exactness on this device)")
     args = parser.parse_args()
