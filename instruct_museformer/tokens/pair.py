@@ -18,7 +18,14 @@ import numpy as np
 from . import specials
 from .alignment import anchors_from_annotations, anchors_from_match, anchors_from_note_alignment
 from .errors import TokenizationError
-from .performance import PerformanceData, decode_performance, encode_performance, fit_tempo, load_performance
+from .performance import (
+    PerformanceData,
+    decode_performance,
+    encode_performance,
+    fit_tempo,
+    load_performance,
+    pedal_from_first_note,
+)
 from .score import MIDI_SUFFIXES, ScoreData, encode_score, load_score, read_beat_annotations, score_grid
 from .tokenizer import Vocab
 from .trust import check_alignment
@@ -162,6 +169,7 @@ def _tokenize_on_anchors(perf: PerformanceData, vocab: Vocab, anchors: _Anchors)
     """Both sides on the score's bar grid, the performance through the tempo map fitted to the anchors."""
     data, anchor_q, anchor_s, source = anchors.data, anchors.q, anchors.s, anchors.source
     grid = score_grid(data, vocab)
+    perf = pedal_from_first_note(perf)
     events = np.concatenate([perf.onset, perf.pedal_on, perf.pedal_off])
     try:
         fit = fit_tempo(grid, anchor_q, anchor_s, float(events.min()), float(events.max()))

@@ -13,13 +13,15 @@ position rounding (1/48 beat).
 
 Events outside the score's span are kept inside the piece: the first beat is stretched back to the
 first onset or pedal change and the last beat forward to the last one (within the tempo range), and
-anything still outside is clamped to bar 1 / the last bar; no bar is ever added.
+anything still outside is clamped to bar 1 / the last bar; no bar is ever added. The pedal counts from
+the first note (:func:`pedal_from_first_note`): pianists press it before they start, and the first beat
+stretched back to that press read as a tempo nobody played.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import miditok
@@ -68,6 +70,16 @@ def load_performance(path: Path) -> PerformanceData:
         np.array([p.time for p in pedals], dtype=np.float64),
         np.array([p.time + p.duration for p in pedals], dtype=np.float64),
     )
+
+
+def pedal_from_first_note(perf: PerformanceData) -> PerformanceData:
+    """The sustain pedal as it acts on the notes: a press before the first note starts with it, a press
+    released before it is dropped. Half of (n)ASAP's performances press the pedal up to a few seconds before
+    the first note; stretching the first beat back to that press gave an opening tempo down to a quarter
+    of the played one, which the model learnt as noise and then guessed in octaves when rendering."""
+    first = float(perf.onset.min())
+    keep = perf.pedal_off > first
+    return replace(perf, pedal_on=np.maximum(perf.pedal_on[keep], first), pedal_off=perf.pedal_off[keep])
 
 
 def _monotone_anchors(ticks: np.ndarray, seconds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -70,19 +70,20 @@ def test_roundtrip_within_targets(tokenizer, piece, performer):
     assert result["pedal"]["p95_ms"] <= 30.0
 
 
-def test_stray_notes_are_clamped_into_the_first_and_last_bar(tokenizer, tmp_path):
-    """A key pressed long before the piece and one long after it land in bar 1 / the last bar."""
-    from symusic import Note, Score
+def _shifted_performance(tokenizer, tmp_path, shift, notes=(), pedals=()):
+    """KimSY03 played ``shift`` seconds later (its note alignment moved with it), plus extra notes / pedals
+    given as (time, duration, pitch) / (time, duration) in seconds of the shifted file."""
+    from symusic import ControlChange, Note, Score
 
-    shift = 45.0  # make room before the piece for the early stray note
     score = Score(str(BEETHOVEN / "KimSY03.mid"), ttype="second")
     track = score.tracks[0]
-    for item in (*track.notes, *track.pedals):
+    for item in (*track.notes, *track.controls):  # a MIDI file keeps the pedal as CC64 events
         item.time += shift
-    last = max(n.time for n in track.notes)
-    track.notes.append(Note(1.0, 0.2, 100, 80, ttype="second"))
-    track.notes.append(Note(last + 60.0, 0.2, 101, 80, ttype="second"))
-    path = tmp_path / "stray.mid"
+    track.notes.extend(Note(t, d, pitch, 80, ttype="second") for t, d, pitch in notes)
+    for t, d in pedals:
+        track.controls.extend([ControlChange(t, 64, 127, ttype="second"), ControlChange(t + d, 64, 0, ttype="second")])
+    track.controls.sort(key=lambda c: c.time)
+    path = tmp_path / "shifted.mid"
     score.dump_midi(str(path))
     lines = (BEETHOVEN / "KimSY03_note_alignments" / "note_alignment.tsv").read_text().splitlines()
     rows = [lines[0]]
@@ -93,7 +94,16 @@ def test_stray_notes_are_clamped_into_the_first_and_last_bar(tokenizer, tmp_path
         rows.append("\t".join(fields))
     tsv = tmp_path / "note_alignment.tsv"
     tsv.write_text("\n".join(rows) + "\n")
-    pair = tokenize_pair(BEETHOVEN / "xml_score.musicxml", path, tokenizer, alignment=tsv)
+    return tokenize_pair(BEETHOVEN / "xml_score.musicxml", path, tokenizer, alignment=tsv)
+
+
+def test_stray_notes_are_clamped_into_the_first_and_last_bar(tokenizer, tmp_path):
+    """A key pressed long before the piece and one long after it land in bar 1 / the last bar."""
+    from symusic import Score
+
+    shift = 45.0  # make room before the piece for the early stray note
+    last = max(n.time for n in Score(str(BEETHOVEN / "KimSY03.mid"), ttype="second").tracks[0].notes) + shift
+    pair = _shifted_performance(tokenizer, tmp_path, shift, notes=[(1.0, 0.2, 100), (last + 60.0, 0.2, 101)])
     _check_pair(pair)
     assert pair.num_bars == 28
     names = [tokenizer[i] for i in pair.perf_ids]
@@ -101,3 +111,20 @@ def test_stray_notes_are_clamped_into_the_first_and_last_bar(tokenizer, tmp_path
     assert names[: names.index("Pitch_101")].count("Bar_None") == 27
     result = roundtrip_errors(pair, tokenizer)
     assert result["onset_aligned"]["median_ms"] <= 10.0 and result["onset_aligned"]["p95_ms"] <= 30.0
+
+
+def test_a_pedal_before_the_first_note_counts_from_it(tokenizer, tmp_path):
+    """KimSY03 presses the pedal 0.27 s before its first note: the pedal starts with that note, the opening
+    beat starts there too (it was stretched back to the press: a slower opening Tempo, the first note
+    late in the bar); a press released before the first note changes nothing."""
+    shift = 5.0
+    plain = _shifted_performance(tokenizer, tmp_path, shift)
+    early = _shifted_performance(tokenizer, tmp_path, shift, pedals=[(2.0, 1.0)])
+    _check_pair(plain)
+    assert early.perf_ids == plain.perf_ids
+    names = [tokenizer[i] for i in plain.perf_ids]
+    opening = names[1:5]
+    assert opening[0] == "Position_0" and opening[1].startswith("Tempo_") and opening[2] == "Pedal_0"
+    assert opening[3].startswith("Pitch_")
+    result = roundtrip_errors(plain, tokenizer)
+    assert result["pedal"]["p95_ms"] <= 30.0
