@@ -12,6 +12,7 @@
 #                                                   performance per piece)
 #   RENDER="name=CKPT|flags;..."                    render SPLIT with these (CKPT: a folder, 'shipped' = default)
 #   SPLIT=validation  RENDER_SECONDS=240  CUDA_WORKERS=4  CPU_WORKERS=10
+#   SCORES="Bach__Fugue__bwv_856 ..."              render only these scores of SPLIT (default: all)
 # $OUT gets logs.tgz, the evaluation JSONs and the exported models (float16, < 16 MiB each part).
 source scripts/device_env.sh
 set -u
@@ -45,6 +46,7 @@ render_split() {  # RENDER entries -> a job list (longest scores first) -> rende
   : > /tmp/jobs.tsv
   IFS=';' read -ra entries <<< "$RENDER"
   for score in $(ls -S /tmp/eval_$split/scores/*.musicxml); do
+    [ -n "${SCORES:-}" ] && [[ " $SCORES " != *" $(basename ${score%.musicxml}) "* ]] && continue
     for entry in "${entries[@]}"; do
       name=${entry%%=*}; rest=${entry#*=}; ckpt=${rest%%|*}; flags=${rest#*|}
       [ "$ckpt" = shipped ] && ck="" || ck="--checkpoint $ckpt"
