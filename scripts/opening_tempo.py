@@ -1,0 +1,129 @@
+"""Is the global tempo right? The opening Tempo in the data, in the model, and in renders (issue #17).
+
+    python scripts/opening_tempo.py data DATA-BIN [SUBSET]
+        per performance, its opening Tempo token against the median of the next three: a tokenizer that
+        stretches the first beat shows here as a first beat much slower than the ones after it
+    python scripts/opening_tempo.py model DATA-BIN CHECKPOINT [SUBSET]
+        teacher-forced, the model's expected opening Tempo (log qpm, given the score alone) against the
+        pianist's first beat and first four beats, and what the score's metronome mark alone gives
+    python scripts/opening_tempo.py lengths ROOT METADATA SPLIT RENDERINGS
+        per rendered piece, its length (first onset to last offset) against the median of its pianists':
+        the global tempo, which the evaluation's correlations do not see
+
+SUBSET defaults to valid; ROOT / METADATA / SPLIT as for `imf evaluate --corpus nasap`. "Marked": the score's
+first Tempo token is a metronome mark, not the tokenizer's 100-qpm stand-in for a score without one.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+NO_MARK_QPM = 101.83  # the tempo bin a score without a metronome mark gets (the deadpan 100 qpm)
+
+
+def _tempo_table(data_bin: Path) -> dict[int, float]:
+    """Tempo token id -> log qpm, from the data-bin's tokenizer."""
+    from instruct_museformer.tokens.tokenizer import Vocab, load_tokenizer, token_value
+
+    tokens = Vocab(load_tokenizer(data_bin / "tokenizer.json")).tokens
+    return {i: token_value(t) for i, t in enumerate(tokens) if t.startswith("Tempo_")}
+
+
+def data(data_bin: Path, subset: str = "valid") -> None:
+    from instruct_museformer.data.indexed import MMapIndexedDataset
+
+    tempo = _tempo_table(data_bin)
+    perf = MMapIndexedDataset(data_bin / f"{subset}.score-perf.perf")
+    ratios = []
+    for k in range(len(perf)):
+        values = [tempo[int(i)] for i in perf[k][:2000] if int(i) in tempo][:4]
+        if len(values) == 4:
+            ratios.append((values[0] - np.median(values[1:])) / np.log(2))
+    r = np.array(ratios)
+    print(f"{subset}: {len(r)} performances; log2(opening Tempo / median of the next three): percentiles "
+          f"5/10/25/50/75/90 {np.round(np.percentile(r, [5, 10, 25, 50, 75, 90]), 2).tolist()}; "
+          f"more than 30% slower: {np.mean(r < np.log2(0.7)):.2f}")
+
+
+def model(data_bin: Path, checkpoint: Path, subset: str = "valid") -> None:
+    import torch
+
+    from instruct_museformer.data.dataset import collate, load_dataset
+    from instruct_museformer.data.vocabulary import TOKENIZER_FILE, token_layout
+    from instruct_museformer.train.checkpoint import load_checkpoint_model, read_config
+
+    net, cfg, _ = load_checkpoint_model(checkpoint, "reference")
+    net.eval()
+    tempo = _tempo_table(data_bin)
+    ids = np.array(sorted(tempo))
+    log_qpm = np.array([tempo[i] for i in ids])
+    beat_mask_ts = bool(read_config(checkpoint).get("args", {}).get("beat_mask_ts", True))
+    layout = token_layout(data_bin / TOKENIZER_FILE, sorted(data_bin.glob("dict.*.txt")), cfg.vocab_size,
+                          beat_mask_ts=beat_mask_ts)
+    dataset = load_dataset(data_bin, subset, truncate=1024, chunk=True)
+    first_chunk: dict[int, int] = {}
+    for i in range(len(dataset)):
+        first_chunk.setdefault(int(dataset.piece_of[i]), i)
+    rows = []
+    with torch.inference_mode():
+        for i in first_chunk.values():
+            sample = dataset[i]
+            batch = collate([sample], layout.beat_table)
+            logits = net(batch)[0]
+            target = batch.target[0].tolist()
+            at = [k for k, t in enumerate(target) if t in tempo]
+            if len(at) < 4:
+                continue
+            p = torch.softmax(logits[at[0], torch.as_tensor(ids)].float(), -1).numpy()
+            played = [tempo[target[k]] for k in at[:4]]
+            mark = next(tempo[t] for t in sample.source.tolist() if t in tempo)
+            rows.append((float(p @ log_qpm), played[0], float(np.median(played)), mark))
+    r = np.array(rows) / np.log(2)  # log2 qpm
+    marked = ~np.isclose(r[:, 3], np.log2(NO_MARK_QPM), atol=1e-3)
+    print(f"{checkpoint}: {len(r)} performances, {int(marked.sum())} with a mark")
+    for name, j in (("the first beat", 1), ("the first four beats (median)", 2)):
+        error = np.abs(r[:, 0] - r[:, j])
+        print(f"  expected opening Tempo against {name}: mean |log2| {error.mean():.3f} "
+              f"(marked {error[marked].mean():.3f}), r {np.corrcoef(r[:, 0], r[:, j])[0, 1]:.2f}")
+    print(f"  the mark alone against the first four beats (marked): mean |log2| "
+          f"{np.abs(r[marked, 3] - r[marked, 2]).mean():.3f}")
+
+
+def lengths(root: Path, metadata: Path, split: str, renderings: Path) -> None:
+    from instruct_museformer.evaluate.sources import nasap_jobs
+    from instruct_museformer.tokens.score import read_midi
+
+    def span(path: Path) -> float:
+        notes = [n for t in read_midi(path, "second").tracks for n in t.notes]
+        return max(n.time + n.duration for n in notes) - min(n.time for n in notes)
+
+    jobs, _ = nasap_jobs(root, metadata, split, renderings)
+    ratios = []
+    for job in jobs:
+        if not job.humans or job.rendering is None or not job.rendering.exists():
+            continue
+        ratio = span(job.rendering) / float(np.median([span(h.midi) for h in job.humans]))
+        ratios.append(ratio)
+        print(f"{ratio:5.2f}  {job.name}")
+    r = np.log2(np.array(ratios))
+    print(f"{len(r)} pieces: mean |log2(rendered / played length)| {np.abs(r).mean():.3f}; "
+          f"off by more than 25%: {np.mean((r < np.log2(0.8)) | (r > np.log2(1.25))):.2f}")
+
+
+def main() -> None:
+    command, args = sys.argv[1], sys.argv[2:]
+    if command == "data":
+        data(Path(args[0]), *args[1:])
+    elif command == "model":
+        model(Path(args[0]), Path(args[1]), *args[2:])
+    elif command == "lengths":
+        lengths(Path(args[0]), Path(args[1]), args[2], Path(args[3]))
+    else:
+        raise SystemExit(__doc__)
+
+
+if __name__ == "__main__":
+    main()
