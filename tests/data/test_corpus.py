@@ -246,3 +246,27 @@ def test_a_refusal_kept_beside_parangonars_is_said_once():
     other = TokenizationError("no alignment", "parangonar failed")
     assert str(_keep_reason(refused, other)) == f"{refused}; parangonar: parangonar failed"
     assert _keep_reason(None, other) is other
+
+
+def test_an_archive_is_unpacked_once_whatever_its_path_or_mtime(tmp_path: Path, capsys):
+    """A shared archive mounted anew gets a new mtime; keyed by content, it keeps its unpacked folder (and so
+    the paths the token and alignment caches name)."""
+    import tarfile
+
+    from instruct_museformer.data.corpus import unpack_archive
+
+    (tmp_path / "nasap").mkdir()
+    (tmp_path / "nasap" / "piece.txt").write_text("notes")
+    archive = tmp_path / "corpus.tar.xz"
+    with tarfile.open(archive, "w:xz") as tar:
+        tar.add(tmp_path / "nasap", arcname="nasap")
+    cache = tmp_path / "cache"
+    first = unpack_archive(archive, cache)
+    assert (first / "piece.txt").read_text() == "notes"
+    assert capsys.readouterr().err.count("unpacking") == 1
+    os.utime(archive, (1_000_000_000, 1_000_000_000))
+    moved = tmp_path / "elsewhere" / "corpus.tar.xz"
+    moved.parent.mkdir()
+    shutil.copy(archive, moved)
+    assert unpack_archive(archive, cache) == unpack_archive(moved, cache) == first
+    assert "unpacking" not in capsys.readouterr().err
