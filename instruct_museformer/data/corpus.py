@@ -101,7 +101,10 @@ def unpack_archive(archive: Path, cache_root: Path | None = None) -> Path:
     mtime) or copied keeps its unpacked folder, and with it the paths that the token and alignment caches
     name -- keyed by mtime, every session re-unpacked it, and re-tokenized and re-aligned every pair."""
     cache_root = cache_root or Path(os.environ.get("IMF_CACHE", Path.home() / ".cache" / "instruct_museformer"))
-    key = _file_digest(archive)[:12]
+    try:
+        key = _file_digest(archive)[:12]
+    except OSError as error:
+        raise UserError(f"{archive}: cannot read the archive ({error.strerror or error})") from error
     target = cache_root / f"{archive.name.split('.')[0]}-{key}"
     done = target / ".unpacked"
     if not done.exists():
