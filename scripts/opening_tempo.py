@@ -11,7 +11,8 @@
         the global tempo, which the evaluation's correlations do not see
 
 SUBSET defaults to valid; ROOT / METADATA / SPLIT as for `imf evaluate --corpus nasap`. "Marked": the score's
-first Tempo token is a metronome mark, not the tokenizer's 100-qpm stand-in for a score without one.
+first Tempo token is a metronome mark, not the bin of the score tokenizer's stand-in for a score without one
+(``DEFAULT_SCORE_TEMPO``).
 """
 
 from __future__ import annotations
@@ -20,8 +21,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
-NO_MARK_QPM = 101.83  # the tempo bin a score without a metronome mark gets (the deadpan 100 qpm)
 
 
 def _tempo_table(data_bin: Path) -> dict[int, float]:
@@ -53,6 +52,7 @@ def model(data_bin: Path, checkpoint: Path, subset: str = "valid") -> None:
 
     from instruct_museformer.data.dataset import collate, load_dataset
     from instruct_museformer.data.vocabulary import TOKENIZER_FILE, token_layout
+    from instruct_museformer.tokens.score import DEFAULT_SCORE_TEMPO
     from instruct_museformer.train.checkpoint import load_checkpoint_model, read_config
 
     net, cfg, _ = load_checkpoint_model(checkpoint, "reference")
@@ -60,6 +60,7 @@ def model(data_bin: Path, checkpoint: Path, subset: str = "valid") -> None:
     tempo = _tempo_table(data_bin)
     ids = np.array(sorted(tempo))
     log_qpm = np.array([tempo[i] for i in ids])
+    no_mark = log_qpm[np.abs(log_qpm - np.log(DEFAULT_SCORE_TEMPO)).argmin()]  # the bin the score tokenizer picks
     beat_mask_ts = bool(read_config(checkpoint).get("args", {}).get("beat_mask_ts", True))
     layout = token_layout(data_bin / TOKENIZER_FILE, sorted(data_bin.glob("dict.*.txt")), cfg.vocab_size,
                           beat_mask_ts=beat_mask_ts)
@@ -82,7 +83,7 @@ def model(data_bin: Path, checkpoint: Path, subset: str = "valid") -> None:
             mark = next(tempo[t] for t in sample.source.tolist() if t in tempo)
             rows.append((float(p @ log_qpm), played[0], float(np.median(played)), mark))
     r = np.array(rows) / np.log(2)  # log2 qpm
-    marked = ~np.isclose(r[:, 3], np.log2(NO_MARK_QPM), atol=1e-3)
+    marked = ~np.isclose(r[:, 3], no_mark / np.log(2))
     print(f"{checkpoint}: {len(r)} performances, {int(marked.sum())} with a mark")
     for name, j in (("the first beat", 1), ("the first four beats (median)", 2)):
         error = np.abs(r[:, 0] - r[:, j])
@@ -114,7 +115,7 @@ def lengths(root: Path, metadata: Path, split: str, renderings: Path) -> None:
 
 
 def main() -> None:
-    command, args = sys.argv[1], sys.argv[2:]
+    command, args = (sys.argv[1], sys.argv[2:]) if len(sys.argv) > 1 else ("", [])
     if command == "data":
         data(Path(args[0]), *args[1:])
     elif command == "model":
