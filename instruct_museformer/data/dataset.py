@@ -20,7 +20,9 @@ Chunking (``chunk=True``, ``imf train --chunk-train``; our extension): instead o
 first L tokens of a long piece, cut it into consecutive bar-aligned chunks of at most L tokens on both
 sides, each a sample of its own whose bars restart at 1 -- the layout of a rendering window. The whole
 piece is then trained on; only the last chunk keeps the EOS(s). A single bar longer than L is cut
-inside (its first L tokens).
+inside (its first L tokens). With ``carry`` (``--carry-markings``, :mod:`.carried_markings`) every chunk after a
+piece's first starts with the metronome mark, tempo word and dynamic in force at its first bar; the score side
+is then chunked at L - 4 tokens, so that it stays within L with them.
 
 Language modelling (``task="lm"``, Museformer's setting): ``{split}.bin/.idx`` (or fairseq's
 ``{split}.{src}-None.{src}`` from ``--only-source -s``); each song, with its EOS, is the target, and
@@ -42,6 +44,7 @@ import torch
 from ..errors import UserError
 from ..tokens.specials import BAR, EOS, PAD
 from .batch import Batch, collate_bar_tokens
+from .carried_markings import MAX_CARRIED_TOKENS, MarkingsInForce
 from .indexed import MMapIndexedDataset, dataset_exists
 
 TASKS = ("translation", "lm")
@@ -112,29 +115,31 @@ def _truncate_pair(
 
 
 def _chunk_bounds(
-    s_ends: np.ndarray, t_ends: np.ndarray, s_size: int, t_size: int, limit: int
+    s_ends: np.ndarray, t_ends: np.ndarray, s_size: int, t_size: int, limit: int, source_limit: int | None = None
 ) -> list[tuple[int, int, int, int]]:
-    """Bar-aligned chunks ``(src_lo, src_hi, tgt_lo, tgt_hi)`` of one pair, each side at most ``limit`` tokens.
+    """Bar-aligned chunks ``(src_lo, src_hi, tgt_lo, tgt_hi)`` of one pair, each side at most ``limit`` tokens
+    (the source at most ``source_limit``, default ``limit``).
 
     ``s_ends``/``t_ends``: prefix length after each bar (same count on both sides); sizes include the EOS.
     """
+    s_limit = limit if source_limit is None else source_limit
     chunks: list[tuple[int, int, int, int]] = []
     bars = len(t_ends)
     if bars == 0:
-        return [(0, min(s_size, limit), 0, max(1, min(t_size, limit)))]
+        return [(0, min(s_size, s_limit), 0, max(1, min(t_size, limit)))]
     s0 = t0 = 0
     k0 = 0
     while k0 < bars:
         k = k0
-        while k < bars and s_ends[k] - s0 <= limit and t_ends[k] - t0 <= limit:
+        while k < bars and s_ends[k] - s0 <= s_limit and t_ends[k] - t0 <= limit:
             k += 1
         if k == k0:  # this bar alone is too long: keep its first `limit` tokens
-            chunks.append((s0, min(s0 + limit, int(s_ends[k0])), t0, min(t0 + limit, int(t_ends[k0]))))
+            chunks.append((s0, min(s0 + s_limit, int(s_ends[k0])), t0, min(t0 + limit, int(t_ends[k0]))))
             s0, t0, k0 = int(s_ends[k0]), int(t_ends[k0]), k0 + 1
             continue
         s1, t1 = int(s_ends[k - 1]), int(t_ends[k - 1])
         if k == bars:  # the last chunk: the trailing EOS when it fits, the source's on its own if need be
-            if s_size - s0 <= limit:
+            if s_size - s0 <= s_limit:
                 s1 = s_size
                 if t_size - t0 <= limit:
                     t1 = t_size
@@ -155,12 +160,19 @@ class PairDataset:
         chunk: bool = False,
         name: str = "dataset",
         bar_token: int = BAR,
+        carry: MarkingsInForce | None = None,
     ):
         if truncate is not None and truncate < 1:
             raise UserError(f"{name}: truncation length {truncate} must be at least 1")
         if chunk and truncate is None:
             raise UserError(f"{name}: chunking needs a chunk length (--truncate-train)")
+        if carry is not None and (not chunk or source is None):
+            raise UserError(f"{name}: --carry-markings needs --chunk-train and a translation data-bin")
+        if carry is not None and truncate is not None and truncate <= 2 * MAX_CARRIED_TOKENS:
+            raise UserError(f"{name}: --truncate-train {truncate} leaves no room for the carried markings")
         self.name = name
+        self.carry = carry
+        self.source_reserve: np.ndarray | int = 0
         self.target_data = target
         self.source_data = source
         self.truncate = truncate
@@ -211,22 +223,26 @@ class PairDataset:
             self._chunk(target, source, truncate)
         self.sizes = self.target_lengths - self.target_start
         if self.source_lengths is not None:
-            self.sizes = np.maximum(self.sizes, self.source_lengths - self.source_start)
+            self.sizes = np.maximum(self.sizes, self.source_lengths - self.source_start + self.source_reserve)
 
     def _chunk(self, target: MMapIndexedDataset, source: MMapIndexedDataset | None, limit: int) -> None:
         t_pos, t_start = _bar_ends(target, self.bar_token)
         s_pos, s_start = (t_pos, t_start) if source is None else _bar_ends(source, self.bar_token)
         s_sizes = target.sizes if source is None else source.sizes
+        source_limit = limit - MAX_CARRIED_TOKENS if self.carry is not None else None
         rows = []
         for i in range(len(target)):
             t_ends = t_pos[t_start[i] : t_start[i + 1]] + 1
             s_ends = s_pos[s_start[i] : s_start[i + 1]] + 1
-            rows += [(i, *c) for c in _chunk_bounds(s_ends, t_ends, int(s_sizes[i]), int(target.sizes[i]), limit)]
+            rows += [(i, *c) for c in _chunk_bounds(s_ends, t_ends, int(s_sizes[i]), int(target.sizes[i]), limit,
+                                                    source_limit)]
         table = np.array(rows, dtype=np.int64).reshape(-1, 5)
         self.piece_of = table[:, 0]
         self.target_start, self.target_lengths = table[:, 3], table[:, 4]
         if source is not None:
             self.source_start, self.source_lengths = table[:, 1], table[:, 2]
+        if self.carry is not None:  # room for the carried markings in the sizes batches are cut by (a bound)
+            self.source_reserve = np.where(self.source_start > 0, MAX_CARRIED_TOKENS, 0)
         kept = int((table[:, 4] - table[:, 3]).sum())
         if source is not None:
             kept += int((table[:, 2] - table[:, 1]).sum())
@@ -246,8 +262,13 @@ class PairDataset:
         target = torch.from_numpy(self.target_data.tokens(piece)[lo:hi].astype(np.int64))
         source = None
         if self.source_data is not None:
-            lo, hi = self.source_start[index], self.source_lengths[index]
-            source = torch.from_numpy(self.source_data.tokens(piece)[lo:hi].astype(np.int64))
+            lo, hi = int(self.source_start[index]), int(self.source_lengths[index])
+            tokens = self.source_data.tokens(piece)
+            if self.carry is not None and lo > 0:
+                window = self.carry.carry_into(tokens, lo, tokens[lo:hi])
+                source = torch.tensor(window, dtype=torch.long)
+            else:
+                source = torch.from_numpy(tokens[lo:hi].astype(np.int64))
         return Sample(index, source, target)
 
     def num_tokens(self, index: int) -> int:
@@ -268,9 +289,11 @@ def load_dataset(
     truncate: int | None = None,
     chunk: bool = False,
     bar_token: int = BAR,
+    carry: MarkingsInForce | None = None,
 ) -> PairDataset:
     """Open ``split`` of ``data_bin`` for ``task`` ('translation', or 'lm' alias 'language_modeling'), truncated
-    (or chunked: see the module docstring); ``bar_token``: the id that closes a bar (``--eob-token``)."""
+    (or chunked, with ``carry`` the markings in force: see the module docstring); ``bar_token``: the id that
+    closes a bar (``--eob-token``)."""
     data_bin = Path(data_bin)
     name = f"{data_bin}/{split}"
     if task == "translation":
@@ -282,9 +305,12 @@ def load_dataset(
             if dataset_exists(src_prefix) and dataset_exists(tgt_prefix):
                 source = MMapIndexedDataset(src_prefix)
                 target = MMapIndexedDataset(tgt_prefix)
-                return PairDataset(target, source, truncate=truncate, chunk=chunk, name=name, bar_token=bar_token)
+                return PairDataset(target, source, truncate=truncate, chunk=chunk, name=name, bar_token=bar_token,
+                                   carry=carry)
         raise UserError(f"split '{split}' not found: tried {' and '.join(tried)}{_split_hint(split)}")
     if task in ("lm", "language_modeling"):
+        if carry is not None:
+            raise UserError(f"{name}: --carry-markings needs a translation data-bin (a score side)")
         candidates = [data_bin / split, data_bin / f"{split}.{source_lang}-None.{source_lang}"]
         for prefix in candidates:
             if dataset_exists(prefix):

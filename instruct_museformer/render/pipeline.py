@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..data.carried_markings import MarkingsInForce
 from ..errors import UserError
 from ..model.config import MuseformerConfig
 from ..tokens.specials import BAR
@@ -47,6 +48,7 @@ class Renderer:
     device: torch.device
     window_tokens: int
     checkpoint: Path
+    carry: MarkingsInForce | None = None  # the model was trained with --carry-markings
 
 
 def resolve_device(name: str) -> torch.device:
@@ -121,7 +123,12 @@ def load_renderer(
     if window_tokens is None:
         window_tokens = int(args.get("truncate_train") or args.get("tokens_per_sample") or 4096)
     grammar = TokenGrammar.for_tokenizer(tokenizer, cfg.vocab_size).to(dev)
-    return Renderer(model, cfg, tokenizer, table.to(dev), grammar, dev, window_tokens, directory)
+    carry = None
+    if args.get("carry_markings"):
+        from ..tokens.tokenizer import vocab_tokens
+
+        carry = MarkingsInForce.build(vocab_tokens(tokenizer), cfg.vocab_size)
+    return Renderer(model, cfg, tokenizer, table.to(dev), grammar, dev, window_tokens, directory, carry)
 
 
 def collect_scores(paths: Sequence[Path | str]) -> list[Path]:
@@ -217,7 +224,7 @@ def render_files(
         renderer.model, [token_lists[i] for i, _ in jobs], renderer.beat_table, renderer.grammar, opts,
         generator, window_tokens=renderer.window_tokens, context_bars=context_bars, stats=stats,
         constrain_notes=not free_notes, note_tolerance=note_tolerance, compile_step=compile_step,
-        progress=progress,
+        progress=progress, carry=renderer.carry,
     )
     if draws == 1:
         return [

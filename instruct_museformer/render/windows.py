@@ -4,7 +4,9 @@ A window covers score bars ``[start, end)``: the decoder is fed ``[EOS]`` + the 
 performance of bars ``[start, first)`` (the context, at most ``context_bars`` bars and half the window)
 and then samples bars ``first ..``; the encoder reads score bars ``[start, end + lookahead)`` (the next
 score bar too, which cross-attention reads at offset +1), with the score's EOS only when the window
-reaches the end of the score. Bar ids restart at 1 in every window, as in a training sample. A window
+reaches the end of the score; with ``carry`` (a model trained with ``--carry-markings``) its first bar also
+gets the metronome mark, tempo word and dynamic in force (``data.carried_markings``), as the chunks it was
+trained on did. Bar ids restart at 1 in every window, as in a training sample. A window
 stops at ``window_tokens`` decoder tokens once it has rendered a new bar; its unfinished bar is dropped
 and the next window starts there. Several scores render in one batch: each round decodes the next
 window of every unfinished score together.
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..data.carried_markings import MAX_CARRIED_TOKENS, MarkingsInForce
 from ..tokens.specials import BAR, EOS
 from .decode import DecodeRequest, SamplingOptions, decode
 from .grammar import DEFAULT_NOTE_TOLERANCE, T_PITCH, T_TIMESIG, TokenGrammar, score_bar_notes
@@ -76,6 +79,7 @@ def render_token_bars(
     note_tolerance: int = DEFAULT_NOTE_TOLERANCE,
     compile_step: bool = False,
     progress: RenderProgress | None = None,
+    carry: MarkingsInForce | None = None,
 ) -> list[list[int]]:
     """Score token sequences -> performance token sequences (each ending with EOS), bar k for bar k.
 
@@ -106,7 +110,7 @@ def render_token_bars(
                 context -= 1
             start = first - context
             # encoder bars: as many as fit (at least the first bar to render), plus the lookahead
-            end, used = first, sum(len(b) for b in bars[start:first])
+            end, used = first, sum(len(b) for b in bars[start:first]) + (MAX_CARRIED_TOKENS if carry else 0)
             while end < len(bars) and (end == first or used + len(bars[end]) + 1 <= window_tokens):
                 used += len(bars[end])
                 end += 1
@@ -115,6 +119,8 @@ def render_token_bars(
                 target_end = max(first + 1, end - lookahead_bars)
             final = target_end == len(bars)
             source = [t for b in bars[start:end] for t in b] + ([EOS] if end == len(bars) else [])
+            if carry is not None and start > 0:
+                source = carry.carry_into(scores[i], sum(len(b) for b in bars[:start]), source)
             prefix = [t for b in done[start:first] for t in b]
             notes = bar_notes[i][start:target_end] if bar_notes is not None else None
             budget = [int(bar_budget_factor * len(b)) + 64 for b in bars[start:target_end]]

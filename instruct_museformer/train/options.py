@@ -161,6 +161,12 @@ def _add_common_data_flags(parser: argparse.ArgumentParser) -> None:
         help="cut long training pieces into consecutive bar-aligned chunks of at most --truncate-train tokens "
         "(all of each piece is trained on) instead of keeping only their first chunk",
     )
+    parser.add_argument(
+        "--carry-markings", action="store_true",
+        help="start every --chunk-train chunk after a piece's first with the metronome mark, tempo word and dynamic "
+        "in force at its first bar (needs a tokenizer.json with score markings); imf render then does the same "
+        "for its windows",
+    )
     parser.add_argument("--beat-mask-ts", type=parse_bool, nargs="?", const=True, default=False, metavar="BOOL")
     parser.add_argument("--take-bos-as-bar", type=parse_bool, nargs="?", const=True, default=False, metavar="BOOL")
     parser.add_argument(

@@ -266,6 +266,20 @@ def _vocabulary_tokens(data_bin: Path | None) -> list[str] | None:
         return None
 
 
+def _carried_markings(args: argparse.Namespace, source: DataSource) -> Any:
+    """The markings-in-force tables ``--carry-markings`` asks for, else None."""
+    if not getattr(args, "carry_markings", False):
+        return None
+    from ..data.carried_markings import MarkingsInForce
+
+    tokens = _vocabulary_tokens(getattr(source, "data_bin", None))
+    if tokens is None:
+        raise UserError("--carry-markings: needs token names, from a tokenizer.json in the data-bin")
+    if not args.chunk_train:
+        raise UserError("--carry-markings: needs --chunk-train (only chunks after a piece's first carry markings)")
+    return MarkingsInForce.build(tokens, source.vocab_size)
+
+
 def _expressive_levers(args: argparse.Namespace, source: DataSource) -> tuple[Objective | None, Any, Any]:
     """The training objective, the token augmentation and the history noise the flags ask for (docs/model.md,
     levers)."""
@@ -435,7 +449,12 @@ class _TrainingRun:
         args = self.args
         self.progress = ProgressLogger(args.log_format, args.tensorboard_logdir, enabled=self.info.rank == 0,
                                        no_progress_bar=args.no_progress_bar)
-        self.train_split = self.source.load(args.train_subset, args.truncate_train, chunk=args.chunk_train)
+        carry = _carried_markings(args, self.source)
+        self.train_split = self.source.load(args.train_subset, args.truncate_train, chunk=args.chunk_train,
+                                            carry=carry)
+        if carry is not None:
+            logger.info("carried markings: every chunk after a piece's first starts with the metronome mark, "
+                        "tempo word and dynamic in force")
         self.valid_names = [] if args.disable_validation else [s for s in args.valid_subset.split(",") if s]
         # loaded now, as fairseq does, so that a missing split fails before hours of training
         self.valid_splits: dict[str, SplitData] = {

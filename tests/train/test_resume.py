@@ -105,6 +105,20 @@ def test_resume_with_the_expressive_levers_continues_the_same_loss_curve(data_bi
     assert quiet[0] != full[0]  # the history noise changes even the first step's loss
 
 
+def test_carried_markings_change_the_chunks_resume_exactly_and_are_recorded(data_bin: Path, tmp_path: Path) -> None:
+    from instruct_museformer.train.checkpoint import read_config
+
+    chunks = ("--chunk-train", "--truncate-train", "24", "--max-update", "5")
+    full = _run(_argv(data_bin, tmp_path / "full", *chunks, "--carry-markings"))
+    argv = _argv(data_bin, tmp_path / "killed", *chunks, "--carry-markings")
+    first = _run(argv, kill_at=3)
+    assert first[:2] + _run(argv) == full
+    assert _run(_argv(data_bin, tmp_path / "plain", *chunks)) != full  # later chunks read the markings
+    assert read_config(tmp_path / "full" / "checkpoint_last")["args"]["carry_markings"] is True
+    with pytest.raises(UserError, match="--chunk-train"):
+        train(parse_train_args(_argv(data_bin, tmp_path / "unchunked", "--carry-markings")))
+
+
 def test_sigterm_stops_with_a_checkpoint_and_resumes_exactly(data_bin: Path, tmp_path: Path) -> None:
     import os
     import signal
