@@ -5,7 +5,10 @@
         stretches the first beat shows here as a first beat much slower than the ones after it
     python scripts/opening_tempo.py model DATA-BIN CHECKPOINT [SUBSET]
         teacher-forced, the model's expected opening Tempo (log qpm, given the score alone) against the
-        pianist's first beat and first four beats, and what the score's metronome mark alone gives
+        pianist's first beat and first four beats, and what the score's metronome mark alone gives; how far
+        that expectation follows the mark when the mark is moved (+-8 bins); and the same at a piece's
+        second chunk (1,024 tokens, no performance before it, the markings in force carried when the
+        checkpoint was trained with --carry-markings)
     python scripts/opening_tempo.py lengths ROOT METADATA SPLIT RENDERINGS
         per rendered piece, its length (first onset to last offset) against the median of its pianists':
         the global tempo, which the evaluation's correlations do not see
@@ -47,12 +50,41 @@ def data(data_bin: Path, subset: str = "valid") -> None:
           f"more than 30% slower: {np.mean(r < np.log2(0.7)):.2f}")
 
 
+def _expected_log_qpm(net, sample, layout, ids: np.ndarray, log_qpm: np.ndarray, tempo: dict[int, float]):
+    """(expected log qpm of the first target Tempo given the score alone, the first four played) or None."""
+    import torch
+
+    from instruct_museformer.data.dataset import collate
+
+    batch = collate([sample], layout.beat_table)
+    target = batch.target[0].tolist()
+    at = [k for k, t in enumerate(target) if t in tempo]
+    if len(at) < 4:
+        return None
+    logits = net(batch)[0]
+    p = torch.softmax(logits[at[0], torch.as_tensor(ids)].float(), -1).numpy()
+    return float(p @ log_qpm), [tempo[target[k]] for k in at[:4]]
+
+
+def _moved_marks(sample, ids: np.ndarray, bins: int):
+    """``sample`` with every Tempo token of its score side moved by ``bins`` (clamped)."""
+    from dataclasses import replace
+
+    import torch
+
+    rank = {int(t): k for k, t in enumerate(ids)}
+    source = [int(ids[min(len(ids) - 1, max(0, rank[t] + bins))]) if t in rank else t for t in sample.source.tolist()]
+    return replace(sample, source=torch.tensor(source))
+
+
 def model(data_bin: Path, checkpoint: Path, subset: str = "valid") -> None:
     import torch
 
-    from instruct_museformer.data.dataset import collate, load_dataset
+    from instruct_museformer.data.carried_markings import MarkingsInForce
+    from instruct_museformer.data.dataset import load_dataset
     from instruct_museformer.data.vocabulary import TOKENIZER_FILE, token_layout
     from instruct_museformer.tokens.score import DEFAULT_SCORE_TEMPO
+    from instruct_museformer.tokens.tokenizer import load_tokenizer, vocab_tokens
     from instruct_museformer.train.checkpoint import load_checkpoint_model, read_config
 
     net, cfg, _ = load_checkpoint_model(checkpoint, "reference")
@@ -61,36 +93,61 @@ def model(data_bin: Path, checkpoint: Path, subset: str = "valid") -> None:
     ids = np.array(sorted(tempo))
     log_qpm = np.array([tempo[i] for i in ids])
     no_mark = log_qpm[np.abs(log_qpm - np.log(DEFAULT_SCORE_TEMPO)).argmin()]  # the bin the score tokenizer picks
-    beat_mask_ts = bool(read_config(checkpoint).get("args", {}).get("beat_mask_ts", True))
+    args = read_config(checkpoint).get("args", {})
     layout = token_layout(data_bin / TOKENIZER_FILE, sorted(data_bin.glob("dict.*.txt")), cfg.vocab_size,
-                          beat_mask_ts=beat_mask_ts)
-    dataset = load_dataset(data_bin, subset, truncate=1024, chunk=True)
-    first_chunk: dict[int, int] = {}
+                          beat_mask_ts=bool(args.get("beat_mask_ts", True)))
+    # the chunks as the checkpoint was trained on them: with the markings in force when it carried them
+    carry = None
+    if args.get("carry_markings"):
+        carry = MarkingsInForce.build(vocab_tokens(load_tokenizer(data_bin / TOKENIZER_FILE)), cfg.vocab_size)
+    dataset = load_dataset(data_bin, subset, truncate=1024, chunk=True, carry=carry)
+    chunks: dict[int, list[int]] = {}
     for i in range(len(dataset)):
-        first_chunk.setdefault(int(dataset.piece_of[i]), i)
-    rows = []
+        chunks.setdefault(int(dataset.piece_of[i]), []).append(i)
+    rows, moved, later = [], [], []
     with torch.inference_mode():
-        for i in first_chunk.values():
-            sample = dataset[i]
-            batch = collate([sample], layout.beat_table)
-            logits = net(batch)[0]
-            target = batch.target[0].tolist()
-            at = [k for k, t in enumerate(target) if t in tempo]
-            if len(at) < 4:
+        for piece_chunks in chunks.values():
+            sample = dataset[piece_chunks[0]]
+            found = _expected_log_qpm(net, sample, layout, ids, log_qpm, tempo)
+            if found is None:
                 continue
-            p = torch.softmax(logits[at[0], torch.as_tensor(ids)].float(), -1).numpy()
-            played = [tempo[target[k]] for k in at[:4]]
+            expected, played = found
             mark = next(tempo[t] for t in sample.source.tolist() if t in tempo)
-            rows.append((float(p @ log_qpm), played[0], float(np.median(played)), mark))
+            rows.append((expected, played[0], float(np.median(played)), mark))
+            if not np.isclose(mark, no_mark):  # how far the expectation follows a moved mark (8 bins: x1.34)
+                up = _expected_log_qpm(net, _moved_marks(sample, ids, 8), layout, ids, log_qpm, tempo)
+                down = _expected_log_qpm(net, _moved_marks(sample, ids, -8), layout, ids, log_qpm, tempo)
+                k = int(np.abs(log_qpm - mark).argmin())
+                moved.append((up[0] - down[0], log_qpm[min(len(ids) - 1, k + 8)] - log_qpm[max(0, k - 8)]))
+            if len(piece_chunks) > 1:  # a chunk from the middle: no performance before it
+                second = dataset[piece_chunks[1]]
+                found = _expected_log_qpm(net, second, layout, ids, log_qpm, tempo)
+                if found is not None:
+                    in_force = [tempo[t] for t in dataset.source_data.tokens(int(dataset.piece_of[piece_chunks[1]]))
+                                [: int(dataset.source_start[piece_chunks[1]])].tolist() if t in tempo]
+                    later.append((found[0], float(np.median(found[1])), in_force[-1], mark))
     r = np.array(rows) / np.log(2)  # log2 qpm
     marked = ~np.isclose(r[:, 3], no_mark / np.log(2))
-    print(f"{checkpoint}: {len(r)} performances, {int(marked.sum())} with a mark")
+    print(f"{checkpoint}: {len(r)} performances, {int(marked.sum())} with a mark"
+          f"{' (chunks carry the markings in force)' if carry else ''}")
     for name, j in (("the first beat", 1), ("the first four beats (median)", 2)):
         error = np.abs(r[:, 0] - r[:, j])
         print(f"  expected opening Tempo against {name}: mean |log2| {error.mean():.3f} "
               f"(marked {error[marked].mean():.3f}), r {np.corrcoef(r[:, 0], r[:, j])[0, 1]:.2f}")
     print(f"  the mark alone against the first four beats (marked): mean |log2| "
           f"{np.abs(r[marked, 3] - r[marked, 2]).mean():.3f}")
+    if moved:
+        m = np.array(moved)
+        print(f"  the mark moved by +-8 bins ({len(m)} marked): the expected opening Tempo moves by "
+              f"{np.mean(m[:, 0] / m[:, 1]):.2f} of it (1: follows the mark, 0: ignores it)")
+    if later:
+        v = np.array(later) / np.log(2)
+        error = np.abs(v[:, 0] - v[:, 1])
+        in_mark = ~np.isclose(v[:, 3], no_mark / np.log(2))
+        print(f"  a piece's second chunk ({len(v)}, of 1,024 tokens, no performance before it): expected first Tempo "
+              f"against its first four beats: mean |log2| {error.mean():.3f} (marked pieces "
+              f"{error[in_mark].mean():.3f}); the mark in force alone (marked pieces): "
+              f"{np.abs(v[in_mark, 2] - v[in_mark, 1]).mean():.3f}")
 
 
 def lengths(root: Path, metadata: Path, split: str, renderings: Path) -> None:
