@@ -193,7 +193,7 @@ def main(argv: list[str]) -> int:
                                          generator, window_tokens=renderer.window_tokens,
                                          context_bars=args.context_bars, logprobs=logprobs,
                                          constrain_notes=args.score_constrained, note_tolerance=args.note_tolerance,
-                                         carry=renderer.carry)
+                                         carry=renderer.carry, relative=renderer.relative)
             for sample, out, lp in zip(samples, outs, logprobs, strict=True):
                 i = int(sample.id)
                 emit([f"S-{i}\t{' '.join(str(t) for t in sample.source.tolist() if t != 2)}",

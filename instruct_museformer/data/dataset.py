@@ -22,7 +22,9 @@ sides, each a sample of its own whose bars restart at 1 -- the layout of a rende
 piece is then trained on; only the last chunk keeps the EOS(s). A single bar longer than L is cut
 inside (its first L tokens). With ``carry`` (``--carry-markings``, :mod:`.carried_markings`) every chunk after a
 piece's first starts with the metronome mark, tempo word and dynamic in force at its first bar; the score side
-is then chunked at L - 4 tokens, so that it stays within L with them.
+is then chunked at L - 4 tokens, so that it stays within L with them. With ``relative``
+(``--tempo-relative-to-mark``, :mod:`.mark_relative`) both sides' Tempo tokens are moved, bar by bar, so that the
+mark in force sits at one reference bin.
 
 Language modelling (``task="lm"``, Museformer's setting): ``{split}.bin/.idx`` (or fairseq's
 ``{split}.{src}-None.{src}`` from ``--only-source -s``); each song, with its EOS, is the target, and
@@ -46,6 +48,7 @@ from ..tokens.specials import BAR, EOS, PAD
 from .batch import Batch, collate_bar_tokens
 from .carried_markings import MAX_CARRIED_TOKENS, MarkingsInForce
 from .indexed import MMapIndexedDataset, dataset_exists
+from .mark_relative import MarkRelativeTempo
 
 TASKS = ("translation", "lm")
 SPLIT_NAMES_HINT = {"val": "valid", "validation": "valid", "dev": "valid"}
@@ -161,6 +164,7 @@ class PairDataset:
         name: str = "dataset",
         bar_token: int = BAR,
         carry: MarkingsInForce | None = None,
+        relative: MarkRelativeTempo | None = None,
     ):
         if truncate is not None and truncate < 1:
             raise UserError(f"{name}: truncation length {truncate} must be at least 1")
@@ -172,6 +176,9 @@ class PairDataset:
             raise UserError(f"{name}: --truncate-train {truncate} leaves no room for the carried markings")
         self.name = name
         self.carry = carry
+        if relative is not None and source is None:
+            raise UserError(f"{name}: --tempo-relative-to-mark needs a translation data-bin (a score side)")
+        self.relative = relative
         self.source_reserve: np.ndarray | int = 0
         self.target_data = target
         self.source_data = source
@@ -265,10 +272,13 @@ class PairDataset:
             lo, hi = int(self.source_start[index]), int(self.source_lengths[index])
             tokens = self.source_data.tokens(piece)
             if self.carry is not None and lo > 0:
-                window = self.carry.carry_into(tokens, lo, tokens[lo:hi])
-                source = torch.tensor(window, dtype=torch.long)
+                source = torch.tensor(self.carry.carry_into(tokens, lo, tokens[lo:hi]), dtype=torch.long)
             else:
                 source = torch.from_numpy(tokens[lo:hi].astype(np.int64))
+            if self.relative is not None:  # both sides start at the same bar of the piece
+                shifts = self.relative.bar_shifts(tokens)[int(np.count_nonzero(tokens[:lo] == self.bar_token)):]
+                source = torch.tensor(self.relative.move(source.tolist(), shifts), dtype=torch.long)
+                target = torch.tensor(self.relative.move(target.tolist(), shifts), dtype=torch.long)
         return Sample(index, source, target)
 
     def num_tokens(self, index: int) -> int:
@@ -290,10 +300,11 @@ def load_dataset(
     chunk: bool = False,
     bar_token: int = BAR,
     carry: MarkingsInForce | None = None,
+    relative: MarkRelativeTempo | None = None,
 ) -> PairDataset:
     """Open ``split`` of ``data_bin`` for ``task`` ('translation', or 'lm' alias 'language_modeling'), truncated
-    (or chunked, with ``carry`` the markings in force: see the module docstring); ``bar_token``: the id that
-    closes a bar (``--eob-token``)."""
+    (or chunked, with ``carry`` the markings in force; ``relative``: tempo relative to the mark; see the module
+    docstring); ``bar_token``: the id that closes a bar (``--eob-token``)."""
     data_bin = Path(data_bin)
     name = f"{data_bin}/{split}"
     if task == "translation":
@@ -306,11 +317,11 @@ def load_dataset(
                 source = MMapIndexedDataset(src_prefix)
                 target = MMapIndexedDataset(tgt_prefix)
                 return PairDataset(target, source, truncate=truncate, chunk=chunk, name=name, bar_token=bar_token,
-                                   carry=carry)
+                                   carry=carry, relative=relative)
         raise UserError(f"split '{split}' not found: tried {' and '.join(tried)}{_split_hint(split)}")
     if task in ("lm", "language_modeling"):
-        if carry is not None:
-            raise UserError(f"{name}: --carry-markings needs a translation data-bin (a score side)")
+        if carry is not None or relative is not None:
+            raise UserError(f"{name}: --carry-markings / --tempo-relative-to-mark need a translation data-bin")
         candidates = [data_bin / split, data_bin / f"{split}.{source_lang}-None.{source_lang}"]
         for prefix in candidates:
             if dataset_exists(prefix):

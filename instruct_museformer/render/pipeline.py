@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..data.carried_markings import MarkingsInForce
+from ..data.mark_relative import MarkRelativeTempo
 from ..errors import UserError
 from ..model.config import MuseformerConfig
 from ..tokens.specials import BAR
@@ -49,6 +50,7 @@ class Renderer:
     window_tokens: int
     checkpoint: Path
     carry: MarkingsInForce | None = None  # the model was trained with --carry-markings
+    relative: MarkRelativeTempo | None = None  # ... with --tempo-relative-to-mark
 
 
 def resolve_device(name: str) -> torch.device:
@@ -123,12 +125,12 @@ def load_renderer(
     if window_tokens is None:
         window_tokens = int(args.get("truncate_train") or args.get("tokens_per_sample") or 4096)
     grammar = TokenGrammar.for_tokenizer(tokenizer, cfg.vocab_size).to(dev)
-    carry = None
-    if args.get("carry_markings"):
-        from ..tokens.tokenizer import vocab_tokens
+    from ..data.views import sample_views
+    from ..tokens.tokenizer import vocab_tokens
 
-        carry = MarkingsInForce.build(vocab_tokens(tokenizer), cfg.vocab_size)
-    return Renderer(model, cfg, tokenizer, table.to(dev), grammar, dev, window_tokens, directory, carry)
+    views = sample_views(args, vocab_tokens(tokenizer), cfg.vocab_size)
+    return Renderer(model, cfg, tokenizer, table.to(dev), grammar, dev, window_tokens, directory, views.carry,
+                    views.relative)
 
 
 def collect_scores(paths: Sequence[Path | str]) -> list[Path]:
@@ -224,7 +226,7 @@ def render_files(
         renderer.model, [token_lists[i] for i, _ in jobs], renderer.beat_table, renderer.grammar, opts,
         generator, window_tokens=renderer.window_tokens, context_bars=context_bars, stats=stats,
         constrain_notes=not free_notes, note_tolerance=note_tolerance, compile_step=compile_step,
-        progress=progress, carry=renderer.carry,
+        progress=progress, carry=renderer.carry, relative=renderer.relative,
     )
     if draws == 1:
         return [

@@ -6,7 +6,9 @@ and then samples bars ``first ..``; the encoder reads score bars ``[start, end +
 score bar too, which cross-attention reads at offset +1), with the score's EOS only when the window
 reaches the end of the score; with ``carry`` (a model trained with ``--carry-markings``) its first bar also
 gets the metronome mark, tempo word and dynamic in force (``data.carried_markings``), as the chunks it was
-trained on did. Bar ids restart at 1 in every window, as in a training sample. A window
+trained on did; with ``relative`` (``--tempo-relative-to-mark``) the Tempo tokens the model reads and writes are
+relative to the mark in force at their bar (``data.mark_relative``), and the rendered ones are moved back.
+Bar ids restart at 1 in every window, as in a training sample. A window
 stops at ``window_tokens`` decoder tokens once it has rendered a new bar; its unfinished bar is dropped
 and the next window starts there. Several scores render in one batch: each round decodes the next
 window of every unfinished score together.
@@ -22,6 +24,7 @@ import torch
 from torch import nn
 
 from ..data.carried_markings import MAX_CARRIED_TOKENS, MarkingsInForce
+from ..data.mark_relative import MarkRelativeTempo
 from ..tokens.specials import BAR, EOS
 from .decode import DecodeRequest, SamplingOptions, decode
 from .grammar import DEFAULT_NOTE_TOLERANCE, T_PITCH, T_TIMESIG, TokenGrammar, score_bar_notes
@@ -80,6 +83,7 @@ def render_token_bars(
     compile_step: bool = False,
     progress: RenderProgress | None = None,
     carry: MarkingsInForce | None = None,
+    relative: MarkRelativeTempo | None = None,
 ) -> list[list[int]]:
     """Score token sequences -> performance token sequences (each ending with EOS), bar k for bar k.
 
@@ -93,6 +97,7 @@ def render_token_bars(
     stats = stats if stats is not None else WindowStats()
     score_bars = [split_bars(s) for s in scores]
     bar_notes = [score_bar_notes(bars, grammar) for bars in score_bars] if constrain_notes else None
+    shifts = [relative.bar_shifts(s) for s in scores] if relative is not None else None
     perf_bars: list[list[list[int]]] = [[] for _ in scores]
     perf_lp: list[list[float]] = [[] for _ in scores]
     eos_lp: list[float] = [float("nan")] * len(scores)
@@ -122,6 +127,9 @@ def render_token_bars(
             if carry is not None and start > 0:
                 source = carry.carry_into(scores[i], sum(len(b) for b in bars[:start]), source)
             prefix = [t for b in done[start:first] for t in b]
+            if shifts is not None:  # what the model reads: tempo relative to the mark
+                source = relative.move(source, shifts[i][start:])
+                prefix = relative.move(prefix, shifts[i][start:])
             notes = bar_notes[i][start:target_end] if bar_notes is not None else None
             budget = [int(bar_budget_factor * len(b)) + 64 for b in bars[start:target_end]]
             if notes is not None:  # the budget never cuts a bar short of its notes
@@ -154,6 +162,8 @@ def render_token_bars(
             limit = len(score_bars[i]) - first
             stats.bars_dropped += max(0, len(new_bars) - limit)
             kept = new_bars[:limit]
+            if shifts is not None:  # back to the marked tempo
+                kept = [relative.move(b, shifts[i][first + j : first + j + 1], sign=-1) for j, b in enumerate(kept)]
             offset = sum(len(b) for b in perf_bars[i][start:first])
             n_new = sum(len(b) for b in kept)
             perf_lp[i].extend(result.logprobs[offset : offset + n_new])

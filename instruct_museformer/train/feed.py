@@ -43,7 +43,8 @@ class DataSource(Protocol):
     data_bin: Path | None
     langs: tuple[str, ...]
 
-    def load(self, split: str, truncate: int | None, chunk: bool = False, carry: Any = None) -> SplitData: ...
+    def load(self, split: str, truncate: int | None, chunk: bool = False, carry: Any = None,
+             relative: Any = None) -> SplitData: ...
 
     def batch_indices(
         self, sizes: np.ndarray, *, batch_size: int | None, max_tokens: int | None, seed: int, epoch: int,
@@ -131,12 +132,13 @@ class DataBinSource:
         self.beat_table, self.bar_token = self.layout.beat_table, self.layout.bar_token
         logger.info(f"tokens: {self.layout.description}")
 
-    def load(self, split: str, truncate: int | None, chunk: bool = False, carry: Any = None) -> SplitData:
-        """``carry``: a ``data.carried_markings.MarkingsInForce`` for the chunks (``--carry-markings``)."""
+    def load(self, split: str, truncate: int | None, chunk: bool = False, carry: Any = None,
+             relative: Any = None) -> SplitData:
+        """``carry`` / ``relative``: ``data.views`` (``--carry-markings``, ``--tempo-relative-to-mark``)."""
         kind = "translation" if self.task == "translation" else "lm"
         dataset = self._api.load_dataset(
             self.data_bin, split, task=kind, source_lang=self.source_lang, target_lang=self.target_lang,
-            truncate=truncate, chunk=chunk, bar_token=self.bar_token, carry=carry,
+            truncate=truncate, chunk=chunk, bar_token=self.bar_token, carry=carry, relative=relative,
         )
         return SplitData(split, dataset, _Collater(self._api.collate, self.beat_table, self.bar_token))
 

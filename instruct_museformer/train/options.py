@@ -167,6 +167,11 @@ def _add_common_data_flags(parser: argparse.ArgumentParser) -> None:
         "in force at its first bar (needs a tokenizer.json with score markings); imf render then does the same "
         "for its windows",
     )
+    parser.add_argument(
+        "--tempo-relative-to-mark", action="store_true",
+        help="train on Tempo tokens moved, bar by bar, so that the score's metronome mark in force is one reference "
+        "bin (the model predicts the tempo as a ratio to the mark; imf render moves it back)",
+    )
     parser.add_argument("--beat-mask-ts", type=parse_bool, nargs="?", const=True, default=False, metavar="BOOL")
     parser.add_argument("--take-bos-as-bar", type=parse_bool, nargs="?", const=True, default=False, metavar="BOOL")
     parser.add_argument(

@@ -266,18 +266,16 @@ def _vocabulary_tokens(data_bin: Path | None) -> list[str] | None:
         return None
 
 
-def _carried_markings(args: argparse.Namespace, source: DataSource) -> Any:
-    """The markings-in-force tables ``--carry-markings`` asks for, else None."""
-    if not getattr(args, "carry_markings", False):
-        return None
-    from ..data.carried_markings import MarkingsInForce
+def _sample_views(args: argparse.Namespace, source: DataSource) -> Any:
+    """The markings carried into chunks and the mark-relative tempo the flags ask for (``data.views``)."""
+    from ..data.views import SampleViews, sample_views
 
-    tokens = _vocabulary_tokens(getattr(source, "data_bin", None))
-    if tokens is None:
-        raise UserError("--carry-markings: needs token names, from a tokenizer.json in the data-bin")
-    if not args.chunk_train:
+    flags = vars(args)
+    if not (flags.get("carry_markings") or flags.get("tempo_relative_to_mark")):
+        return SampleViews()
+    if flags.get("carry_markings") and not args.chunk_train:
         raise UserError("--carry-markings: needs --chunk-train (only chunks after a piece's first carry markings)")
-    return MarkingsInForce.build(tokens, source.vocab_size)
+    return sample_views(flags, _vocabulary_tokens(getattr(source, "data_bin", None)), source.vocab_size)
 
 
 def _expressive_levers(args: argparse.Namespace, source: DataSource) -> tuple[Objective | None, Any, Any]:
@@ -449,16 +447,18 @@ class _TrainingRun:
         args = self.args
         self.progress = ProgressLogger(args.log_format, args.tensorboard_logdir, enabled=self.info.rank == 0,
                                        no_progress_bar=args.no_progress_bar)
-        carry = _carried_markings(args, self.source)
+        views = _sample_views(args, self.source)
         self.train_split = self.source.load(args.train_subset, args.truncate_train, chunk=args.chunk_train,
-                                            carry=carry)
-        if carry is not None:
+                                            carry=views.carry, relative=views.relative)
+        if views.carry is not None:
             logger.info("carried markings: every chunk after a piece's first starts with the metronome mark, "
                         "tempo word and dynamic in force")
+        if views.relative is not None:
+            logger.info("tempo relative to the mark: Tempo tokens moved so that the mark in force is the reference bin")
         self.valid_names = [] if args.disable_validation else [s for s in args.valid_subset.split(",") if s]
         # loaded now, as fairseq does, so that a missing split fails before hours of training
         self.valid_splits: dict[str, SplitData] = {
-            name: self.source.load(name, _truncation(args, name)) for name in self.valid_names
+            name: self.source.load(name, _truncation(args, name), relative=views.relative) for name in self.valid_names
         }
 
     def walls(self) -> tuple[float, float]:
@@ -710,8 +710,11 @@ def validate(args: argparse.Namespace) -> int:
         progress = ProgressLogger("simple", None, enabled=info.rank == 0)
         results: dict[str, Any] = {"checkpoint": str(metadata["path"]), "num_updates": metadata.get("num_updates", 0),
                                    "loss_unit": "bits per target token", "subsets": {}}
+        from ..data.views import sample_views
+
+        views = sample_views(metadata.get("args") or {}, _vocabulary_tokens(Path(args.data)), source.vocab_size)
         for name in [s for s in args.valid_subset.split(",") if s]:
-            split = source.load(name, _truncation(args, name))
+            split = source.load(name, _truncation(args, name), relative=views.relative)
             _, stats = _evaluate(args, source, split, trainer, info)
             progress.log_summary(stats, tag="valid", epoch=None, step=0, prefix=f"valid on '{name}' subset")
             results["subsets"][name] = {"loss": stats["loss"], "ppl": stats["ppl"], "truncate": _truncation(args, name),

@@ -84,3 +84,49 @@ def test_windows_after_the_first_read_the_markings_in_force(monkeypatch):
         assert [names[t] for t in source[:5]] == ["TimeSig_4/4", "Position_0", "Tempo_70.86", "TempoWord_adagio",
                                                   "Dyn_p"]
         assert len(source) <= 40
+
+
+def test_a_model_of_mark_relative_tempo_reads_ratios_and_plays_the_marked_tempo(monkeypatch):
+    """--tempo-relative-to-mark: the model reads the score and its own context with every Tempo moved so the mark
+    in force is the reference bin, and what it writes is moved back; a model that plays the reference bin
+    everywhere thus plays each section at its mark."""
+    from instruct_museformer.data.mark_relative import MarkRelativeTempo
+    from instruct_museformer.render import windows as windows_module
+    from instruct_museformer.render.decode import DecodeResult, SamplingOptions
+    from instruct_museformer.render.grammar import TokenGrammar
+    from instruct_museformer.tokens.tokenizer import build_tokenizer, vocab_tokens
+
+    tokenizer = build_tokenizer()
+    names = vocab_tokens(tokenizer)
+    ids = {t: i for i, t in enumerate(names)}
+    relative = MarkRelativeTempo.build(names)
+    reference = int(relative.ids[relative.reference])
+
+    def bar(tempo):
+        return ["TimeSig_4/4", "Position_0", *([tempo] if tempo else []), "Pitch_60", "Velocity_63", "Duration_1.0.16",
+                "Bar_None"]
+
+    marks = ["Tempo_70.86"] + [None] * 14 + ["Tempo_146.34"] + [None] * 14
+    score = [ids[t] for m in marks for t in bar(m)]
+    seen = []
+
+    def fake_decode(model, requests, *args, **kwargs):  # every bar at the reference bin: "as marked"
+        out = []
+        for request in requests:
+            seen.append(request)
+            played = [t for _ in range(request.target_bars) for t in
+                      [ids["TimeSig_4/4"], ids["Position_0"], reference, ids["Pitch_60"], ids["Velocity_63"],
+                       ids["Duration_1.0.16"], 4]]
+            out.append(DecodeResult(request.prefix + played[len(request.prefix):], request.target_bars, True))
+        return out
+
+    monkeypatch.setattr(windows_module, "decode", fake_decode)
+    grammar = TokenGrammar.for_tokenizer(tokenizer, len(names))
+    played = windows_module.render_token_bars(None, [score], None, grammar, SamplingOptions(), window_tokens=60,
+                                              relative=relative, constrain_notes=False)[0]
+    tempos = [names[t] for t in played if names[t].startswith("Tempo_")]
+    assert tempos == ["Tempo_70.86"] * 15 + ["Tempo_146.34"] * 15
+    assert len(seen) > 2
+    for request in seen:  # the model reads marks and its own context at the reference bin
+        assert {names[t] for t in request.source + request.prefix if names[t].startswith("Tempo_")} == {
+            names[reference]}
