@@ -50,8 +50,11 @@ def data(data_bin: Path, subset: str = "valid") -> None:
           f"more than 30% slower: {np.mean(r < np.log2(0.7)):.2f}")
 
 
-def _expected_log_qpm(net, sample, layout, ids: np.ndarray, log_qpm: np.ndarray, tempo: dict[int, float]):
-    """(expected log qpm of the first target Tempo given the score alone, the first four played) or None."""
+def _expected_log_qpm(net, sample, layout, ids: np.ndarray, log_qpm: np.ndarray, tempo: dict[int, float],
+                      shift: int = 0):
+    """(expected log qpm of the first target Tempo given the score alone, the first four played) or None.
+
+    ``shift``: the sample's Tempo tokens are relative to the mark, moved by this many bins (moved back here)."""
     import torch
 
     from instruct_museformer.data.dataset import collate
@@ -63,7 +66,9 @@ def _expected_log_qpm(net, sample, layout, ids: np.ndarray, log_qpm: np.ndarray,
         return None
     logits = net(batch)[0]
     p = torch.softmax(logits[at[0], torch.as_tensor(ids)].float(), -1).numpy()
-    return float(p @ log_qpm), [tempo[target[k]] for k in at[:4]]
+    back = log_qpm[np.clip(np.arange(len(ids)) - shift, 0, len(ids) - 1)]  # bin k -> the tempo it stands for
+    rank = {int(t): k for k, t in enumerate(ids)}
+    return float(p @ back), [float(back[rank[target[k]]]) for k in at[:4]]
 
 
 def _moved_marks(sample, ids: np.ndarray, bins: int):
@@ -80,10 +85,11 @@ def _moved_marks(sample, ids: np.ndarray, bins: int):
 def model(data_bin: Path, checkpoint: Path, subset: str = "valid") -> None:
     import torch
 
-    from instruct_museformer.data.carried_markings import MarkingsInForce
     from instruct_museformer.data.dataset import load_dataset
+    from instruct_museformer.data.views import sample_views
     from instruct_museformer.data.vocabulary import TOKENIZER_FILE, token_layout
     from instruct_museformer.tokens.score import DEFAULT_SCORE_TEMPO
+    from instruct_museformer.tokens.specials import BAR
     from instruct_museformer.tokens.tokenizer import load_tokenizer, vocab_tokens
     from instruct_museformer.train.checkpoint import load_checkpoint_model, read_config
 
@@ -96,11 +102,17 @@ def model(data_bin: Path, checkpoint: Path, subset: str = "valid") -> None:
     args = read_config(checkpoint).get("args", {})
     layout = token_layout(data_bin / TOKENIZER_FILE, sorted(data_bin.glob("dict.*.txt")), cfg.vocab_size,
                           beat_mask_ts=bool(args.get("beat_mask_ts", True)))
-    # the chunks as the checkpoint was trained on them: with the markings in force when it carried them
-    carry = None
-    if args.get("carry_markings"):
-        carry = MarkingsInForce.build(vocab_tokens(load_tokenizer(data_bin / TOKENIZER_FILE)), cfg.vocab_size)
-    dataset = load_dataset(data_bin, subset, truncate=1024, chunk=True, carry=carry)
+    # the chunks as the checkpoint was trained on them (markings carried, tempo relative to the mark)
+    views = sample_views(args, vocab_tokens(load_tokenizer(data_bin / TOKENIZER_FILE)), cfg.vocab_size)
+    carry, relative = views.carry, views.relative
+    dataset = load_dataset(data_bin, subset, truncate=1024, chunk=True, carry=carry, relative=relative)
+
+    def shift_of(i: int, sample) -> int:  # the bins the sample's Tempo tokens were moved by (its first bar's)
+        if relative is None:
+            return 0
+        piece = dataset.source_data.tokens(int(dataset.piece_of[i]))
+        bars_before = int(np.count_nonzero(piece[: int(dataset.source_start[i])] == BAR))
+        return int(relative.bar_shifts(piece)[bars_before])
     chunks: dict[int, list[int]] = {}
     for i in range(len(dataset)):
         chunks.setdefault(int(dataset.piece_of[i]), []).append(i)
@@ -108,20 +120,25 @@ def model(data_bin: Path, checkpoint: Path, subset: str = "valid") -> None:
     with torch.inference_mode():
         for piece_chunks in chunks.values():
             sample = dataset[piece_chunks[0]]
-            found = _expected_log_qpm(net, sample, layout, ids, log_qpm, tempo)
+            shift = shift_of(piece_chunks[0], sample)
+            found = _expected_log_qpm(net, sample, layout, ids, log_qpm, tempo, shift)
             if found is None:
                 continue
             expected, played = found
-            mark = next(tempo[t] for t in sample.source.tolist() if t in tempo)
+            mark = next(tempo[t] for t in dataset.source_data.tokens(int(dataset.piece_of[piece_chunks[0]])).tolist()
+                        if t in tempo)
             rows.append((expected, played[0], float(np.median(played)), mark))
             if not np.isclose(mark, no_mark):  # how far the expectation follows a moved mark (8 bins: x1.34)
-                up = _expected_log_qpm(net, _moved_marks(sample, ids, 8), layout, ids, log_qpm, tempo)
-                down = _expected_log_qpm(net, _moved_marks(sample, ids, -8), layout, ids, log_qpm, tempo)
+                # a relative model reads the moved mark as the reference bin still, and its output moves with it
+                up = _expected_log_qpm(net, sample if relative else _moved_marks(sample, ids, 8), layout, ids,
+                                       log_qpm, tempo, shift - 8 if relative else 0)
+                down = _expected_log_qpm(net, sample if relative else _moved_marks(sample, ids, -8), layout, ids,
+                                         log_qpm, tempo, shift + 8 if relative else 0)
                 k = int(np.abs(log_qpm - mark).argmin())
                 moved.append((up[0] - down[0], log_qpm[min(len(ids) - 1, k + 8)] - log_qpm[max(0, k - 8)]))
             if len(piece_chunks) > 1:  # a chunk from the middle: no performance before it
                 second = dataset[piece_chunks[1]]
-                found = _expected_log_qpm(net, second, layout, ids, log_qpm, tempo)
+                found = _expected_log_qpm(net, second, layout, ids, log_qpm, tempo, shift_of(piece_chunks[1], second))
                 if found is not None:
                     in_force = [tempo[t] for t in dataset.source_data.tokens(int(dataset.piece_of[piece_chunks[1]]))
                                 [: int(dataset.source_start[piece_chunks[1]])].tolist() if t in tempo]

@@ -232,6 +232,7 @@ def run_diagnosis(
 
     from ..data.dataset import batch_indices, collate, load_dataset
     from ..data.history_noise import HistoryNoise
+    from ..data.views import sample_views
     from ..data.vocabulary import TOKENIZER_FILE, token_layout
     from ..tokens.tokenizer import load_tokenizer
     from ..train.checkpoint import load_checkpoint_model, read_config
@@ -244,7 +245,10 @@ def run_diagnosis(
     layout = token_layout(data_bin / TOKENIZER_FILE, sorted(data_bin.glob("dict.*.txt")), cfg.vocab_size,
                           beat_mask_ts=bool(read_config(checkpoint).get("args", {}).get("beat_mask_ts", True)))
     beat_table = layout.beat_table
-    dataset = load_dataset(Path(data_bin), subset, truncate=chunk_tokens, chunk=True)
+    # the samples as the checkpoint was trained on them (markings carried into chunks, tempo relative to the mark)
+    views = sample_views(metadata.get("args") or {}, vocab.tokens, cfg.vocab_size)
+    dataset = load_dataset(Path(data_bin), subset, truncate=chunk_tokens, chunk=True, carry=views.carry,
+                           relative=views.relative)
     piece_of_pair = {}
     for pair in range(len(dataset.source_data)):
         digest = hashlib.sha1(dataset.source_data.tokens(pair).tobytes()).hexdigest()

@@ -115,6 +115,9 @@ def test_carried_markings_change_the_chunks_resume_exactly_and_are_recorded(data
     assert first[:2] + _run(argv) == full
     assert _run(_argv(data_bin, tmp_path / "plain", *chunks)) != full  # later chunks read the markings
     assert read_config(tmp_path / "full" / "checkpoint_last")["args"]["carry_markings"] is True
+    relative = _run(_argv(data_bin, tmp_path / "relative", *chunks, "--carry-markings", "--tempo-relative-to-mark"))
+    assert relative != full  # the Tempo tokens are read relative to the score's
+    assert read_config(tmp_path / "relative" / "checkpoint_last")["args"]["tempo_relative_to_mark"] is True
     with pytest.raises(UserError, match="--chunk-train"):
         train(parse_train_args(_argv(data_bin, tmp_path / "unchunked", "--carry-markings")))
 
