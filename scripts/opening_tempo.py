@@ -8,7 +8,7 @@
         pianist's first beat and first four beats, and what the score's metronome mark alone gives; how far
         that expectation follows the mark when the mark is moved (+-8 bins); and the same at a piece's
         second chunk (1,024 tokens, no performance before it, the markings in force carried when the
-        checkpoint was trained with --carry-markings)
+        checkpoint was trained with --carry-markings); and how far it moves given another piece's score
     python scripts/opening_tempo.py lengths ROOT METADATA SPLIT RENDERINGS
         per rendered piece, its length (first onset to last offset) against the median of its pianists':
         the global tempo, which the evaluation's correlations do not see
@@ -83,6 +83,8 @@ def _moved_marks(sample, ids: np.ndarray, bins: int):
 
 
 def model(data_bin: Path, checkpoint: Path, subset: str = "valid") -> None:
+    from dataclasses import replace
+
     import torch
 
     from instruct_museformer.data.dataset import load_dataset
@@ -116,7 +118,8 @@ def model(data_bin: Path, checkpoint: Path, subset: str = "valid") -> None:
     chunks: dict[int, list[int]] = {}
     for i in range(len(dataset)):
         chunks.setdefault(int(dataset.piece_of[i]), []).append(i)
-    rows, moved, later = [], [], []
+    rows, moved, later, swapped = [], [], [], []
+    firsts = [dataset[c[0]] for c in chunks.values()]
     with torch.inference_mode():
         for piece_chunks in chunks.values():
             sample = dataset[piece_chunks[0]]
@@ -128,6 +131,12 @@ def model(data_bin: Path, checkpoint: Path, subset: str = "valid") -> None:
             mark = next(tempo[t] for t in dataset.source_data.tokens(int(dataset.piece_of[piece_chunks[0]])).tolist()
                         if t in tempo)
             rows.append((expected, played[0], float(np.median(played)), mark))
+            # another piece's score (half the list away: a piece's performances are adjacent), the same performance
+            other = firsts[(len(rows) + len(firsts) // 2) % len(firsts)]
+            found = None if relative or torch.equal(other.source, sample.source) else _expected_log_qpm(
+                net, replace(sample, source=other.source), layout, ids, log_qpm, tempo)
+            if found is not None:
+                swapped.append(abs(found[0] - expected) / np.log(2))
             if not np.isclose(mark, no_mark):  # how far the expectation follows a moved mark (8 bins: x1.34)
                 # a relative model reads the moved mark as the reference bin still, and its output moves with it
                 up = _expected_log_qpm(net, sample if relative else _moved_marks(sample, ids, 8), layout, ids,
@@ -157,6 +166,9 @@ def model(data_bin: Path, checkpoint: Path, subset: str = "valid") -> None:
         m = np.array(moved)
         print(f"  the mark moved by +-8 bins ({len(m)} marked): the expected opening Tempo moves by "
               f"{np.mean(m[:, 0] / m[:, 1]):.2f} of it (1: follows the mark, 0: ignores it)")
+    if swapped:
+        print(f"  given another piece's score ({len(swapped)}): the expected opening Tempo moves by mean |log2| "
+              f"{np.mean(swapped):.3f}")
     if later:
         v = np.array(later) / np.log(2)
         error = np.abs(v[:, 0] - v[:, 1])

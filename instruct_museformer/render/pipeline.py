@@ -24,6 +24,7 @@ from torch import nn
 
 from ..data.carried_markings import MarkingsInForce
 from ..data.mark_relative import MarkRelativeTempo
+from ..data.views import sample_views
 from ..errors import UserError
 from ..model.config import MuseformerConfig
 from ..tokens.specials import BAR
@@ -125,7 +126,6 @@ def load_renderer(
     if window_tokens is None:
         window_tokens = int(args.get("truncate_train") or args.get("tokens_per_sample") or 4096)
     grammar = TokenGrammar.for_tokenizer(tokenizer, cfg.vocab_size).to(dev)
-    from ..data.views import sample_views
     from ..tokens.tokenizer import vocab_tokens
 
     views = sample_views(args, vocab_tokens(tokenizer), cfg.vocab_size)

@@ -31,6 +31,7 @@ import torch
 import torch.distributed as dist
 
 from ..data.batch import Batch
+from ..data.views import SampleViews, sample_views
 from ..errors import UserError
 from ..files import write_text_atomic
 from ..model.config import MuseformerConfig
@@ -266,10 +267,8 @@ def _vocabulary_tokens(data_bin: Path | None) -> list[str] | None:
         return None
 
 
-def _sample_views(args: argparse.Namespace, source: DataSource) -> Any:
+def _sample_views(args: argparse.Namespace, source: DataSource) -> SampleViews:
     """The markings carried into chunks and the mark-relative tempo the flags ask for (``data.views``)."""
-    from ..data.views import SampleViews, sample_views
-
     flags = vars(args)
     if not (flags.get("carry_markings") or flags.get("tempo_relative_to_mark")):
         return SampleViews()
@@ -710,8 +709,6 @@ def validate(args: argparse.Namespace) -> int:
         progress = ProgressLogger("simple", None, enabled=info.rank == 0)
         results: dict[str, Any] = {"checkpoint": str(metadata["path"]), "num_updates": metadata.get("num_updates", 0),
                                    "loss_unit": "bits per target token", "subsets": {}}
-        from ..data.views import sample_views
-
         views = sample_views(metadata.get("args") or {}, _vocabulary_tokens(Path(args.data)), source.vocab_size)
         for name in [s for s in args.valid_subset.split(",") if s]:
             split = source.load(name, _truncation(args, name), relative=views.relative)
