@@ -92,7 +92,7 @@ def model(data_bin: Path, checkpoint: Path, subset: str = "valid") -> None:
     from instruct_museformer.data.vocabulary import TOKENIZER_FILE, token_layout
     from instruct_museformer.tokens.score import DEFAULT_SCORE_TEMPO
     from instruct_museformer.tokens.specials import BAR
-    from instruct_museformer.tokens.tokenizer import load_tokenizer, vocab_tokens
+    from instruct_museformer.tokens.tokenizer import load_tokenizer, nearest_tempo_bin, vocab_tokens
     from instruct_museformer.train.checkpoint import load_checkpoint_model, read_config
 
     net, cfg, _ = load_checkpoint_model(checkpoint, "reference")
@@ -100,7 +100,7 @@ def model(data_bin: Path, checkpoint: Path, subset: str = "valid") -> None:
     tempo = _tempo_table(data_bin)
     ids = np.array(sorted(tempo))
     log_qpm = np.array([tempo[i] for i in ids])
-    no_mark = log_qpm[np.abs(log_qpm - np.log(DEFAULT_SCORE_TEMPO)).argmin()]  # the bin the score tokenizer picks
+    no_mark = log_qpm[nearest_tempo_bin(np.exp(log_qpm), DEFAULT_SCORE_TEMPO)]  # the bin the score tokenizer picks
     args = read_config(checkpoint).get("args", {})
     layout = token_layout(data_bin / TOKENIZER_FILE, sorted(data_bin.glob("dict.*.txt")), cfg.vocab_size,
                           beat_mask_ts=bool(args.get("beat_mask_ts", True)))

@@ -40,6 +40,7 @@ class MarkRelativeTempo:
     @classmethod
     def build(cls, tokens: Sequence[str], vocab_size: int | None = None) -> MarkRelativeTempo:
         from ..tokens.score import DEFAULT_SCORE_TEMPO
+        from ..tokens.tokenizer import nearest_tempo_bin
         from .augment import ordered_ids  # (augment imports the dataset, which imports this module)
 
         ids, values = ordered_ids(tokens, "Tempo")
@@ -48,7 +49,7 @@ class MarkRelativeTempo:
         size = max(len(tokens), vocab_size or 0)
         rank = np.full(size, -1, dtype=np.int64)
         rank[ids] = np.arange(len(ids))
-        reference = int(np.abs(np.log(values / DEFAULT_SCORE_TEMPO)).argmin())
+        reference = nearest_tempo_bin(values, DEFAULT_SCORE_TEMPO)
         time_signature = np.zeros(size, dtype=bool)
         time_signature[[i for i, t in enumerate(tokens) if t.startswith("TimeSig_")]] = True
         return cls(rank, ids, reference, list(tokens).index("Position_0"), time_signature)

@@ -484,7 +484,7 @@ def place_directions(writer, marks: ScoreMarkings) -> Counter:
     bars, positions = grid.snap(grid.quarter_to_tick(onsets))
     for event, bar, pos in zip(marks.directions, bars, positions, strict=True):
         if event.token == "Tempo":
-            writer.add_tempo(int(bar), int(pos), int(np.abs(np.log(vocab.tempos / event.qpm)).argmin()))
+            writer.add_tempo(int(bar), int(pos), vocab.tempo_index(event.qpm))
         else:
             writer.add_direction(int(bar), int(pos), vocab.ids[event.token])
         out[event.kind] += 1

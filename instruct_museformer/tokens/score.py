@@ -317,7 +317,7 @@ def encode_score(data: ScoreData, grid: BarGrid, tokenized: Counter | None = Non
     vocabulary has them; ``tokenized`` receives how many markings of each type became tokens."""
     vocab = grid.vocab
     writer = BarWriter(grid)
-    writer.add_tempo(0, 0, int(np.abs(np.log(vocab.tempos / data.tempo_qpm)).argmin()))
+    writer.add_tempo(0, 0, vocab.tempo_index(data.tempo_qpm))
     marks = data.markings if vocab.score_markings else None
     staffs, attributes = note_attributes(marks, data.ids, vocab.ids) if marks is not None else (None, None)
     onset_tick = grid.quarter_to_tick(data.onset)

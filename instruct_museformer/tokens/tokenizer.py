@@ -192,6 +192,10 @@ def token_value(token: str) -> float:
     return float("nan")
 
 
+def nearest_tempo_bin(tempos: np.ndarray, qpm: float) -> int:
+    """Index of the Tempo bin nearest ``qpm`` on a log scale: how the tokenizers pick a Tempo token."""
+    return int(np.abs(np.log(np.asarray(tempos, dtype=np.float64) / qpm)).argmin())
+
 
 @dataclass(frozen=True)
 class Vocab:
@@ -233,6 +237,10 @@ class Vocab:
     @cached_property
     def tempos(self) -> np.ndarray:
         return np.asarray(self.tokenizer.tempos, dtype=np.float64)
+
+    def tempo_index(self, qpm: float) -> int:
+        """Index into ``tempos`` / ``tempo_ids`` of the bin a tempo of ``qpm`` is written as."""
+        return nearest_tempo_bin(self.tempos, qpm)
 
     @cached_property
     def tempo_ids(self) -> list[int]:
