@@ -22,7 +22,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -267,13 +267,11 @@ def _vocabulary_tokens(data_bin: Path | None) -> list[str] | None:
         return None
 
 
-def _sample_views(args: argparse.Namespace, source: DataSource) -> SampleViews:
-    """The markings carried into chunks and the mark-relative tempo the flags ask for (``data.views``)."""
-    flags = vars(args)
+def _sample_views(flags: Mapping[str, Any], source: DataSource) -> SampleViews:
+    """The markings carried into chunks and the mark-relative tempo that ``flags`` (this run's or a checkpoint's
+    arguments) ask for (``data.views``); the tokenizer is read only when they ask for one."""
     if not (flags.get("carry_markings") or flags.get("tempo_relative_to_mark")):
         return SampleViews()
-    if flags.get("carry_markings") and not args.chunk_train:
-        raise UserError("--carry-markings: needs --chunk-train (only chunks after a piece's first carry markings)")
     return sample_views(flags, _vocabulary_tokens(getattr(source, "data_bin", None)), source.vocab_size)
 
 
@@ -446,7 +444,7 @@ class _TrainingRun:
         args = self.args
         self.progress = ProgressLogger(args.log_format, args.tensorboard_logdir, enabled=self.info.rank == 0,
                                        no_progress_bar=args.no_progress_bar)
-        views = _sample_views(args, self.source)
+        views = _sample_views(vars(args), self.source)
         self.train_split = self.source.load(args.train_subset, args.truncate_train, chunk=args.chunk_train,
                                             carry=views.carry, relative=views.relative)
         if views.carry is not None:
@@ -709,7 +707,7 @@ def validate(args: argparse.Namespace) -> int:
         progress = ProgressLogger("simple", None, enabled=info.rank == 0)
         results: dict[str, Any] = {"checkpoint": str(metadata["path"]), "num_updates": metadata.get("num_updates", 0),
                                    "loss_unit": "bits per target token", "subsets": {}}
-        views = sample_views(metadata.get("args") or {}, _vocabulary_tokens(Path(args.data)), source.vocab_size)
+        views = _sample_views(metadata.get("args") or {}, source)
         for name in [s for s in args.valid_subset.split(",") if s]:
             split = source.load(name, _truncation(args, name), relative=views.relative)
             _, stats = _evaluate(args, source, split, trainer, info)
