@@ -37,12 +37,14 @@ MODES = ("vs_each", "vs_pool")
 
 
 def coverage_of(features: Features) -> dict[str, float | int]:
-    """Score notes found in the performance, and notes it added (absolute and per score note)."""
+    """Score notes found in the performance, and notes it added (absolute and per score note); the coverage
+    also with unisons counted once (issue #17's target), which a MIDI file can reach: the plain one cannot."""
     return {
         "score_notes": features.score_notes,
         "matched": features.matched,
         "added": features.added,
         "coverage": round(features.coverage, 6),
+        "coverage_unisons_once": round(features.coverage_unisons_once, 6),
         "added_ratio": round(features.added / features.score_notes, 6) if features.score_notes else 0.0,
     }
 

@@ -3,7 +3,9 @@
 It is the floor every rendering must beat: whatever a model gets right beyond it is expression. The tempo
 is the score's first tempo marking, else 100 quarter notes per minute. The MIDI is written with its tempo
 meta event equal to that tempo, so every score position lands on an exact tick and the mechanical timing
-survives the MIDI round trip (no tick-rounding jitter that would fake a tempo curve).
+survives the MIDI round trip (no tick-rounding jitter that would fake a tempo curve). A key struck again
+while it still sounds in another voice ends its earlier note there, as on a piano: MIDI cannot hold one key
+twice, and a reader would otherwise lose one of the two notes.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ def deadpan_note_array(score: ScoreInfo, bpm: float | None = None, velocity: int
     sna = score.note_array
     onset_quarter = sna["onset_quarter"].astype(np.float64)
     onset_quarter = onset_quarter - min(0.0, float(onset_quarter.min()))  # an anacrusis may start below 0
-    duration_quarter = np.maximum(sna["duration_quarter"].astype(np.float64), GRACE_QUARTERS)
+    duration_quarter = _until_restruck(onset_quarter, np.maximum(sna["duration_quarter"].astype(np.float64),
+                                                                 GRACE_QUARTERS), sna["pitch"])
     out = np.zeros(
         len(sna),
         dtype=[
@@ -50,6 +53,19 @@ def deadpan_note_array(score: ScoreInfo, bpm: float | None = None, velocity: int
     out["velocity"] = int(velocity)
     out["id"] = [f"n{i}" for i in range(len(sna))]
     return out[np.lexsort((out["pitch"], out["onset_sec"]))]
+
+
+def _until_restruck(onsets: np.ndarray, durations: np.ndarray, pitches: np.ndarray) -> np.ndarray:
+    """Durations cut at the next later onset of the same pitch (unisons, at one onset, stay one MIDI note)."""
+    out = durations.copy()
+    for pitch in np.unique(pitches):
+        rows = np.flatnonzero(pitches == pitch)
+        starts = np.unique(onsets[rows])  # ascending
+        later = np.searchsorted(starts, onsets[rows], side="right")
+        has_next = later < len(starts)
+        nxt = np.where(has_next, starts[np.minimum(later, len(starts) - 1)], np.inf)
+        out[rows] = np.minimum(out[rows], nxt - onsets[rows])
+    return out
 
 
 def write_deadpan_midi(

@@ -40,6 +40,14 @@ class ScoreInfo:
     def n_notes(self) -> int:
         return len(self.note_array)
 
+    def unison_groups(self) -> np.ndarray:
+        """Row -> one index per distinct (onset, pitch): two voices sharing a note are one key on a piano, and a
+        MIDI file (a deadpan, a rendering, a pianist) can hold it only once."""
+        if not len(self.note_array):
+            return np.zeros(0, dtype=np.int64)
+        keys = np.stack([self.note_array["onset_div"].astype(np.int64), self.note_array["pitch"].astype(np.int64)], 1)
+        return np.unique(keys, axis=0, return_inverse=True)[1].reshape(-1)
+
 
 @dataclass
 class PerformanceData:
@@ -64,10 +72,16 @@ class Features:
     score_notes: int
     matched: int  # score notes found in the performance
     added: int  # performance notes matched to no score note
+    distinct_notes: int = 0  # score notes with unisons counted once (one per onset and pitch)
+    distinct_matched: int = 0  # of those, found in the performance (any of the unison's notes matched)
 
     @property
     def coverage(self) -> float:
         return self.matched / self.score_notes if self.score_notes else 0.0
+
+    @property
+    def coverage_unisons_once(self) -> float:
+        return self.distinct_matched / self.distinct_notes if self.distinct_notes else 0.0
 
 
 # ------------------------------------------------------------------------------------------------ loading
@@ -283,6 +297,7 @@ def extract_features(score: ScoreInfo, performance: PerformanceData, alignment: 
 
     matched_perf = np.zeros(len(pna), dtype=bool)
     matched_perf[p_idx] = True
+    unison = score.unison_groups()
     return Features(
         tempo_onset=tempo_onset,
         tempo_beat=tempo_beat,
@@ -294,6 +309,8 @@ def extract_features(score: ScoreInfo, performance: PerformanceData, alignment: 
         score_notes=score.n_notes,
         matched=len(s_idx),
         added=int((~matched_perf).sum()),
+        distinct_notes=int(unison.max()) + 1 if len(unison) else 0,
+        distinct_matched=len(np.unique(unison[s_idx])),
     )
 
 

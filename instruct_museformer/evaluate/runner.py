@@ -57,7 +57,8 @@ CONVENTIONS = {
     "deadpan": "the score at constant tempo (first tempo marking, else 100 quarter notes/min), velocity 64, no pedal; "
     "written as MIDI by partitura and read back; aligned by construction (pitch + onset), not by parangonar, "
     "unless --align-deadpan",
-    "coverage": "score notes matched in the performance / score notes; added = performance notes matched to none",
+    "coverage": "score notes matched in the performance / score notes (coverage_unisons_once: notes at one onset "
+    "and pitch counted once); added = performance notes matched to none",
     "undefined": "null where a figure is undefined: fewer than 3 common points, or a flat curve "
     "(e.g. a deadpan's constant velocity has no correlation)",
     "overall": "mean over pieces of each per-piece figure (pieces where it is defined)",
@@ -168,7 +169,8 @@ def _aggregate(pieces: list[dict]) -> dict:
             }
         coverages = [row["coverage"] for row in rows if row.get("coverage")]
         entry["coverage"] = {
-            key: _round(mean_or_none([c[key] for c in coverages])) for key in ("coverage", "added_ratio")
+            key: _round(mean_or_none([c.get(key) for c in coverages]))
+            for key in ("coverage", "coverage_unisons_once", "added_ratio")
         }
         overall[system] = entry
     return overall
@@ -294,7 +296,7 @@ def format_table(report: dict, mode: str = "vs_each", per_piece: bool = True) ->
     """Plain-text table: one row per piece and system, then the overall means."""
     name_width = 36
     header = f"{'piece':<{name_width}} {'system':<9} {'n':>3} " + " ".join(f"{h:>7}" for _, h in _COLUMNS)
-    header += f" {'cover':>6} {'added':>6}"
+    header += f" {'cover':>6} {'cover1':>6} {'added':>6}"
     lines = [f"figures {mode} ({CONVENTIONS[mode]}); '-' = undefined", header, "-" * len(header)]
     if per_piece:
         for piece in report["pieces"]:
@@ -312,7 +314,8 @@ def format_table(report: dict, mode: str = "vs_each", per_piece: bool = True) ->
                 cover = row["coverage"]
                 lines.append(
                     f"{name:<{name_width}} {system:<9} {n:>3} {cells} "
-                    f"{_cell(cover['coverage'], 6, 3)} {_cell(cover['added_ratio'], 6, 3)}"
+                    f"{_cell(cover['coverage'], 6, 3)} {_cell(cover.get('coverage_unisons_once'), 6, 3)} "
+                    f"{_cell(cover['added_ratio'], 6, 3)}"
                 )
         lines.append("-" * len(header))
     overall_rows = (("overall", "OVERALL (mean over pieces)"), ("overall_ceiling_pieces", "OVERALL (w/ ceiling)"))
@@ -325,7 +328,8 @@ def format_table(report: dict, mode: str = "vs_each", per_piece: bool = True) ->
             cover = entry["coverage"]
             lines.append(
                 f"{label:<{name_width}} {system:<9} {entry['pieces']:>3} {cells} "
-                f"{_cell(cover['coverage'], 6, 3)} {_cell(cover['added_ratio'], 6, 3)}"
+                f"{_cell(cover['coverage'], 6, 3)} {_cell(cover.get('coverage_unisons_once'), 6, 3)} "
+                f"{_cell(cover['added_ratio'], 6, 3)}"
             )
     perplexity = report.get("perplexity") or {}
     subsets = perplexity.get("subsets") or {}

@@ -74,6 +74,10 @@ def test_deadpan_is_mechanical(bach_score, tmp_path):
     assert matches[0] == matches[1] and len(matches[0]) > 0.95 * bach_score.n_notes
     features = extract_features(bach_score, performance, by_construction)
     assert features.coverage > 0.95 and features.added == 0
+    # every key of the score is in it: only unisons (two voices, one key) are missing from the plain coverage
+    assert features.coverage_unisons_once == 1.0
+    assert features.distinct_notes == len(set(zip(bach_score.note_array["onset_div"].tolist(),
+                                                  bach_score.note_array["pitch"].tolist(), strict=True)))
     # constant IOI per beat: every eighth-note beat lasts 0.3 s, i.e. 0.6 s per quarter at 100 quarters/min
     _, log_seconds_per_quarter = features.tempo_beat
     assert len(log_seconds_per_quarter) > 200
@@ -118,6 +122,25 @@ def test_coverage_fields(bach_humans):
     row = coverage_of(bach_humans[0])
     assert row["score_notes"] == 453 and row["matched"] + 0 <= 453
     assert row["coverage"] == pytest.approx(row["matched"] / 453, abs=1e-6)
+
+
+def test_coverage_counts_a_unison_once(bach_score):
+    """Two voices on one key (same onset and pitch) are one note of a MIDI file: found once, counted once."""
+    na = bach_score.note_array[:3].copy()
+    na["onset_div"] = [0, 0, 4]
+    na["pitch"] = [60, 60, 64]
+    na["id"] = ["a", "b", "c"]
+    score = type(bach_score)(bach_score.path, na, bach_score.bar_starts, bach_score.beat_starts, None,
+                             {"a": 0, "b": 1, "c": 2})
+    assert score.unison_groups().tolist() == [0, 0, 1]
+    one_key = load_performance(BACH / "LuA01M.mid")
+    one_key.note_array = one_key.note_array[:2]
+    ids = [str(i) for i in one_key.note_array["id"]]
+    alignment = [{"label": "match", "score_id": "b", "performance_id": ids[0]},
+                 {"label": "match", "score_id": "c", "performance_id": ids[1]},
+                 {"label": "deletion", "score_id": "a"}]
+    row = coverage_of(extract_features(score, one_key, alignment))
+    assert row["coverage"] == pytest.approx(2 / 3) and row["coverage_unisons_once"] == 1.0
 
 
 def test_bad_files_raise_input_errors(tmp_path, bach_score):
