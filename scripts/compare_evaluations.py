@@ -37,14 +37,14 @@ def main(args: list[str]) -> None:
     runs = {name: _load(path) for name, path in (a.split("=", 1) for a in args)}
     common = sorted(set.intersection(*(set(v) for v in runs.values())))
     print(f"{len(common)} pieces: {', '.join(common)}\n")
-    print("| system | " + " | ".join(KEYS) + " | coverage |")
-    print("|---" * (len(KEYS) + 2) + "|")
+    print("| system | " + " | ".join(KEYS) + " | coverage | coverage, unisons once |")
+    print("|---" * (len(KEYS) + 3) + "|")
     first = next(iter(runs.values()))
-    print("| deadpan | " + " | ".join(_mean([first[n][1].get(k) for n in common]) for k in KEYS) + " | - |")
+    print("| deadpan | " + " | ".join(_mean([first[n][1].get(k) for n in common]) for k in KEYS) + " | - | - |")
     for name, run in runs.items():
         cells = [_mean([run[n][0].get(k) for n in common]) for k in KEYS]
-        coverage = _mean([run[n][2].get("coverage") for n in common]).replace("-", "")
-        print(f"| {name} | " + " | ".join(cells) + f" | {coverage} |")
+        coverage = [_mean([run[n][2].get(key) for n in common]) for key in ("coverage", "coverage_unisons_once")]
+        print(f"| {name} | " + " | ".join(cells) + f" | {coverage[0]} | {coverage[1]} |")
 
 
 if __name__ == "__main__":
