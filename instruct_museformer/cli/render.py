@@ -51,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --ordinal sample: draw the bins of --ordinal-types at this temperature, the token "
                    "type's probability unchanged (e.g. --ordinal sample --ordinal-temperature 0.5: a steadier "
                    "tempo than sampled, less steady than the default mean)")
+    p.add_argument("--ordinal-feed-drawn", default="", type=_comma_list, metavar="TYPES",
+                   help="some of --ordinal-types (tempo, velocity): play their picked bin, but let the model read "
+                   "back a drawn one, so that its history is like a pianist's and not the flatter picked curve "
+                   "(docs/model.md, section 9)")
     p.add_argument("--num-samples", type=int, default=1, help="renderings per score")
     p.add_argument("--draws", type=int, default=1, metavar="K",
                    help="play the note-wise mean of K sampled draws (timing, duration and velocity of each note; "
@@ -177,7 +181,7 @@ def _main(argv: list[str]) -> int:
     if args.compile and renderer.device.type != "cuda":
         print(f"--compile: only on CUDA; decoding on {renderer.device.type} as usual", file=sys.stderr)
     opts = SamplingOptions(args.sampling_topk, args.sampling_topp, args.temperature, args.ordinal, args.ordinal_types,
-                           args.ordinal_temperature)
+                           args.ordinal_temperature, args.ordinal_feed_drawn)
     opts.check()
     stats = WindowStats()
     start = time.perf_counter()

@@ -33,6 +33,7 @@ from .grammar import DEFAULT_NOTE_TOLERANCE, NUM_TYPES, ORDINAL_TYPES, GrammarSt
 from .incremental import IncrementalDecoder, step_threads
 
 ORDINAL_MODES = ("sample", "median", "mean")
+FEEDABLE_TYPES = ("tempo", "velocity")  # the grammar reads neither's value, so the two sequences keep one state
 
 
 @dataclass
@@ -45,6 +46,9 @@ class SamplingOptions:
     the model's expected tempo, velocity or duration without the sampling noise around it.
     ``ordinal_temperature`` (with "sample"): the bins of ``ordinal_types`` are drawn at this temperature within
     their type, the type's own probability unchanged -- between a sample (1) and the most likely bin (-> 0).
+    ``feed_drawn`` (some of ``ordinal_types``, tempo or velocity): the output keeps the picked bin, but the model
+    reads back a drawn one, so that its history stays like the performances it was trained on (a history of
+    picked bins is flatter than any pianist's, and the model follows it: docs/model.md, section 9).
     """
 
     topk: int = 8
@@ -53,6 +57,7 @@ class SamplingOptions:
     ordinal: str = "sample"
     ordinal_types: tuple[str, ...] = ("tempo", "velocity", "duration")
     ordinal_temperature: float = 1.0
+    feed_drawn: tuple[str, ...] = ()
 
     def check(self) -> None:
         from ..errors import UserError
@@ -73,6 +78,14 @@ class SamplingOptions:
             raise UserError(f"--ordinal-temperature {self.ordinal_temperature}: must be > 0")
         if self.ordinal_temperature != 1.0 and self.ordinal != "sample":
             raise UserError(f"--ordinal-temperature needs --ordinal sample (a {self.ordinal} bin is not drawn)")
+        if self.feed_drawn:
+            unknown = [t for t in self.feed_drawn if t not in FEEDABLE_TYPES]
+            if unknown:
+                raise UserError(f"--ordinal-feed-drawn {','.join(unknown)}: expected some of "
+                                f"{', '.join(FEEDABLE_TYPES)}")
+            if self.ordinal == "sample" or not set(self.feed_drawn) <= set(self.ordinal_types):
+                raise UserError(f"--ordinal-feed-drawn {','.join(self.feed_drawn)}: needs --ordinal median or mean "
+                                f"with these types in --ordinal-types (only a picked bin can be fed back as drawn)")
 
 
 @dataclass
@@ -106,6 +119,7 @@ class DecodeResult:
     bars: int  # complete bars in ``tokens``
     finished: bool  # EOS emitted or all target bars done
     logprobs: list[float] = field(default_factory=list)  # model log-prob (nats) of each token; NaN if forced
+    context: list[int] | None = None  # what the model read, where it differs from ``tokens`` (feed_drawn)
 
 
 SYNC_EVERY = 32  # CUDA: steps between the host's termination checks (each one is a synchronisation)
@@ -149,6 +163,16 @@ def ordinal_types_mask(opts: SamplingOptions, device: torch.device) -> torch.Ten
         return None
     mask = torch.zeros(NUM_TYPES, dtype=torch.bool)
     for name in opts.ordinal_types:
+        mask[ORDINAL_TYPES[name]] = True
+    return mask.to(device)
+
+
+def feed_drawn_mask(opts: SamplingOptions, device: torch.device) -> torch.Tensor | None:
+    """(NUM_TYPES,) bool: the token types whose drawn bin is fed back instead of the picked one; None if none."""
+    if not opts.feed_drawn:
+        return None
+    mask = torch.zeros(NUM_TYPES, dtype=torch.bool)
+    for name in opts.feed_drawn:
         mask[ORDINAL_TYPES[name]] = True
     return mask.to(device)
 
@@ -243,6 +267,8 @@ class _Loop:
         bar = getattr(state.grammar, "bar_token", BAR)
         self.prefix_bars = torch.tensor([sum(1 for t in r.prefix if t == bar) for r in requests], device=dev)
         self.out = torch.full((b, capacity), PAD, dtype=torch.long, device=dev)
+        self.feed_mask = feed_drawn_mask(opts, dev)
+        self.fed = torch.full_like(self.out, PAD) if self.feed_mask is not None else None  # what the model read
         self.lp = torch.full((b, capacity if with_logprobs else 1), float("nan"), device=dev)
         self.running = torch.ones(b, dtype=torch.bool, device=dev)
         self.finished = torch.zeros(b, dtype=torch.bool, device=dev)
@@ -265,15 +291,23 @@ class _Loop:
         x = filtered_logits(logits, st.allowed(), self.opts)
         if self.tempered is not None:
             x = temper_within_types(x, self.tempered, self.opts.ordinal_temperature)
-        sampled = pick(x, self.noise.index_select(0, self.noise_at.view(1))[0])
+        drawn = pick(x, self.noise.index_select(0, self.noise_at.view(1))[0])
+        sampled = drawn
         if self.ordinal_mask is not None:
-            sampled = ordinal_pick(x, sampled, st.grammar, self.ordinal_mask, self.opts.ordinal)
+            sampled = ordinal_pick(x, drawn, st.grammar, self.ordinal_mask, self.opts.ordinal)
         col = t.clamp(max=self.prefix.shape[1] - 1).view(1, 1).expand(len(sampled), 1)
-        nxt = torch.where(forced, self.prefix.gather(1, col)[:, 0], sampled)
-        nxt = torch.where(running, nxt, torch.full_like(nxt, PAD))
-        st.advance(nxt, running)
+        forced_token = self.prefix.gather(1, col)[:, 0]
+        pad = torch.full_like(sampled, PAD)
+        nxt = torch.where(running, torch.where(forced, forced_token, sampled), pad)
+        fed = nxt
+        if self.feed_mask is not None:  # the output keeps the picked bin, the model reads the drawn one
+            fed = torch.where(self.feed_mask[st.grammar.types[drawn]], drawn, sampled)
+            fed = torch.where(running, torch.where(forced, forced_token, fed), pad)
+        st.advance(fed, running)
         at = t.clamp(max=self.out.shape[1] - 1).view(1)
         self.out.index_copy_(1, at, nxt[:, None])
+        if self.fed is not None:
+            self.fed.index_copy_(1, at, fed[:, None])
         if self.with_logprobs:  # fairseq-style scores (imf generate); a few launches a step otherwise saved
             chosen = torch.log_softmax(logits, dim=-1).gather(1, nxt[:, None])
             self.lp.index_copy_(1, at, torch.where(forced[:, None], torch.full_like(chosen, float("nan")), chosen))
@@ -287,7 +321,7 @@ class _Loop:
             stop = stop | (t >= self.capacity - 1)
         self.finished.copy_(self.finished | (running & ended))
         running.copy_(running & ~stop)
-        self.tokens.copy_(nxt)
+        self.tokens.copy_(fed)
 
     def run(self, progress: Callable[[int, torch.Tensor], None] | None = None) -> int:
         """Step until every sequence stopped; returns the steps taken (a few no-op steps past the end on CUDA).
@@ -309,6 +343,8 @@ class _Loop:
                 self.noise.copy_(gumbel_noise(tuple(self.noise.shape), self.generator, self.device))
             if not self.static and steps >= self.out.shape[1]:  # growing caches: grow the outputs too
                 self.out = nn.functional.pad(self.out, (0, self.out.shape[1]), value=PAD)
+                if self.fed is not None:
+                    self.fed = nn.functional.pad(self.fed, (0, self.fed.shape[1]), value=PAD)
                 if self.with_logprobs:
                     self.lp = nn.functional.pad(self.lp, (0, self.lp.shape[1]), value=float("nan"))
             if graphs is None and use_graph and steps >= start + 2:  # two eager steps first (kernels, allocators)
@@ -341,6 +377,8 @@ class _Loop:
         for k in range(p):  # the tokens they would have output
             self.state.advance(self.prefix[:, k], self.running)
         self.out[:, :p] = self.prefix[:, :p]
+        if self.fed is not None:
+            self.fed[:, :p] = self.prefix[:, :p]
         self.tokens.copy_(self.prefix[:, p - 1])
         self.t.fill_(p)
         return p
@@ -475,10 +513,12 @@ def decode(
     with step_threads(dev):  # CPU: one thread by default (small kernels; a busy machine's pool spins)
         steps = loop.run(progress)
     out = loop.out[:, :steps].tolist()
+    fed = loop.fed[:, :steps].tolist() if loop.fed is not None else None
     lp = loop.lp[:, :steps].tolist() if with_logprobs else []
     results = []
     for i in range(b):
         seq = out[i][: out[i].index(PAD)] if PAD in out[i] else out[i]
         scores = lp[i][: len(seq)] if with_logprobs else [float("nan")] * len(seq)
-        results.append(DecodeResult(seq, sum(1 for t in seq if t == bar), bool(loop.finished[i]), scores))
+        context = fed[i][: len(seq)] if fed is not None else None
+        results.append(DecodeResult(seq, sum(1 for t in seq if t == bar), bool(loop.finished[i]), scores, context))
     return results

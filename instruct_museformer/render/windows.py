@@ -99,6 +99,7 @@ def render_token_bars(
     bar_notes = [score_bar_notes(bars, grammar) for bars in score_bars] if constrain_notes else None
     shifts = [relative.bar_shifts(s) for s in scores] if relative is not None else None
     perf_bars: list[list[list[int]]] = [[] for _ in scores]
+    read_bars: list[list[list[int]]] = [[] for _ in scores]  # what the model read of them (opts.feed_drawn)
     perf_lp: list[list[float]] = [[] for _ in scores]
     eos_lp: list[float] = [float("nan")] * len(scores)
     stats.per_score_windows = [0] * len(scores)
@@ -126,7 +127,7 @@ def render_token_bars(
             source = [t for b in bars[start:end] for t in b] + ([EOS] if end == len(bars) else [])
             if carry is not None and start > 0:
                 source = carry.carry_into(scores[i], sum(len(b) for b in bars[:start]), source)
-            prefix = [t for b in done[start:first] for t in b]
+            prefix = [t for b in read_bars[i][start:first] for t in b]
             if shifts is not None:  # what the model reads: tempo relative to the mark
                 source = relative.move(source, shifts[i][start:])
                 prefix = relative.move(prefix, shifts[i][start:])
@@ -162,8 +163,11 @@ def render_token_bars(
             limit = len(score_bars[i]) - first
             stats.bars_dropped += max(0, len(new_bars) - limit)
             kept = new_bars[:limit]
+            read = split_bars(result.context)[first - start:][:limit] if result.context is not None else kept
             if shifts is not None:  # back to the marked tempo
                 kept = [relative.move(b, shifts[i][first + j : first + j + 1], sign=-1) for j, b in enumerate(kept)]
+                read = [relative.move(b, shifts[i][first + j : first + j + 1], sign=-1) for j, b in enumerate(read)]
+            read_bars[i].extend(read)
             offset = sum(len(b) for b in perf_bars[i][start:first])
             n_new = sum(len(b) for b in kept)
             perf_lp[i].extend(result.logprobs[offset : offset + n_new])

@@ -242,3 +242,52 @@ def test_ordinal_decoding_renders_grammatically_and_steadier(setup):
         velocities = [int(vocab.tokens[t].split("_")[1]) for t in out if vocab.tokens[t].startswith("Velocity_")]
         spreads[mode] = torch.tensor(velocities, dtype=torch.float).std().item()
     assert spreads["median"] < spreads["sample"] and spreads["tempered"] < spreads["sample"]
+
+
+def test_feed_drawn_needs_a_picked_ordinal_type():
+    from instruct_museformer.errors import UserError
+
+    SamplingOptions(ordinal_types=("tempo", "velocity"), ordinal="mean", feed_drawn=("velocity",)).check()
+    with pytest.raises(UserError, match="expected some of tempo, velocity"):
+        SamplingOptions(ordinal="mean", feed_drawn=("duration",)).check()
+    with pytest.raises(UserError, match="needs --ordinal median or mean"):
+        SamplingOptions(ordinal="sample", feed_drawn=("velocity",)).check()
+    with pytest.raises(UserError, match="needs --ordinal median or mean"):
+        SamplingOptions(ordinal="mean", ordinal_types=("tempo",), feed_drawn=("velocity",)).check()
+
+
+def test_feed_drawn_plays_the_picked_bins_along_a_drawn_path(setup):
+    """With the velocity fed back as drawn, the model reads exactly what it reads when the velocity is sampled
+    (same seed), and the output differs from that only in its Velocity tokens, which are the picked bins."""
+    tokenizer, model, grammar, table = setup
+    vocab = Vocab(tokenizer)
+    score = _score(tokenizer, 6, 7)
+    kwargs = dict(topk=0, temperature=1.5, ordinal="mean")
+    sampled_velocity = SamplingOptions(ordinal_types=("tempo",), **kwargs)
+    fed_drawn = SamplingOptions(ordinal_types=("tempo", "velocity"), feed_drawn=("velocity",), **kwargs)
+    picked = SamplingOptions(ordinal_types=("tempo", "velocity"), **kwargs)
+    outs = {}
+    for name, opts in (("sampled", sampled_velocity), ("fed", fed_drawn), ("picked", picked)):
+        opts.check()
+        (outs[name],) = render_token_bars(model, [score], table, grammar, opts, torch.Generator().manual_seed(0),
+                                          window_tokens=64)  # several windows: their context is what was read
+        _assert_grammatical(outs[name], score, grammar)
+    assert len(outs["fed"]) == len(outs["sampled"])
+    is_velocity = [vocab.tokens[t].startswith("Velocity_") for t in outs["sampled"]]
+    differs = [a != b for a, b in zip(outs["fed"], outs["sampled"], strict=True)]
+    assert all(v for v, d in zip(is_velocity, differs, strict=True) if d)  # only velocities differ
+    assert any(differs)
+    assert all(vocab.tokens[t].startswith("Velocity_") for t, v in zip(outs["fed"], is_velocity, strict=True) if v)
+    assert outs["fed"] != outs["picked"]  # the path is not the picked one
+
+
+def test_decode_reports_what_the_model_read(setup):
+    tokenizer, model, grammar, table = setup
+    score = _score(tokenizer, 3, 8)
+    request = DecodeRequest(score, target_bars=3, timesigs=[bar[0] for bar in split_bars(score)], bar_budget=400)
+    opts = SamplingOptions(topk=0, temperature=1.5, ordinal="mean", feed_drawn=("velocity",))
+    (plain,) = decode(model, [request], table, grammar, SamplingOptions(topk=0, ordinal="mean"),
+                      torch.Generator().manual_seed(1))
+    (fed,) = decode(model, [request], table, grammar, opts, torch.Generator().manual_seed(1))
+    assert plain.context is None
+    assert fed.context is not None and len(fed.context) == len(fed.tokens)
