@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -236,6 +237,15 @@ def _identity(item: Any) -> Any:
     return item
 
 
+def ignore_stop_signals(_worker_id: int = 0) -> None:
+    """DataLoader workers leave SIGTERM and SIGINT to the trainer: a signal sent to the whole process group (a
+    job's time limit, `timeout` without --foreground, Ctrl-C) would otherwise kill them, and the trainer, which
+    finishes its update and saves a checkpoint on that signal, would fail on its next batch instead. The workers
+    still end with the trainer (PyTorch's shutdown sentinel, and its watchdog if the trainer dies)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def batch_stream(
     split: SplitData,
     batches: Sequence[Sequence[int]],
@@ -267,4 +277,5 @@ def batch_stream(
         collate_fn=_identity,
         generator=torch.Generator().manual_seed(0),
         persistent_workers=False,
+        worker_init_fn=ignore_stop_signals if num_workers > 0 else None,
     )

@@ -94,3 +94,21 @@ def test_batch_stream_attaches_the_models_layouts(data_bin: Path, num_workers: i
             batch.layouts = None
             torch.testing.assert_close(prepared, model(batch), rtol=0, atol=0)
     assert layout_planner(torch.nn.Linear(2, 2), torch.device("cpu")) is None  # not a Museformer: nothing to plan
+
+
+def test_batch_workers_outlive_a_stop_signal_to_the_process_group(data_bin: Path) -> None:
+    """SIGTERM to every process of the job (a time limit): the trainer saves on it and needs its next batches,
+    so the workers must not die of it."""
+    import os
+    import signal
+
+    source = DataBinSource(data_bin, task="translation", source_lang="score", target_lang="perf")
+    split = source.load("train", None)
+    stream = batch_stream(split, [[0], [1], [2]], rank=0, world_size=1, start=0, num_workers=1)
+    batches = iter(stream)
+    next(batches)
+    (worker,) = batches._workers  # the DataLoader's worker process (private, but the point of the test)
+    os.kill(worker.pid, signal.SIGTERM)
+    worker.join(timeout=1.0)
+    assert worker.is_alive()
+    assert len(list(batches)) == 2  # the remaining batches still arrive
