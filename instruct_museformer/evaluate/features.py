@@ -72,8 +72,8 @@ class Features:
     score_notes: int
     matched: int  # score notes found in the performance
     added: int  # performance notes matched to no score note
-    distinct_notes: int = 0  # score notes with unisons counted once (one per onset and pitch)
-    distinct_matched: int = 0  # of those, found in the performance (any of the unison's notes matched)
+    distinct_notes: int  # score notes with unisons counted once (one per onset and pitch)
+    distinct_matched: int  # of those, found in the performance (any of the unison's notes matched)
 
     @property
     def coverage(self) -> float:

@@ -169,7 +169,7 @@ def _aggregate(pieces: list[dict]) -> dict:
             }
         coverages = [row["coverage"] for row in rows if row.get("coverage")]
         entry["coverage"] = {
-            key: _round(mean_or_none([c.get(key) for c in coverages]))
+            key: _round(mean_or_none([c[key] for c in coverages]))
             for key in ("coverage", "coverage_unisons_once", "added_ratio")
         }
         overall[system] = entry
@@ -314,7 +314,7 @@ def format_table(report: dict, mode: str = "vs_each", per_piece: bool = True) ->
                 cover = row["coverage"]
                 lines.append(
                     f"{name:<{name_width}} {system:<9} {n:>3} {cells} "
-                    f"{_cell(cover['coverage'], 6, 3)} {_cell(cover.get('coverage_unisons_once'), 6, 3)} "
+                    f"{_cell(cover['coverage'], 6, 3)} {_cell(cover['coverage_unisons_once'], 6, 3)} "
                     f"{_cell(cover['added_ratio'], 6, 3)}"
                 )
         lines.append("-" * len(header))
@@ -328,7 +328,7 @@ def format_table(report: dict, mode: str = "vs_each", per_piece: bool = True) ->
             cover = entry["coverage"]
             lines.append(
                 f"{label:<{name_width}} {system:<9} {entry['pieces']:>3} {cells} "
-                f"{_cell(cover['coverage'], 6, 3)} {_cell(cover.get('coverage_unisons_once'), 6, 3)} "
+                f"{_cell(cover['coverage'], 6, 3)} {_cell(cover['coverage_unisons_once'], 6, 3)} "
                 f"{_cell(cover['added_ratio'], 6, 3)}"
             )
     perplexity = report.get("perplexity") or {}

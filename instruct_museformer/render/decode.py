@@ -161,18 +161,17 @@ def ordinal_types_mask(opts: SamplingOptions, device: torch.device) -> torch.Ten
     """(NUM_TYPES,) bool: the token types whose bin is a median/mean instead of a sample; None if none."""
     if opts.ordinal == "sample" or not opts.ordinal_types:
         return None
-    mask = torch.zeros(NUM_TYPES, dtype=torch.bool)
-    for name in opts.ordinal_types:
-        mask[ORDINAL_TYPES[name]] = True
-    return mask.to(device)
+    return _types_mask(opts.ordinal_types, device)
 
 
 def feed_drawn_mask(opts: SamplingOptions, device: torch.device) -> torch.Tensor | None:
     """(NUM_TYPES,) bool: the token types whose drawn bin is fed back instead of the picked one; None if none."""
-    if not opts.feed_drawn:
-        return None
+    return _types_mask(opts.feed_drawn, device) if opts.feed_drawn else None
+
+
+def _types_mask(names: Sequence[str], device: torch.device) -> torch.Tensor:
     mask = torch.zeros(NUM_TYPES, dtype=torch.bool)
-    for name in opts.feed_drawn:
+    for name in names:
         mask[ORDINAL_TYPES[name]] = True
     return mask.to(device)
 

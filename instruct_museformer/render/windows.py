@@ -163,11 +163,12 @@ def render_token_bars(
             limit = len(score_bars[i]) - first
             stats.bars_dropped += max(0, len(new_bars) - limit)
             kept = new_bars[:limit]
-            read = split_bars(result.context)[first - start:][:limit] if result.context is not None else kept
+            read = split_bars(result.context)[first - start:][:limit] if result.context is not None else None
             if shifts is not None:  # back to the marked tempo
                 kept = [relative.move(b, shifts[i][first + j : first + j + 1], sign=-1) for j, b in enumerate(kept)]
-                read = [relative.move(b, shifts[i][first + j : first + j + 1], sign=-1) for j, b in enumerate(read)]
-            read_bars[i].extend(read)
+                if read is not None:
+                    read = [relative.move(b, shifts[i][first + j : first + j + 1], sign=-1) for j, b in enumerate(read)]
+            read_bars[i].extend(read if read is not None else kept)
             offset = sum(len(b) for b in perf_bars[i][start:first])
             n_new = sum(len(b) for b in kept)
             perf_lp[i].extend(result.logprobs[offset : offset + n_new])
