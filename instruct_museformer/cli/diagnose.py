@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "--history-noise-bins bins (the targets unchanged): how much the model loses when its history is "
                    "off, as in a render")
     p.add_argument("--history-noise-bins", type=int, default=2, metavar="K")
+    p.add_argument("--self-feed", type=float, default=0.0, metavar="P",
+                   help="replace this share of the history's Tempo/Velocity tokens by the model's own expected bins "
+                   "(a first pass): how much it loses reading the history `imf render --ordinal mean` writes")
     p.add_argument("--device", default="cpu")
     p.add_argument("--attention-impl", default=None, choices=("auto", "gather", "flex", "reference"))
     p.add_argument("--out", type=Path, default=None, metavar="FILE.json", help="write the figures as JSON")
@@ -49,7 +52,7 @@ def main(argv: list[str]) -> int:
     result = run_diagnosis(args.data, checkpoint, args.subset, chunk_tokens=args.chunk_tokens,
                            max_tokens=args.max_tokens, device=args.device, attention_impl=args.attention_impl,
                            pairs_per_piece=args.pairs_per_piece, history_noise=args.history_noise,
-                           history_noise_bins=args.history_noise_bins)
+                           history_noise_bins=args.history_noise_bins, self_feed=args.self_feed)
     print(format_table(result))
     if args.out is not None:
         write_text_atomic(args.out, json.dumps(result, indent=2) + "\n")

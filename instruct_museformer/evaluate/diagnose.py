@@ -217,6 +217,7 @@ def run_diagnosis(
     data_bin: Path, checkpoint: Path, subset: str = "valid", *, chunk_tokens: int = 4096, max_tokens: int = 16384,
     device: str = "cpu", attention_impl: str | None = None, progress: bool = True,
     pairs_per_piece: int | None = None, history_noise: float = 0.0, history_noise_bins: int = 2,
+    self_feed: float = 0.0,
 ) -> dict:
     """Teacher-forced diagnosis of ``checkpoint`` on ``subset`` of ``data_bin`` (see the module docstring).
 
@@ -224,7 +225,9 @@ def run_diagnosis(
     ``pairs_per_piece`` keeps only the first N performances of each piece (a quicker run on a CPU).
     ``history_noise`` moves that share of the history's Tempo/Velocity/Duration tokens by up to
     ``history_noise_bins`` bins (``data.history_noise``; seed 1): how much the model loses when its history is
-    off, as in a render, where it reads its own samples.
+    off, as in a render, where it reads its own samples. ``self_feed`` replaces that share of the history's
+    Tempo/Velocity tokens by the model's own expected bins from a first pass (``train.self_feed``; seed 1): how
+    much it loses reading the history that `imf render --ordinal mean` writes.
     """
     import hashlib
     import sys
@@ -236,6 +239,7 @@ def run_diagnosis(
     from ..data.vocabulary import TOKENIZER_FILE, token_layout
     from ..tokens.tokenizer import load_tokenizer
     from ..train.checkpoint import load_checkpoint_model, read_config
+    from ..train.self_feed import SelfFeed
 
     model, cfg, metadata = load_checkpoint_model(checkpoint, attention_impl)
     model.to(device)
@@ -263,6 +267,10 @@ def run_diagnosis(
     batches = [[int(samples[i]) for i in batch] for batch in batch_indices(
         dataset.sizes[samples], batch_size=None, max_tokens=max_tokens, seed=1, epoch=1, shuffle=False)]
     noise = HistoryNoise.build(vocab.tokens, cfg.vocab_size, probability=history_noise, bins=history_noise_bins)
+    feed = SelfFeed.build(vocab.tokens, cfg.vocab_size, probability=self_feed)
+    if feed is not None:
+        feed = feed.to(torch.device(device))
+        torch.manual_seed(1)
     start, done = time.perf_counter(), 0
 
     def stream():
@@ -271,6 +279,10 @@ def run_diagnosis(
             samples = [dataset[i] for i in indices]
             batch = collate(samples, beat_table)
             batch = (batch if noise is None else noise(batch, done)).to(device)
+            if feed is not None:
+                model.eval()
+                with torch.no_grad():
+                    batch = feed.feed(batch, model(batch))
             yield batch, [int(dataset.piece_of[i]) for i in indices], [s.source.tolist() for s in samples]
             done += 1
             if progress:
@@ -283,7 +295,7 @@ def run_diagnosis(
     out = summarize(pairs, piece_of_pair)
     out.update({"checkpoint": str(metadata["path"]), "subset": subset, "pairs": len(pairs),
                 "pieces": len(set(piece_of_pair.values())), "chunk_tokens": chunk_tokens,
-                "history_noise": history_noise, "history_noise_bins": history_noise_bins})
+                "history_noise": history_noise, "history_noise_bins": history_noise_bins, "self_feed": self_feed})
     return out
 
 

@@ -215,6 +215,10 @@ def build_train_parser() -> argparse.ArgumentParser:
                         "(data/history_noise.py)")
     parser.add_argument("--history-noise-bins", type=int, default=2, metavar="K",
                         help="largest move of --history-noise, in bins of the token's kind (default 2)")
+    parser.add_argument("--self-feed", type=float, default=0.0, metavar="P",
+                        help="replace each Tempo/Velocity token of the decoder input (not the targets) with "
+                        "probability P by the model's own expected bin from a first pass without gradients, the "
+                        "history `imf render --ordinal mean` writes (train/self_feed.py)")
     # optimisation
     parser.add_argument("--optimizer", default="adam", choices=("adam",))
     parser.add_argument("--adam-betas", type=parse_float_tuple, default=(0.9, 0.999))

@@ -275,17 +275,19 @@ def _sample_views(flags: Mapping[str, Any], source: DataSource) -> SampleViews:
     return sample_views(flags, _vocabulary_tokens(getattr(source, "data_bin", None)), source.vocab_size)
 
 
-def _expressive_levers(args: argparse.Namespace, source: DataSource) -> tuple[Objective | None, Any, Any]:
-    """The training objective, the token augmentation and the history noise the flags ask for (docs/model.md,
-    levers)."""
+def _expressive_levers(args: argparse.Namespace, source: DataSource) -> tuple[Objective | None, Any, Any, Any]:
+    """The training objective, the token augmentation, the history noise and the self-feed the flags ask for
+    (docs/model.md, levers)."""
     from ..data.augment import TokenAugmentation
     from ..data.history_noise import HistoryNoise
+    from .self_feed import SelfFeed
 
     shifts = {name: int(getattr(args, f"augment_{name}", 0) or 0) for name in ("transpose", "tempo", "velocity")}
     noise = float(getattr(args, "history_noise", 0.0) or 0.0)
     noise_bins = int(getattr(args, "history_noise_bins", 2))
+    self_feed = float(getattr(args, "self_feed", 0.0) or 0.0)
     wanted = (getattr(args, "ordinal_smoothing", 0) or getattr(args, "class_loss_weights", None)
-              or any(shifts.values()) or noise)
+              or any(shifts.values()) or noise or self_feed)
     tokens = _vocabulary_tokens(getattr(source, "data_bin", None)) if wanted else None
     objective = build_objective(args, tokens, source.vocab_size)
     augment = history_noise = None
@@ -304,10 +306,17 @@ def _expressive_levers(args: argparse.Namespace, source: DataSource) -> tuple[Ob
                                            seed=args.seed)
         logger.info(f"history noise: {noise:.0%} of the decoder input's Tempo/Velocity/Duration tokens moved by "
                     f"up to {noise_bins} bins")
+    feeder = None
+    if self_feed:
+        if tokens is None:
+            raise UserError("--self-feed: needs token names, from a tokenizer.json in the data-bin")
+        feeder = SelfFeed.build(tokens, source.vocab_size, probability=self_feed)
+        logger.info(f"self-feed: {self_feed:.0%} of the decoder input's Tempo/Velocity tokens are the model's own "
+                    "expected bins")
     if objective is not None:
         logger.info(f"objective: ordinal smoothing {args.ordinal_smoothing} bins, class weights "
                     f"{args.class_loss_weights or 'none'}")
-    return objective, augment, history_noise
+    return objective, augment, history_noise, feeder
 
 
 def _train_loop(args: argparse.Namespace, hooks: Hooks, info: DistInfo) -> int:
@@ -355,9 +364,9 @@ class _TrainingRun:
         planner = layout_planner(model, info.device, pad_plans=graphs)
         # what the loader's workers do to each batch: its layouts; for graphs also a bucketed length
         self.prepare = GraphBatches(planner) if graphs else planner.prepare if planner is not None else None
-        objective, self.augment, self.history_noise = _expressive_levers(args, self.source)
+        objective, self.augment, self.history_noise, self_feed = _expressive_levers(args, self.source)
         self.trainer = Trainer(args, model, device=info.device, rank=info.rank, world_size=info.world_size,
-                               planner=planner, objective=objective)
+                               planner=planner, objective=objective, self_feed=self_feed)
         logger.info(
             f"training on {info.world_size} devices; batch size per device = {args.batch_size}, max tokens per "
             f"device = {args.max_tokens}, update freq = {args.update_freq}"

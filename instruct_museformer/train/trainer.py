@@ -37,6 +37,7 @@ from .optim import (
     default_scale_window,
     grad_norm_and_clip,
 )
+from .self_feed import SelfFeed
 
 LN2 = math.log(2.0)
 
@@ -87,9 +88,11 @@ class Trainer:
         world_size: int = 1,
         planner: LayoutPlanner | None = None,
         objective: Objective | None = None,
+        self_feed: SelfFeed | None = None,
     ) -> None:
         self.args = args
         self.objective = None if objective is None else objective.to(device)
+        self.self_feed = None if self_feed is None else self_feed.to(device)
         self.device = device
         self.rank, self.world_size = rank, world_size
         self.model = model.to(device)
@@ -156,7 +159,7 @@ class Trainer:
         """What the graphs record: the forward and NLL, then the backward of the weighted NLL (gradients
         added into ``.grad``); the NLL is what the update reports."""
         with self._autocast(cache=False):  # a weight cast made outside a recording must not be reused inside
-            logits = self.model(batch)
+            logits = self.model(self._self_fed(batch))
         loss, nll = self._loss(logits, batch.target)
         return loss * self._loss_weight, nll.detach()
 
@@ -166,6 +169,15 @@ class Trainer:
             nll = batch_nll(logits, target)
             return nll, nll
         return self.objective(logits, target)
+
+    def _self_fed(self, batch: Batch) -> Batch:
+        """``batch`` with the model's own expected bins in its history (``--self-feed``), else ``batch``; inside
+        autocast."""
+        if self.self_feed is None:
+            return batch
+        with torch.no_grad():
+            first = self.model(batch)
+        return self.self_feed.feed(batch, first)
 
     # -- schedule ------------------------------------------------------------------------------------
     def set_num_updates(self, num_updates: int) -> None:
@@ -210,7 +222,7 @@ class Trainer:
                 sync = self.wrapped.no_sync()
             with sync:
                 with self._autocast():
-                    logits = self.wrapped(batch)
+                    logits = self.wrapped(self._self_fed(batch))
                 loss, nll = self._loss(logits, batch.target)
                 if dummy:
                     loss, nll = loss * 0.0, nll * 0.0

@@ -87,4 +87,11 @@ def test_imf_diagnose_end_to_end_on_a_tiny_checkpoint(tmp_path):
     moved = json.loads(noisy.read_text())
     assert moved["token_share"] == result["token_share"] and moved["loss_bits"] != result["loss_bits"]
     assert imf(["diagnose", str(data_bin), "--path", str(checkpoint), "--history-noise", "2"]) == 2
+    fed = tmp_path / "fed.json"  # the history the render writes: the model's own expected bins
+    assert imf(["diagnose", str(data_bin), "--path", str(checkpoint), "--chunk-tokens", "64", "--self-feed", "1",
+                "--out", str(fed)]) == 0
+    own = json.loads(fed.read_text())
+    assert own["self_feed"] == 1.0 and own["token_share"] == result["token_share"]
+    assert own["loss_bits"]["Velocity"] != result["loss_bits"]["Velocity"]
+    assert imf(["diagnose", str(data_bin), "--path", str(checkpoint), "--self-feed", "2"]) == 2
     assert imf(["diagnose", str(tmp_path / "missing"), "--path", str(checkpoint)]) == 2
