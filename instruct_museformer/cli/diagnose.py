@@ -44,10 +44,12 @@ def main(argv: list[str]) -> int:
     from ..data.history_noise import HistoryNoise
     from ..evaluate.diagnose import format_table, run_diagnosis
     from ..render.default_model import default_model_dir
+    from ..train.self_feed import SelfFeed
 
     if args.chunk_tokens < 16:
         raise UserError(f"--chunk-tokens {args.chunk_tokens}: must be at least 16")
     HistoryNoise.check(args.history_noise, args.history_noise_bins)
+    SelfFeed.check(args.self_feed)
     checkpoint = args.path if args.path is not None else default_model_dir()
     result = run_diagnosis(args.data, checkpoint, args.subset, chunk_tokens=args.chunk_tokens,
                            max_tokens=args.max_tokens, device=args.device, attention_impl=args.attention_impl,

@@ -279,10 +279,8 @@ def run_diagnosis(
             samples = [dataset[i] for i in indices]
             batch = collate(samples, beat_table)
             batch = (batch if noise is None else noise(batch, done)).to(device)
-            if feed is not None:
-                model.eval()
-                with torch.no_grad():
-                    batch = feed.feed(batch, model(batch))
+            if feed is not None:  # the model is in eval mode, and teacher_forced reads this under inference_mode
+                batch = feed.feed(batch, model(batch))
             yield batch, [int(dataset.piece_of[i]) for i in indices], [s.source.tolist() for s in samples]
             done += 1
             if progress:

@@ -36,12 +36,17 @@ class SelfFeed:
     members: torch.Tensor  # (K + 1, V) bool: row k the ids of kind k (row 0 empty)
     top_k: int = RENDER_TOP_K
 
+    @staticmethod
+    def check(probability: float) -> None:
+        """Refuses a probability outside [0, 1] (callable before anything is loaded)."""
+        if not 0.0 <= probability <= 1.0:
+            raise UserError(f"--self-feed {probability}: expected a probability in [0, 1]")
+
     @classmethod
     def build(cls, tokens: Sequence[str], vocab_size: int, *, probability: float,
               kinds: Sequence[str] = SELF_FEED_KINDS) -> SelfFeed | None:
         """The self-feed of the ``kinds`` tokens the vocabulary has, or None for probability 0."""
-        if not 0.0 <= probability <= 1.0:
-            raise UserError(f"--self-feed {probability}: expected a probability in [0, 1]")
+        cls.check(probability)
         if probability == 0:
             return None
         kind = torch.zeros(vocab_size, dtype=torch.long)
